@@ -1,0 +1,77 @@
+"""The root ``doll`` command: global options, sub-commands, and user-error handling.
+
+A :class:`~doll_core.errors.DollError` raised anywhere below a command becomes one line on
+stderr (``error: ...``) and exit code 2; ``doll --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from doll_core._version import __version__
+from doll_core.cli import info_cmd, plugins_cmd
+from doll_core.errors import DollError
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class DollGroup(TyperGroup):
+    """A command group that turns user errors into one line and exit code 2."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer vendors click
+        try:
+            return super().invoke(ctx)
+        except DollError as exc:
+            if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT_CODE) from None
+
+
+app = typer.Typer(
+    cls=DollGroup,
+    name="doll",
+    help="DoLL: pre-train segmentation models on the explanations of chest X-ray classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"doll {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of user errors."),
+) -> None:
+    """DoLL: diagnosis-oriented localization labels for chest X-ray segmentation."""
+    ctx.obj = {"debug": debug}
+
+
+app.command("info")(info_cmd.info)
+app.add_typer(plugins_cmd.plugins_app, name="plugins")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``doll``)."""
+    try:
+        app(args=argv, prog_name="doll")
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None

@@ -1,0 +1,60 @@
+"""Shared fixtures: fake installed distributions, and a clean plugin registry per test."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from doll_core.registry import reset_registry
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: ``install(dist_name, entry_points, modules)`` -> the site directory it wrote.
+InstallFake = Callable[[str, Mapping[str, str], Mapping[str, str]], Path]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with no cached registry and no ``DOLL_PLUGINS`` filter."""
+    monkeypatch.delenv("DOLL_PLUGINS", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+@pytest.fixture
+def install_fake_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[InstallFake]:
+    """Make a distribution visible to ``importlib.metadata`` without pip.
+
+    Writes ``NAME-VERSION.dist-info/{METADATA,entry_points.txt}`` and the given modules into
+    a fresh directory and puts that directory on ``sys.path``, which is exactly how an
+    installed package is found. Modules it imported are forgotten afterwards.
+    """
+    written_modules: list[str] = []
+
+    def install(
+        dist_name: str, entry_points: Mapping[str, str], modules: Mapping[str, str]
+    ) -> Path:
+        site = tmp_path / f"site-{dist_name}"
+        info = site / f"{dist_name.replace('-', '_')}-0.1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1.0\n"
+        )
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[doll]\n{lines}")
+        for module_name, source in modules.items():
+            (site / f"{module_name}.py").write_text(textwrap.dedent(source))
+            written_modules.append(module_name)
+        monkeypatch.syspath_prepend(str(site))
+        return site
+
+    yield install
+    for name in written_modules:
+        sys.modules.pop(name, None)

@@ -1,0 +1,138 @@
+"""The ``doll`` command line: version, info, plugins list, and user-error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import doll_core
+from doll_core.cli import app
+from doll_core.errors import DollError
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"doll {doll_core.__version__}"
+
+
+def test_every_command_has_help() -> None:
+    for args in ([], ["info"], ["plugins"], ["plugins", "list"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, args
+        assert "Usage: doll" in result.stdout
+
+
+def test_plugins_list_table_shows_the_eight_builtins() -> None:
+    result = runner.invoke(app, ["plugins", "list"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0
+    for name in (
+        "resnet18",
+        "resnet50",
+        "densenet121",
+        "tiny_cnn",
+        "unet",
+        "pspnet",
+        "deeplabv3plus",
+        "fpn",
+    ):
+        assert name in result.stdout
+    assert result.stderr == ""
+
+
+def test_plugins_list_json_has_name_kind_distribution() -> None:
+    result = runner.invoke(app, ["plugins", "list", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert len(rows) == 8
+    assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
+    assert {row["distribution"] for row in rows} == {"doll"}
+    seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
+    assert sorted(row["name"] for row in seg) == ["deeplabv3plus", "fpn", "pspnet", "unet"]
+
+
+def test_an_unknown_kind_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["plugins", "list", "--kind", "explainers"])
+    assert result.exit_code == 2
+    assert "--kind" in result.stderr
+
+
+def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: Any) -> None:
+    install_fake_distribution(
+        "doll-broken",
+        {"broken": "doll_broken_cli"},
+        {"doll_broken_cli": "import not_a_module_anywhere\n"},
+    )
+    result = runner.invoke(app, ["plugins", "list", "--json"])
+    assert result.exit_code == 0
+    assert len(json.loads(result.stdout)) == 8
+    assert (
+        "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
+        "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
+    )
+
+
+def test_info_json_reports_versions_device_and_plugin_counts() -> None:
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    import torch
+
+    assert (
+        data["packages"]["torch"] == torch.__version__.split("+")[0]
+        or data["packages"]["torch"] == torch.__version__
+    )
+    assert data["device"]["threads"] == torch.get_num_threads()
+    assert data["plugins"] == {
+        "backbone": 4,
+        "explainer": 0,
+        "fusion": 0,
+        "seg_head": 4,
+        "dataset": 0,
+    }
+    table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})
+    assert table.exit_code == 0 and "segmentation-models-pytorch" in table.stdout
+
+
+@pytest.fixture
+def broken_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``doll plugins list`` meet a user error deep inside."""
+
+    def fail() -> None:
+        raise DollError("plugin folder '/nope' is not readable")
+
+    monkeypatch.setattr("doll_core.cli.plugins_cmd.get_registry", fail)
+
+
+@pytest.mark.usefixtures("broken_registry")
+def test_user_errors_are_one_line_and_exit_2() -> None:
+    result = runner.invoke(app, ["plugins", "list"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: plugin folder '/nope' is not readable\n"
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("broken_registry")
+def test_debug_lets_the_exception_through() -> None:
+    result = runner.invoke(app, ["--debug", "plugins", "list"])
+    assert isinstance(result.exception, DollError)
+    assert result.exit_code == 1
+
+
+def test_console_script_runs_as_a_subprocess() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", "from doll_core.cli import main; main()", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0
+    assert completed.stdout.strip() == f"doll {doll_core.__version__}"
