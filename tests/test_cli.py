@@ -47,6 +47,29 @@ def test_plugins_list_table_shows_the_eight_builtins() -> None:
     assert result.stderr == ""
 
 
+def test_the_table_shows_descriptions_literally(install_fake_distribution: Any) -> None:
+    install_fake_distribution(
+        "doll-brackets",
+        {"brackets": "doll_brackets_mod"},
+        {
+            "doll_brackets_mod": """
+                from doll_core import hookimpl
+
+                class Sharp:
+                    \"\"\"Gradient of logit[target] w.r.t. [bold]input[/bold].\"\"\"
+                    def attribute(self, model, images, targets): ...
+
+                @hookimpl
+                def doll_register_explainers(register):
+                    register("sharp", Sharp)
+            """
+        },
+    )
+    result = runner.invoke(app, ["plugins", "list", "--kind", "explainer"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Gradient of logit[target] w.r.t. [bold]input[/bold]." in result.stdout
+
+
 def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from doll_core._version import __version__
 from doll_core.cli.plugins_cmd import report_failures
@@ -75,7 +76,7 @@ def info(
     table.add_column("value")
     table.add_row("python", f"{data['python']} ({data['platform']})")
     for name, version in data["packages"].items():
-        table.add_row(name, version)
+        table.add_row(name, Text(version))
     device = data["device"]
     cuda_text = (
         f"yes, CUDA {device['cuda_version']}, cuDNN {device['cudnn_version']}: "
@@ -84,7 +85,7 @@ def info(
         else "no"
     )
     table.add_row("device", device["default"])
-    table.add_row("CUDA", cuda_text)
+    table.add_row("CUDA", Text(cuda_text))
     table.add_row("threads", str(device["threads"]))
     table.add_row("plugins", ", ".join(f"{k} {v}" for k, v in data["plugins"].items()))
     if data["plugin_problems"]:

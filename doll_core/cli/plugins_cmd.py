@@ -7,6 +7,7 @@ import json
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from doll_core.interfaces import PluginKind
 from doll_core.registry import Registry, get_registry
@@ -37,6 +38,8 @@ def list_plugins(
         for column in ("name", "kind", "distribution", "description"):
             table.add_column(column, overflow="fold")
         for plugin in plugins:
-            table.add_row(plugin.name, plugin.kind.value, plugin.distribution, plugin.description)
+            # Text, not markup: third-party names and descriptions may hold '[...]'.
+            cells = (plugin.name, plugin.kind.value, plugin.distribution, plugin.description)
+            table.add_row(*(Text(cell) for cell in cells))
         Console().print(table)
     report_failures(registry)
