@@ -58,3 +58,14 @@ def install_fake_distribution(
     yield install
     for name in written_modules:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small phantom for the whole session (64 px; every layout, JSRT included)."""
+    from doll_core.phantom.writer import PhantomSpec, write_phantom
+
+    root = tmp_path_factory.mktemp("phantom") / "phantom"
+    spec = PhantomSpec(n_train=24, n_valid=8, n_organs=4, n_infection=10, n_jsrt=2, size=64)
+    write_phantom(root, spec)
+    return root

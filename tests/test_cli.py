@@ -30,7 +30,7 @@ def test_every_command_has_help() -> None:
         assert "Usage: doll" in result.stdout
 
 
-def test_plugins_list_table_shows_the_eight_builtins() -> None:
+def test_plugins_list_table_shows_the_builtins() -> None:
     result = runner.invoke(app, ["plugins", "list"], env={"COLUMNS": "160"})
     assert result.exit_code == 0
     for name in (
@@ -42,6 +42,10 @@ def test_plugins_list_table_shows_the_eight_builtins() -> None:
         "pspnet",
         "deeplabv3plus",
         "fpn",
+        "chexpert",
+        "segfolder",
+        "jsrt",
+        "covid-qu-ex",
     ):
         assert name in result.stdout
     assert result.stderr == ""
@@ -74,7 +78,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 8
+    assert len(rows) == 12
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -95,7 +99,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 8
+    assert len(json.loads(result.stdout)) == 12
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -118,7 +122,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
         "explainer": 0,
         "fusion": 0,
         "seg_head": 4,
-        "dataset": 0,
+        "dataset": 4,
     }
     table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})
     assert table.exit_code == 0 and "segmentation-models-pytorch" in table.stdout

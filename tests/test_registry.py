@@ -20,6 +20,10 @@ BUILTINS = {
     ("pspnet", "seg_head"),
     ("deeplabv3plus", "seg_head"),
     ("fpn", "seg_head"),
+    ("chexpert", "dataset"),
+    ("segfolder", "dataset"),
+    ("jsrt", "dataset"),
+    ("covid-qu-ex", "dataset"),
 }
 
 
@@ -41,6 +45,7 @@ def test_builtins_come_from_entry_points_of_the_doll_distribution() -> None:
     assert {p.source.module for p in registry.plugins()} == {
         "doll_plugins.backbones",
         "doll_plugins.seg_heads",
+        "doll_plugins.datasets",
     }
     assert registry.failures == []
     assert all(p.description for p in registry.plugins())
@@ -224,4 +229,4 @@ def test_doll_plugins_restricts_loading(
     assert registry.names("backbone") == ["densenet121", "resnet18", "resnet50", "tiny_cnn"]
     (failure,) = registry.failures
     assert "'nonexistent'" in str(failure) and "named in DOLL_PLUGINS" in str(failure)
-    assert "backbones, broken, seg_heads" in str(failure)
+    assert "backbones, broken, datasets, seg_heads" in str(failure)

@@ -1,0 +1,184 @@
+"""``doll data ...``: write the phantom, check a dataset folder, picture a phantom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from doll_core.errors import DollError
+from doll_core.registry import get_registry
+
+data_app = typer.Typer(help="Generate, inspect and picture datasets.", no_args_is_help=True)
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    """The progress bar of long commands: count, throughput, elapsed and remaining time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )
+
+
+@data_app.command("phantom")
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Folder to write (created; must be empty)."),
+    n_train: int = typer.Option(500, "--n-train", min=0, help="CheXpert-layout training images."),
+    n_valid: int = typer.Option(100, "--n-valid", min=0, help="CheXpert-layout validation images."),
+    n_organs: int = typer.Option(100, "--n-organs", min=0, help="Organ-set images (segfolder)."),
+    n_infection: int = typer.Option(
+        120, "--n-infection", min=0, help="Infection-set images (COVID-QU-Ex layout)."
+    ),
+    n_jsrt: int = typer.Option(0, "--n-jsrt", min=0, help="JSRT/SCR-layout images (8 MB each)."),
+    size: int = typer.Option(256, "--size", min=32, max=2048, help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same phantom."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes that render in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom."),
+) -> None:
+    """Write a procedural chest X-ray phantom in the real dataset layouts."""
+    from doll_core.phantom.writer import PhantomSpec, write_phantom
+
+    spec = PhantomSpec(
+        n_train=n_train,
+        n_valid=n_valid,
+        n_organs=n_organs,
+        n_infection=n_infection,
+        n_jsrt=n_jsrt,
+        size=size,
+        seed=seed,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("phantom", total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} images/s" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        manifest = write_phantom(out, spec, workers=workers, overwrite=overwrite, progress=update)
+    images = ", ".join(f"{kind} {count}" for kind, count in manifest["images"].items())
+    typer.echo(
+        f"wrote {out}: {images} images in {manifest['seconds']} s "
+        f"({manifest['images_per_second']} images/s)"
+    )
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise DollError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+@data_app.command("inspect")
+def inspect(
+    kind: str = typer.Argument(..., help="Dataset reader: chexpert, segfolder, jsrt, covid-qu-ex."),
+    root: Path = typer.Argument(..., help="The dataset folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    option: list[str] = typer.Option(
+        [], "--set", help="Reader option KEY=VALUE (JSON values), e.g. --set 'classes=[\"a\"]'."
+    ),
+) -> None:
+    """Count what a dataset folder holds, per split: how a user checks a download."""
+    registry = get_registry()
+    info = registry.get("dataset", kind)
+    if not root.is_dir():
+        raise DollError(f"dataset folder not found: {root}")
+    options = _parse_set(option)
+    splits = list(info.metadata.get("splits") or [None])
+    report: dict[str, Any] = {"kind": kind, "root": str(root), "splits": {}}
+    problems: dict[str, str] = {}
+    for split in splits:
+        split_options = dict(options, **({"split": split} if split else {}))
+        try:
+            dataset = registry.create("dataset", kind, root=root, **split_options)
+        except DollError as exc:
+            problems[split or kind] = str(exc)
+            continue
+        report["splits"][split or "all"] = dataset.summary()
+    if not report["splits"]:
+        raise DollError("; ".join(problems.values()))
+    report["problems"] = problems
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    for split, summary in report["splits"].items():
+        _print_summary(console, f"{kind} · {split}", summary)
+    for split, problem in problems.items():
+        typer.echo(f"warning: {split}: {problem}", err=True)
+
+
+def _print_summary(console: Console, title: str, summary: dict[str, Any]) -> None:
+    facts = Table(title=title, title_justify="left", show_header=False)
+    facts.add_column("what", style="bold")
+    facts.add_column("value")
+    for key, value in summary.items():
+        if key in ("observations", "pixel_fraction", "skipped"):
+            continue
+        facts.add_row(
+            key,
+            Text(
+                ", ".join(map(str, value))
+                if isinstance(value, list)
+                else json.dumps(value)
+                if isinstance(value, dict)
+                else str(value)
+            ),
+        )
+    console.print(facts)
+    if "observations" in summary:
+        table = Table(show_lines=False)
+        for column in ("observation", "positive", "negative", "uncertain", "blank"):
+            table.add_column(column, justify="left" if column == "observation" else "right")
+        for name, counts in summary["observations"].items():
+            table.add_row(
+                name, *(str(counts[c]) for c in ("positive", "negative", "uncertain", "blank"))
+            )
+        console.print(table)
+    if "pixel_fraction" in summary:
+        table = Table()
+        table.add_column("class")
+        table.add_column("pixel fraction", justify="right")
+        for name, fraction in summary["pixel_fraction"].items():
+            table.add_row(Text(name), f"{fraction:.4f}")
+        console.print(table)
+    for skipped in summary.get("skipped", []):
+        typer.echo(f"warning: skipped {skipped['path']}: {skipped['reason']}", err=True)
+
+
+@data_app.command("preview")
+def preview(
+    root: Path = typer.Argument(..., help="A phantom folder (from 'doll data phantom')."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    count: int = typer.Option(12, "--count", min=1, max=64, help="Number of images."),
+    split: str = typer.Option("train", "--split", help="train or valid."),
+) -> None:
+    """Save a grid of phantom images with their ground-truth lesion masks outlined."""
+    from doll_core.phantom.preview import save_preview
+
+    typer.echo(f"wrote {save_preview(root, out, count=count, split=split)}")

@@ -1,0 +1,1 @@
+"""Reading images, masks and samples: the services that dataset plugins build on."""

@@ -1,0 +1,154 @@
+"""Image and mask reading for every dataset reader, and the JSRT ``.IMG`` format.
+
+Images come back as ``float32 [C, H, W]`` in ``[0, 1]``; masks as ``bool [H, W]``.
+8-bit and 16-bit grayscale and RGB(A) files are accepted; 16-bit values are divided by
+65535, 8-bit by 255. Any failure to read raises :class:`ImageReadError` with the path and
+the reason, which the readers turn into a skip record or a user error per ``on_error``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional
+
+from doll_core.errors import DollError
+
+#: JSRT: headerless 2048 x 2048 big-endian unsigned 16-bit pixels holding 12-bit values,
+#: where high values are dark (film density).
+JSRT_SHAPE = (2048, 2048)
+JSRT_MAX_VALUE = 4095
+
+
+class ImageReadError(DollError):
+    """A file that could not be read as an image; ``path`` and ``reason`` say which, why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read {self.path}: {reason}")
+
+
+def _open_fully(path: Path, draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    try:
+        with Image.open(path) as handle:
+            if draft is not None and handle.format == "JPEG":
+                # decode a JPEG at the smallest DCT scale that is still >= the target size
+                handle.draft(*draft)
+            handle.load()  # decode now: a truncated file fails here, not later
+            return handle.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or unsupported image ({exc})") from None
+
+
+def pil_to_array(image: Image.Image, *, grayscale: bool) -> np.ndarray:
+    """A PIL image as ``float32 [C, H, W]`` in ``[0, 1]`` (C = 1 if ``grayscale`` else 3)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
+        channels = values[None]
+    elif image.mode == "I":
+        raw = np.asarray(image, dtype=np.int64)
+        scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
+        channels = np.clip(raw, 0, None).astype(np.float32)[None] / scale
+    elif image.mode == "F":
+        channels = np.asarray(image, dtype=np.float32)[None]
+    else:
+        if image.mode not in ("L", "RGB"):
+            image = image.convert(
+                "RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L"
+            )
+        values = np.asarray(image, dtype=np.float32) / 255.0
+        channels = values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
+    if grayscale and channels.shape[0] == 3:
+        # ITU-R 601 luma, the weights PIL's convert("L") uses
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        channels = (channels * weights).sum(axis=0, keepdims=True)
+    elif not grayscale and channels.shape[0] == 1:
+        channels = np.repeat(channels, 3, axis=0)
+    return np.ascontiguousarray(channels, dtype=np.float32)
+
+
+def read_image(
+    path: str | Path, *, grayscale: bool = True, at_least: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read an image file as ``float32 [C, H, W]`` in ``[0, 1]``.
+
+    :param at_least: ``(H, W)`` the caller will resize to; a JPEG is then decoded at a
+        reduced scale that is still at least that large (much faster for big files).
+    """
+    draft = None
+    if at_least is not None:
+        draft = ("L" if grayscale else "RGB", (at_least[1], at_least[0]))
+    return pil_to_array(_open_fully(Path(path), draft), grayscale=grayscale)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask file as ``bool [H, W]``: any non-zero pixel is foreground."""
+    image = _open_fully(Path(path))
+    values = np.asarray(image)
+    if values.ndim == 3:
+        values = values.max(axis=2)
+    return values > 0
+
+
+def read_index_mask(path: str | Path) -> np.ndarray:
+    """Read an index mask (one integer class value per pixel) as ``int64 [H, W]``."""
+    image = _open_fully(Path(path))
+    values = np.asarray(image)
+    if values.ndim == 3:
+        raise ImageReadError(path, "an index mask must have one channel, this one has several")
+    return values.astype(np.int64)
+
+
+def read_jsrt_img(path: str | Path, shape: tuple[int, int] = JSRT_SHAPE) -> np.ndarray:
+    """Read a raw JSRT ``.IMG`` file exactly: ``uint16 [H, W]`` as stored (12-bit values,
+    high = dark)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    expected = shape[0] * shape[1] * 2
+    size = path.stat().st_size
+    if size != expected:
+        raise ImageReadError(
+            path,
+            f"a {shape[0]}x{shape[1]} JSRT image has {expected} bytes, this file has {size}",
+        )
+    return np.fromfile(path, dtype=">u2").reshape(shape).astype(np.uint16)
+
+
+def jsrt_to_display(raw: np.ndarray) -> np.ndarray:
+    """Raw JSRT values -> ``float32 [1, H, W]`` in ``[0, 1]``, inverted so bone is bright."""
+    clipped = np.clip(raw.astype(np.float32), 0, JSRT_MAX_VALUE)
+    return (1.0 - clipped / JSRT_MAX_VALUE)[None]
+
+
+def write_jsrt_img(path: str | Path, raw: np.ndarray) -> None:
+    """Write ``uint16 [H, W]`` 12-bit values as a headerless big-endian ``.IMG`` file."""
+    if raw.dtype != np.uint16 or raw.ndim != 2:
+        raise ValueError("JSRT images are 2-D uint16 arrays")
+    if int(raw.max(initial=0)) > JSRT_MAX_VALUE:
+        raise ValueError("JSRT images hold 12-bit values (at most 4095)")
+    raw.astype(">u2").tofile(path)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Resize ``[C, H, W]`` to ``size = (H', W')`` (bilinear, anti-aliased); ``None`` keeps it."""
+    if size is None or tuple(image.shape[-2:]) == tuple(size):
+        return image
+    resized = functional.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    return resized.clamp_(0.0, 1.0)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Resize ``[K, H, W]`` masks to ``size`` with nearest-neighbour; ``None`` keeps them."""
+    if size is None or tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    resized = functional.interpolate(mask[None].float(), size=size, mode="nearest-exact")[0]
+    return resized.to(mask.dtype)

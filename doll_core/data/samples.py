@@ -1,0 +1,136 @@
+"""The base of image dataset readers: common options, the per-file error policy, and
+batching that carries skip records from DataLoader workers to the main process.
+
+A reader's ``ds[i]`` returns a sample dict, or, when the file cannot be read and
+``on_error="skip"``, a :class:`SkippedSample`. :func:`collate_samples` batches the good
+samples and lists the skipped ones under ``"skipped"``, so that a run sees every skip even
+when samples were loaded in worker processes.
+
+Sample dicts:
+
+- classification: ``image`` float32 ``[C, H, W]`` in ``[0, 1]``, ``labels`` float32
+  ``[14]``, ``label_mask`` bool ``[14]`` (False = leave out of the loss), ``id`` str;
+- segmentation: ``image`` float32 ``[C, H, W]``, ``mask`` float32 ``[K, H, W]`` of 0/1,
+  ``id`` str.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from doll_core.data.imageio import ImageReadError
+from doll_core.errors import DollError
+
+OnError = Literal["skip", "fail"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample whose file could not be read: its id, the file, and why."""
+
+    id: str
+    path: str
+    reason: str
+
+
+def parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``None`` (native size), ``n`` (square) or ``(H, W)`` -> ``(H, W)`` or ``None``."""
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        values: list[Any] = [size, size]
+    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        values = list(size)
+    else:
+        raise DollError(f"size must be an integer or [height, width], got {size!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in values):
+        raise DollError(f"size must hold integers >= 8, got {size!r}")
+    return int(values[0]), int(values[1])
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a user error naming the option."""
+    if value not in choices:
+        raise DollError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+class ImageDataset(Dataset[Any]):
+    """Base class of the built-in readers (third-party readers may use it too).
+
+    Subclasses implement :meth:`__len__`, :meth:`sample_id`, :meth:`load` and
+    :meth:`summary`; :meth:`load` raises :class:`ImageReadError` for an unreadable file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        size: int | Sequence[int] | None = None,
+        grayscale: bool = True,
+        on_error: OnError = "skip",
+    ) -> None:
+        """:param root: the dataset folder. :param size: output size, ``n`` or ``(H, W)``;
+        ``None`` keeps each file's size. :param grayscale: one channel if true, else three.
+        :param on_error: ``"skip"`` records an unreadable file and goes on, ``"fail"``
+        stops with a message naming it."""
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DollError(f"{type(self).__name__}: dataset folder not found: {self.root}")
+        self.size = parse_size(size)
+        self.grayscale = bool(grayscale)
+        self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
+        #: skip records of this process (worker processes report theirs through batches)
+        self.skipped: list[SkippedSample] = []
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
+        """A stable id of sample ``index`` (its relative path or file stem)."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Read sample ``index``; raise :class:`ImageReadError` when a file is unreadable."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``doll data inspect``."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        try:
+            return self.load(index)
+        except ImageReadError as exc:
+            if self.on_error == "fail":
+                raise ImageReadError(
+                    exc.path,
+                    f"{exc.reason} (sample {self.sample_id(index)!r}; "
+                    "set on_error='skip' to record it and go on)",
+                ) from None
+            record = SkippedSample(self.sample_id(index), exc.path, exc.reason)
+            self.skipped.append(record)
+            return record
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def collate_samples(batch: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
+    """Batch the readable samples (``default_collate``) and list the skipped ones under
+    ``"skipped"``. A batch whose samples were all skipped holds only ``"skipped"``."""
+    good = [sample for sample in batch if not isinstance(sample, SkippedSample)]
+    collated: dict[str, Any] = default_collate(good) if good else {}
+    collated["skipped"] = [sample for sample in batch if isinstance(sample, SkippedSample)]
+    return collated

@@ -1,0 +1,1 @@
+"""The procedural chest X-ray phantom."""

@@ -1,0 +1,82 @@
+"""A picture of a phantom: images with the outlines of their ground-truth lesion masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from doll_core.data.imageio import read_mask
+from doll_core.data.samples import SkippedSample
+from doll_core.errors import DollError
+from doll_core.observations import OBSERVATIONS
+from doll_core.phantom.layout import lesion_mask_path
+from doll_core.registry import get_registry
+
+
+def save_preview(
+    root: str | Path, out: str | Path, *, count: int = 12, split: str = "train", columns: int = 4
+) -> Path:
+    """Draw ``count`` phantom images of ``split`` (read with the ``chexpert`` reader) with
+    each present observation's mask outlined in its own colour; save as PNG at ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset = get_registry().create("dataset", "chexpert", root=root, split=split, size=None)
+    if len(dataset) == 0:
+        raise DollError(f"no images in the {split} split of {root}")
+    # prefer images with findings, so the figure shows masks
+    chosen: list[int] = []
+    for index in range(len(dataset)):
+        labels, _ = dataset.label_arrays(index)
+        if labels[1:].sum() > 0:
+            chosen.append(index)
+        if len(chosen) == count:
+            break
+    chosen += [i for i in range(len(dataset)) if i not in chosen][: count - len(chosen)]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(OBSERVATIONS)))
+    rows = (len(chosen) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index in zip(axes.ravel(), chosen, strict=False):
+        sample = dataset[index]
+        if isinstance(sample, SkippedSample):
+            continue
+        axis.imshow(sample["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
+        names = []
+        for k, name in enumerate(OBSERVATIONS):
+            path = lesion_mask_path(root, sample["id"], name)
+            if not path.is_file():
+                continue
+            names.append(name)
+            mask = read_mask(path).astype(float)
+            if mask.any():
+                axis.contour(mask, levels=[0.5], colors=[colours[k]], linewidths=1.0)
+        axis.set_title("\n".join(_wrap(names or ["(nothing)"])), fontsize=7)
+    handles = [
+        plt.Line2D([0], [0], color=colours[k], lw=2, label=name)
+        for k, name in enumerate(OBSERVATIONS)
+        if k > 0
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
+
+
+def _wrap(names: list[str], width: int = 42) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for name in names:
+        candidate = f"{current}, {name}" if current else name
+        if len(candidate) > width and current:
+            lines.append(current)
+            candidate = name
+        current = candidate
+    return [*lines, current]

@@ -1,0 +1,19 @@
+"""Built-in dataset readers: chexpert, segfolder, jsrt, covid-qu-ex."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from doll_core import hookimpl
+from doll_plugins.datasets.chexpert import CheXpert
+from doll_plugins.datasets.covid_qu_ex import CovidQuEx
+from doll_plugins.datasets.jsrt import JSRT
+from doll_plugins.datasets.segfolder import SegFolder
+
+
+@hookimpl
+def doll_register_datasets(register: Any) -> None:
+    register("chexpert", CheXpert, task="classification", splits=["train", "valid"])
+    register("segfolder", SegFolder, task="segmentation", splits=[])
+    register("jsrt", JSRT, task="segmentation", splits=[])
+    register("covid-qu-ex", CovidQuEx, task="segmentation", splits=["Train", "Val", "Test"])

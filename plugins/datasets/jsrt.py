@@ -1,0 +1,116 @@
+"""JSRT radiographs (raw ``.IMG``) with SCR organ masks (``<fold>/masks/<organ>/<id>.gif``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from doll_core.data.imageio import (
+    JSRT_SHAPE,
+    jsrt_to_display,
+    read_jsrt_img,
+    read_mask,
+    resize_image,
+    resize_mask,
+)
+from doll_core.data.samples import ImageDataset, OnError
+from doll_core.errors import DollError
+from doll_plugins.datasets.masks import files_by_stem, pixel_fractions, require_file
+
+#: SCR's organ folder names.
+SCR_ORGANS = ("left lung", "right lung", "heart", "left clavicle", "right clavicle")
+#: Class names that merge organs.
+MERGED_CLASSES = {
+    "lungs": ("left lung", "right lung"),
+    "clavicles": ("left clavicle", "right clavicle"),
+}
+
+
+class JSRT(ImageDataset):
+    """JSRT .IMG (2048x2048, 12-bit big-endian, inverted) with SCR masks per organ."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        classes: Sequence[str] = ("lungs", "heart", "clavicles"),
+        fold: str | None = None,
+        size: int | Sequence[int] | None = None,
+        grayscale: bool = True,
+        on_error: OnError = "skip",
+        image_shape: Sequence[int] = JSRT_SHAPE,
+    ) -> None:
+        """:param root: a folder holding the ``.IMG`` files and the SCR ``masks`` folders
+            (searched recursively, e.g. ``All247images/`` and ``scr/fold1/masks/``).
+        :param classes: SCR organs (``left lung``, ``right lung``, ``heart``,
+            ``left clavicle``, ``right clavicle``) or merged ones (``lungs``, ``clavicles``).
+        :param fold: only images with masks in this SCR fold (``fold1``/``fold2``).
+        :param image_shape: raw image shape; JSRT's is 2048 x 2048.
+        """
+        super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        known = (*SCR_ORGANS, *MERGED_CLASSES)
+        unknown = [c for c in classes if c not in known]
+        if unknown or not classes:
+            raise DollError(f"jsrt: unknown classes {unknown}; choose from {', '.join(known)}")
+        self.classes = list(classes)
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self._images = {
+            p.stem: p for p in sorted(self.root.rglob("*")) if p.suffix.lower() == ".img"
+        }
+        if not self._images:
+            raise DollError(f"jsrt: no .IMG files under {self.root}")
+        mask_roots = sorted(p for p in self.root.rglob("masks") if p.is_dir())
+        if fold is not None:
+            mask_roots = [p for p in mask_roots if p.parent.name == fold]
+        if not mask_roots:
+            where = f" for fold {fold!r}" if fold else ""
+            raise DollError(f"jsrt: no SCR masks folder{where} under {self.root}")
+        needed = sorted({o for c in self.classes for o in MERGED_CLASSES.get(c, (c,))})
+        self._masks: dict[str, dict[str, Path]] = {organ: {} for organ in needed}
+        self._mask_dirs: dict[str, Path] = {}
+        for mask_root in mask_roots:
+            for organ in needed:
+                self._masks[organ].update(files_by_stem(mask_root / organ, (".gif", ".png")))
+                self._mask_dirs.setdefault(organ, mask_root / organ)
+        with_masks = set().union(*(table.keys() for table in self._masks.values()))
+        self._stems = sorted(stem for stem in self._images if stem in with_masks)
+        self.without_masks = sorted(set(self._images) - with_masks)
+        if not self._stems:
+            raise DollError(f"jsrt: none of the {len(self._images)} images has SCR masks")
+
+    def __len__(self) -> int:
+        return len(self._stems)
+
+    def sample_id(self, index: int) -> str:
+        return self._stems[index]
+
+    def load(self, index: int) -> dict[str, Any]:
+        stem = self._stems[index]
+        raw = read_jsrt_img(self._images[stem], self.image_shape)
+        image = resize_image(torch.from_numpy(jsrt_to_display(raw)), self.size)
+        if not self.grayscale:
+            image = image.repeat(3, 1, 1)
+        organ_masks = {
+            organ: read_mask(require_file(table, stem, self._mask_dirs[organ], f"{organ} mask"))
+            for organ, table in self._masks.items()
+        }
+        stacked = np.stack(
+            [
+                np.logical_or.reduce([organ_masks[o] for o in MERGED_CLASSES.get(c, (c,))])
+                for c in self.classes
+            ]
+        )
+        mask = resize_mask(torch.from_numpy(stacked.astype(np.float32)), tuple(image.shape[-2:]))
+        return {"image": image, "mask": mask, "id": stem}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "images": len(self),
+            "images_without_masks": len(self.without_masks),
+            "classes": self.classes,
+            **pixel_fractions(self, self.classes),
+        }
