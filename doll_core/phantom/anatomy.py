@@ -93,7 +93,7 @@ class Anatomy:
     heart: HeartShape | None = None
     ribs: list[Rib] = field(default_factory=list)
     mediastinum_width: float = 0.1
-    body: np.ndarray | None = None
+    body: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
     def attenuation(self) -> np.ndarray:
         """The sum of all layers, ``float32 [H, W]``."""
