@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from doll_core.data.imageio import read_mask
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
@@ -27,18 +25,14 @@ def save_preview(
     dataset = get_registry().create("dataset", "chexpert", root=root, split=split, size=None)
     if len(dataset) == 0:
         raise DollError(f"no images in the {split} split of {root}")
-    # prefer images with findings, so the figure shows masks
-    chosen: list[int] = []
-    for index in range(len(dataset)):
-        labels, _ = dataset.label_arrays(index)
-        if labels[1:].sum() > 0:
-            chosen.append(index)
-        if len(chosen) == count:
-            break
-    chosen += [i for i in range(len(dataset)) if i not in chosen][: count - len(chosen)]
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(OBSERVATIONS)))
+    present = [
+        {n for n in OBSERVATIONS if lesion_mask_path(root, dataset.sample_id(i), n).is_file()}
+        for i in range(len(dataset))
+    ]
+    chosen = _pick(present, count)
+    colours = [*(f"C{i}" for i in range(10)), "gold", "lime", "magenta", "cyan"]
     rows = (len(chosen) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, index in zip(axes.ravel(), chosen, strict=False):
@@ -47,19 +41,17 @@ def save_preview(
             continue
         axis.imshow(sample["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
         names = []
-        for k, name in enumerate(OBSERVATIONS):
-            path = lesion_mask_path(root, sample["id"], name)
-            if not path.is_file():
+        for k, name in enumerate(OBSERVATIONS[1:]):
+            if name not in present[index]:
                 continue
             names.append(name)
-            mask = read_mask(path).astype(float)
+            mask = read_mask(lesion_mask_path(root, sample["id"], name)).astype(float)
             if mask.any():
                 axis.contour(mask, levels=[0.5], colors=[colours[k]], linewidths=1.0)
-        axis.set_title("\n".join(_wrap(names or ["(nothing)"])), fontsize=7)
+        axis.set_title("\n".join(_wrap(names or ["(nothing)"])), fontsize=6.5)
     handles = [
         plt.Line2D([0], [0], color=colours[k], lw=2, label=name)
-        for k, name in enumerate(OBSERVATIONS)
-        if k > 0
+        for k, name in enumerate(OBSERVATIONS[1:])
     ]
     figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
@@ -68,6 +60,20 @@ def save_preview(
     figure.savefig(out, dpi=90)
     plt.close(figure)
     return out
+
+
+def _pick(present: list[set[str]], count: int) -> list[int]:
+    """Indices of up to ``count`` images: first those that show observations not shown yet,
+    then others with findings, then the rest."""
+    chosen: list[int] = []
+    shown: set[str] = set()
+    for index in sorted(range(len(present)), key=lambda i: -len(present[i])):
+        if len(chosen) < count and present[index] - shown:
+            chosen.append(index)
+            shown |= present[index]
+    rest = [i for i in range(len(present)) if i not in chosen]
+    rest.sort(key=lambda i: not present[i])
+    return sorted(chosen + rest[: count - len(chosen)])
 
 
 def _wrap(names: list[str], width: int = 42) -> list[str]:
