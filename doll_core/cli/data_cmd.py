@@ -81,7 +81,8 @@ def phantom(
     )
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a dict; values are JSON where they parse, else strings."""
     options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -108,7 +109,7 @@ def inspect(
     info = registry.get("dataset", kind)
     if not root.is_dir():
         raise DollError(f"dataset folder not found: {root}")
-    options = _parse_set(option)
+    options = parse_set(option)
     splits = list(info.metadata.get("splits") or [None])
     report: dict[str, Any] = {"kind": kind, "root": str(root), "splits": {}}
     problems: dict[str, str] = {}

@@ -1,0 +1,156 @@
+"""The classifier checkpoint: the one format every later stage reads.
+
+A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``, so opening one
+runs no code) holding the format name and version, the backbone plugin and its
+parameters, the input size and channels, the normalisation, the observation names, the
+training config, the validation AUROC per observation and the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from doll_core._version import __version__
+from doll_core.atomic import atomic_torch_save
+from doll_core.errors import DollError
+from doll_core.models import Classifier
+from doll_core.observations import OBSERVATIONS
+from doll_core.registry import Registry, get_registry
+
+CLASSIFIER_FORMAT = "doll-classifier"
+CLASSIFIER_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClassifierMeta:
+    """Everything about a trained classifier except its weights."""
+
+    backbone: str
+    backbone_params: dict[str, Any]
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    observations: tuple[str, ...] = OBSERVATIONS
+    training_config: dict[str, Any] = field(default_factory=dict)
+    val_auroc: dict[str, float | None] = field(default_factory=dict)
+    epoch: int = 0
+    doll_version: str = __version__
+
+
+def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> Classifier:
+    """A freshly initialised :class:`Classifier` of the architecture ``meta`` describes."""
+    registry = registry or get_registry()
+    backbone = registry.create("backbone", meta.backbone, **meta.backbone_params)
+    net = backbone.build(num_classes=len(meta.observations), in_channels=meta.in_channels)
+    return Classifier(net, meta.mean, meta.std)
+
+
+def save_classifier(path: str | Path, model: Classifier, meta: ClassifierMeta) -> None:
+    """Write a classifier checkpoint atomically."""
+    module = getattr(model, "module", model)  # unwrap DDP
+    payload = {
+        "format": CLASSIFIER_FORMAT,
+        "format_version": CLASSIFIER_FORMAT_VERSION,
+        "meta": {
+            **asdict(meta),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            "observations": list(meta.observations),
+            "val_auroc": {
+                k: (None if v is None or math.isnan(v) else float(v))
+                for k, v in meta.val_auroc.items()
+            },
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
+    atomic_torch_save(payload, path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DollError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DollError(
+            f"{path} is not a readable DoLL checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DollError(f"{path} is not a DoLL classifier checkpoint (format: {found!r})")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CLASSIFIER_FORMAT_VERSION:
+        raise DollError(
+            f"{path} has classifier format version {version!r}; this DoLL ({__version__}) "
+            f"reads versions up to {CLASSIFIER_FORMAT_VERSION}: upgrade DoLL"
+        )
+    return payload
+
+
+def read_classifier_meta(path: str | Path) -> ClassifierMeta:
+    """The metadata of a checkpoint, checked, without building the model."""
+    payload = _read(Path(path))
+    raw = dict(payload.get("meta") or {})
+    try:
+        raw["mean"] = tuple(raw["mean"])
+        raw["std"] = tuple(raw["std"])
+        raw["observations"] = tuple(raw["observations"])
+        meta = ClassifierMeta(**raw)
+    except (KeyError, TypeError) as exc:
+        raise DollError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
+    if meta.observations != OBSERVATIONS:
+        raise DollError(
+            f"{path} was trained on observations {list(meta.observations)}, "
+            f"not on DoLL's {len(OBSERVATIONS)} CheXpert observations in CSV order"
+        )
+    return meta
+
+
+def load_classifier(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    registry: Registry | None = None,
+) -> tuple[Classifier, ClassifierMeta]:
+    """Build the classifier of a checkpoint, load its weights and put it in eval mode.
+
+    :param in_channels: / :param image_size: what the caller will feed; a checkpoint
+        trained otherwise is refused with a message that names both values.
+    """
+    path = Path(path)
+    meta = read_classifier_meta(path)
+    mismatches = [
+        f"{name} is {have} in the checkpoint, {want} here"
+        for name, have, want in (
+            ("in_channels", meta.in_channels, in_channels),
+            ("image_size", meta.image_size, image_size),
+        )
+        if want is not None and have != want
+    ]
+    if mismatches:
+        raise DollError(f"{path} does not fit: " + "; ".join(mismatches))
+    model = build_classifier(meta, registry)
+    state = _read(path)["state_dict"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(state) & set(expected) if expected[k].shape != state[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        raise DollError(
+            f"{path}: weights do not fit backbone {meta.backbone!r} with "
+            f"{meta.backbone_params}: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+            f"shape differs {wrong_shape[:4]}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta

@@ -1,0 +1,5 @@
+"""``python -m doll_core.cli``: the ``doll`` command (also what ``torchrun -m`` runs)."""
+
+from doll_core.cli.app import main
+
+main()

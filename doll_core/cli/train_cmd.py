@@ -1,0 +1,66 @@
+"""``doll train-classifier``: train one classifier into a run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from doll_core.cli.data_cmd import parse_set
+from doll_core.configuration import parse_config
+from doll_core.training.config import ClassifierTrainingConfig
+
+
+def train_classifier_command(
+    data: Path = typer.Option(..., "--data", help="Dataset root (e.g. a phantom or CheXpert)."),
+    backbone: str = typer.Option("tiny_cnn", "--backbone", help="Backbone plugin name."),
+    out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs at most."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
+    image_size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    amp: str = typer.Option("auto", "--amp", help="auto, off, bf16 or fp16 (CUDA only)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Any other config key, KEY=VALUE (JSON), e.g. --set weight_decay=0.05."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Train a multi-label chest X-ray classifier (14 CheXpert observations)."""
+    from doll_core.training.classifier import train_classifier
+
+    values = {
+        "data": data,
+        "backbone": backbone,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "image_size": image_size,
+        "num_workers": workers,
+        "device": device,
+        "amp": amp,
+        "seed": seed,
+    }
+    values.update(parse_set(settings))
+    config = parse_config(ClassifierTrainingConfig, values, source="train-classifier")
+    result = train_classifier(config, out, resume=resume, progress=True)
+    last = result.history[-1] if result.history else {}
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "best_epoch": result.best_epoch,
+                "best_mean_auroc": None
+                if math.isnan(result.best_mean_auroc)
+                else result.best_mean_auroc,
+                "stopped_early": result.stopped_early,
+                "epochs_run": len(result.history),
+                "last_train_images_per_second": last.get("train_images_per_second"),
+            },
+            indent=2,
+        )
+    )

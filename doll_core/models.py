@@ -1,0 +1,34 @@
+"""The classifier every stage uses: a backbone plugin's network behind a fixed input
+normalisation, so that callers (training, explainers) work on images in ``[0, 1]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """``images [B, C, H, W]`` in ``[0, 1]`` -> logits ``[B, num_classes]``.
+
+    ``net`` is the backbone plugin's model (``Backbone.build``); the normalisation
+    ``(x - mean) / std`` per channel is part of the module, so attributions are taken
+    with respect to the image itself.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError("mean and std need one value per channel, std > 0")
+        self.net = net
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)

@@ -1,0 +1,1 @@
+"""Training stages: classifiers now, segmentation models later."""
