@@ -14,6 +14,16 @@ from doll_core.interfaces import PluginKind
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_core.registry import Registry, get_registry
 
+
+def __getattr__(name: str) -> object:
+    # ``doll_core.explain`` imports torch: load it on first use, keep ``import doll_core`` cheap
+    if name == "explain":
+        from doll_core.attribution.api import explain
+
+        return explain
+    raise AttributeError(f"module 'doll_core' has no attribute {name!r}")
+
+
 __all__ = [
     "NUM_OBSERVATIONS",
     "OBSERVATIONS",
@@ -23,6 +33,7 @@ __all__ = [
     "Registry",
     "UnknownPluginError",
     "__version__",
+    "explain",
     "get_registry",
     "hookimpl",
     "hookspec",

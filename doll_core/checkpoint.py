@@ -48,7 +48,7 @@ def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> 
     registry = registry or get_registry()
     backbone = registry.create("backbone", meta.backbone, **meta.backbone_params)
     net = backbone.build(num_classes=len(meta.observations), in_channels=meta.in_channels)
-    return Classifier(net, meta.mean, meta.std)
+    return Classifier(net, meta.mean, meta.std, cam_layer=getattr(backbone, "cam_layer", None))
 
 
 def save_classifier(path: str | Path, model: Classifier, meta: ClassifierMeta) -> None:

@@ -17,11 +17,21 @@ class Classifier(nn.Module):
     with respect to the image itself.
     """
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cam_layer: str | None = None,
+    ) -> None:
+        """:param cam_layer: the dotted name, inside ``net``, of the layer CAM-type
+        explainers hook (the backbone plugin's ``cam_layer``)."""
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError("mean and std need one value per channel, std > 0")
         self.net = net
+        #: dotted name of the CAM layer inside this module (``net.<backbone cam_layer>``)
+        self.cam_layer = f"net.{cam_layer}" if cam_layer else None
         self.register_buffer(
             "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         )

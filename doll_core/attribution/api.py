@@ -1,0 +1,99 @@
+"""``doll_core.explain``: raw attribution maps from any explainer plugin, checked."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from doll_core.errors import DollError, PluginError
+from doll_core.registry import Registry, get_registry
+
+
+def check_attributions(
+    maps: Any, images: torch.Tensor, targets: torch.Tensor, explainer: str
+) -> tuple[torch.Tensor, int]:
+    """Check an explainer's result against the protocol and clean it.
+
+    Shape ``[B, T, H, W]``, float32, on the images' device, all zeros where the target is
+    -1: anything else is a :class:`PluginError` that names the explainer. A map holding
+    NaN or Inf is zeroed whole and counted (it never reaches a label).
+
+    :returns: the maps and the number of maps that were zeroed for NaN/Inf.
+    """
+    expected = (targets.shape[0], targets.shape[1], *images.shape[-2:])
+    if not isinstance(maps, torch.Tensor):
+        raise PluginError(f"explainer {explainer!r} returned a {type(maps).__name__}, not a tensor")
+    if tuple(maps.shape) != expected:
+        raise PluginError(
+            f"explainer {explainer!r} returned shape {list(maps.shape)}; the protocol asks "
+            f"for [B, T, H, W] = {list(expected)}"
+        )
+    if maps.dtype != torch.float32:
+        raise PluginError(f"explainer {explainer!r} returned {maps.dtype}, not torch.float32")
+    if maps.device != images.device:
+        raise PluginError(
+            f"explainer {explainer!r} returned maps on {maps.device}, images are on {images.device}"
+        )
+    finite = torch.isfinite(maps).flatten(2).all(dim=2)  # [B, T]
+    bad = int((~finite).sum())
+    if bad:
+        maps = torch.where(finite[:, :, None, None], maps, torch.zeros_like(maps))
+    empty = targets < 0
+    if bool((maps[empty] != 0).any()):
+        raise PluginError(
+            f"explainer {explainer!r} returned non-zero maps for target -1 (no target); "
+            "those maps must be all zeros"
+        )
+    return maps, bad
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    explainer: str = "integrated_gradients",
+    *,
+    registry: Registry | None = None,
+    **params: Any,
+) -> torch.Tensor:
+    """Raw attribution maps of ``model`` for every target of every image.
+
+    :param model: a classifier, images -> logits ``[B, num_classes]`` (put in eval mode
+        while explaining).
+    :param images: float ``[B, C, H, W]``.
+    :param targets: long ``[B, T]`` observation indices, ``-1`` = no target.
+    :param explainer: an explainer plugin name (``doll plugins list --kind explainer``).
+    :param params: the explainer's parameters, e.g. ``n_steps=32``.
+    :returns: float32 ``[B, T, H, W]``: raw attributions summed over input channels, no
+        post-processing; maps with NaN/Inf are zeroed (with a warning).
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise DollError("images must be a float tensor [B, C, H, W]")
+    if (
+        not isinstance(targets, torch.Tensor)
+        or targets.dim() != 2
+        or targets.dtype != torch.long
+        or targets.shape[0] != images.shape[0]
+    ):
+        raise DollError(
+            f"targets must be a long tensor [B, T] with B = {images.shape[0]} (-1 = no target)"
+        )
+    if bool((targets < -1).any()):
+        raise DollError("targets hold values below -1; use -1 for 'no target'")
+    plugin = (registry or get_registry()).create("explainer", explainer, **params)
+    maps, bad = check_attributions(
+        plugin.attribute(model, images, targets.to(images.device)),
+        images,
+        targets.to(images.device),
+        explainer,
+    )
+    if bad:
+        warnings.warn(
+            f"explainer {explainer!r}: {bad} map(s) held NaN/Inf and were zeroed",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return maps

@@ -1,0 +1,152 @@
+"""The multi-target gradient engine behind every gradient-based explainer.
+
+captum attributes one target per call, so 14 observations cost 14 sets of forward and
+backward passes. The engine does one forward pass per chunk of (possibly perturbed or
+interpolated) input rows and then one backward pass per target *slot*: with ``targets``
+``[B, T]``, backward ``j`` differentiates ``sum_i logit[i, targets[i, j]]``, which gives
+every row the gradient of its own ``j``-th target at once (rows do not interact in eval
+mode). Slots where no image of a chunk has a target are skipped, and images are sorted by
+their number of targets so that chunks of few-target images need few backward passes.
+Chunks are sized by a row count or a memory budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: ``make_rows(images_chunk [k, C, H, W], image_index [k], samples slice) -> rows [k*s, C, H, W]``
+#: (image-major: the rows of image 0 first).
+RowMaker = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine batches and computes.
+
+    ``max_rows``: rows per forward pass; ``memory_budget_mb``: derive ``max_rows`` from a
+    budget instead (activation memory estimated from one row); ``autocast``: ``None``,
+    ``"fp16"`` or ``"bf16"`` (only with its error against fp32 measured and shown).
+    """
+
+    max_rows: int | None = 64
+    memory_budget_mb: float | None = None
+    autocast: str | None = None
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the duration; restored afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+def activation_bytes_per_row(model: nn.Module, row: torch.Tensor) -> int:
+    """Bytes of module outputs one input row produces (what backward keeps), measured."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(row[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total + row[:1].numel() * row.element_size()
+
+
+def rows_per_chunk(model: nn.Module, example: torch.Tensor, options: EngineOptions) -> int:
+    """The number of rows per forward pass that ``options`` allows."""
+    if options.memory_budget_mb is not None:
+        per_row = 3 * activation_bytes_per_row(model, example)  # activations, grads, slack
+        return max(1, int(options.memory_budget_mb * 2**20 // max(per_row, 1)))
+    return max(1, int(options.max_rows or 64))
+
+
+def _autocast(device: torch.device, mode: str | None) -> contextlib.AbstractContextManager[object]:
+    if mode is None:
+        return contextlib.nullcontext()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def slot_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    n_samples: int,
+    make_rows: RowMaker,
+    *,
+    sample_weights: torch.Tensor | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    options: EngineOptions | None = None,
+) -> torch.Tensor:
+    """``sum_s w_s * transform(d logit[targets[b, j]] / d row(b, s))`` for every image ``b``
+    and slot ``j``.
+
+    :param images: ``[B, C, H, W]``. :param targets: ``long [B, T]``, ``-1`` = none.
+    :param n_samples: rows per image (interpolation steps, noise samples, or 1).
+    :param make_rows: builds the rows of a chunk of images for a range of samples.
+    :param sample_weights: ``[n_samples]`` (default: all 1).
+    :returns: float32 ``[B, T, C, H, W]``; zeros where the target is ``-1``.
+    """
+    options = options or EngineOptions()
+    batch, slots = targets.shape
+    result = torch.zeros(batch, slots, *images.shape[1:], dtype=torch.float32, device=images.device)
+    if batch == 0 or slots == 0 or not (targets >= 0).any():
+        return result
+    weights = (sample_weights if sample_weights is not None else torch.ones(n_samples)).to(
+        images.device, torch.float32
+    )
+    counts = (targets >= 0).sum(dim=1)
+    order = torch.argsort(counts, descending=True, stable=True)
+    with frozen_eval(model):
+        limit = rows_per_chunk(model, images[:1], options)
+        images_per_chunk = max(1, limit // n_samples)
+        samples_per_chunk = min(n_samples, limit)
+        for start in range(0, batch, images_per_chunk):
+            index = order[start : start + images_per_chunk]
+            chunk_targets = targets[index]
+            live = [j for j in range(slots) if bool((chunk_targets[:, j] >= 0).any())]
+            if not live:
+                continue
+            for s0 in range(0, n_samples, samples_per_chunk):
+                samples = slice(s0, min(n_samples, s0 + samples_per_chunk))
+                per_image = samples.stop - samples.start
+                rows = make_rows(images[index], index, samples).detach().requires_grad_(True)
+                row_targets = chunk_targets.repeat_interleave(per_image, dim=0)
+                with torch.enable_grad(), _autocast(images.device, options.autocast):
+                    logits = model(rows)
+                logits = logits.float()
+                w = weights[samples].repeat(len(index)).view(-1, *([1] * (rows.dim() - 1)))
+                for position, j in enumerate(live):
+                    wanted = row_targets[:, j] >= 0
+                    picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
+                    (grad,) = torch.autograd.grad(
+                        (picked * wanted).sum(), rows, retain_graph=position < len(live) - 1
+                    )
+                    grad = grad.float()
+                    if transform is not None:
+                        grad = transform(grad)
+                    summed = (grad * w).view(len(index), per_image, *grad.shape[1:]).sum(1)
+                    result[index, j] += summed
+    result *= (targets >= 0).view(batch, slots, *([1] * (images.dim() - 1)))
+    return result

@@ -1,0 +1,193 @@
+"""Gradient explainers on DoLL's multi-target engine: Integrated Gradients, Saliency,
+Input x Gradient and SmoothGrad. Each equals captum's per-target result (fp32)."""
+
+from __future__ import annotations
+
+import torch
+from captum.attr._utils.approximation_methods import approximation_parameters
+from torch import nn
+
+from doll_core.errors import DollError
+from doll_core.attribution.engine import EngineOptions, slot_gradients
+from doll_plugins.explainers.baselines import make_baseline
+
+METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+
+
+def _options(
+    max_rows: int | None, memory_budget_mb: float | None, autocast: str | None
+) -> EngineOptions:
+    if autocast not in (None, "fp16", "bf16"):
+        raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+    return EngineOptions(max_rows=max_rows, memory_budget_mb=memory_budget_mb, autocast=autocast)
+
+
+class IntegratedGradients:
+    """Integrated Gradients: (x - baseline) x the path integral of gradients from the baseline."""
+
+    def __init__(
+        self,
+        n_steps: int = 32,
+        method: str = "gausslegendre",
+        baseline: str | float = "zeros",
+        blur_sigma: float = 0.05,
+        seed: int = 0,
+        max_rows: int | None = 64,
+        memory_budget_mb: float | None = None,
+        autocast: str | None = None,
+    ) -> None:
+        """:param n_steps: integration points. :param method: ``gausslegendre`` or a
+        Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
+        ``zeros``, ``blurred``, ``uniform``, ``mean`` or a grey value. :param max_rows:
+        rows per forward pass; or :param memory_budget_mb: to derive it.
+        :param autocast: ``fp16``/``bf16`` (report its error against fp32)."""
+        if method not in METHODS:
+            raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if n_steps < 1:
+            raise DollError(f"n_steps must be >= 1, got {n_steps}")
+        self.n_steps, self.method = n_steps, method
+        self.baseline, self.blur_sigma, self.seed = baseline, blur_sigma, seed
+        self.options = _options(max_rows, memory_budget_mb, autocast)
+        #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
+        #: (logit at the image - logit at the baseline); 0 where the target is -1
+        self.last_delta: torch.Tensor | None = None
+
+    def attribute(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
+        baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
+        step_sizes_fn, alphas_fn = approximation_parameters(self.method)
+        alphas = torch.tensor(alphas_fn(self.n_steps), dtype=images.dtype, device=images.device)
+        step_sizes = torch.tensor(step_sizes_fn(self.n_steps), dtype=torch.float32)
+        difference = images - baseline
+
+        def rows(chunk: torch.Tensor, index: torch.Tensor, samples: slice) -> torch.Tensor:
+            a = alphas[samples].view(1, -1, 1, 1, 1)
+            path = baseline[index][:, None] + a * difference[index][:, None]
+            return path.reshape(-1, *images.shape[1:])
+
+        grads = slot_gradients(
+            model,
+            images,
+            targets,
+            self.n_steps,
+            rows,
+            sample_weights=step_sizes,
+            options=self.options,
+        )
+        maps = (difference[:, None].float() * grads).sum(dim=2)
+        self.last_delta = self._delta(model, images, baseline, targets, maps)
+        return maps
+
+    @staticmethod
+    @torch.no_grad()
+    def _delta(
+        model: nn.Module,
+        images: torch.Tensor,
+        baseline: torch.Tensor,
+        targets: torch.Tensor,
+        maps: torch.Tensor,
+    ) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            gain = (model(images) - model(baseline)).float()
+        finally:
+            model.train(was_training)
+        expected = gain.gather(1, targets.clamp(min=0)) * (targets >= 0)
+        return maps.sum(dim=(2, 3)) - expected
+
+
+class Saliency:
+    """Saliency: the (absolute) gradient of the target logit, summed over channels."""
+
+    def __init__(
+        self,
+        abs: bool = True,
+        max_rows: int | None = 64,
+        memory_budget_mb: float | None = None,
+        autocast: str | None = None,
+    ) -> None:
+        self.abs = abs
+        self.options = _options(max_rows, memory_budget_mb, autocast)
+
+    def attribute(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        grads = slot_gradients(
+            model,
+            images,
+            targets,
+            1,
+            lambda x, i, s: x,
+            transform=torch.abs if self.abs else None,
+            options=self.options,
+        )
+        return grads.sum(dim=2)
+
+
+class InputXGradient:
+    """Input x Gradient: the image times the gradient of the target logit."""
+
+    def __init__(
+        self,
+        max_rows: int | None = 64,
+        memory_budget_mb: float | None = None,
+        autocast: str | None = None,
+    ) -> None:
+        self.options = _options(max_rows, memory_budget_mb, autocast)
+
+    def attribute(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        grads = slot_gradients(model, images, targets, 1, lambda x, i, s: x, options=self.options)
+        return (images[:, None].float() * grads).sum(dim=2)
+
+
+class SmoothGrad:
+    """SmoothGrad: the mean (absolute) gradient over noisy copies of the image."""
+
+    def __init__(
+        self,
+        n_samples: int = 16,
+        stdev: float = 0.15,
+        seed: int = 0,
+        abs: bool = True,
+        max_rows: int | None = 64,
+        memory_budget_mb: float | None = None,
+        autocast: str | None = None,
+    ) -> None:
+        """:param stdev: noise standard deviation in image units ([0, 1] images).
+        :param seed: the noise seed (the same seed gives captum's NoiseTunnel noise)."""
+        if n_samples < 1 or stdev < 0:
+            raise DollError("n_samples must be >= 1 and stdev >= 0")
+        self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
+        self.options = _options(max_rows, memory_budget_mb, autocast)
+
+    def attribute(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        batch = images.shape[0]
+        generator = torch.Generator().manual_seed(self.seed)
+        # drawn like captum's NoiseTunnel: one normal tensor, image-major
+        std = torch.full((batch * self.n_samples, *images.shape[1:]), float(self.stdev))
+        noise = torch.normal(0.0, std, generator=generator).to(images)
+        noise = noise.view(batch, self.n_samples, *images.shape[1:])
+
+        def rows(chunk: torch.Tensor, index: torch.Tensor, samples: slice) -> torch.Tensor:
+            noisy = chunk[:, None] + noise[index, samples]
+            return noisy.reshape(-1, *images.shape[1:])
+
+        weights = torch.full((self.n_samples,), 1.0 / self.n_samples)
+        grads = slot_gradients(
+            model,
+            images,
+            targets,
+            self.n_samples,
+            rows,
+            sample_weights=weights,
+            transform=torch.abs if self.abs else None,
+            options=self.options,
+        )
+        return grads.sum(dim=2)
