@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from doll_core.errors import DollError
 from doll_core.attribution.engine import EngineOptions, frozen_eval, rows_per_chunk
+from doll_core.errors import DollError
 
 
 def cam_layer_of(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:

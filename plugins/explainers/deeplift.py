@@ -6,8 +6,8 @@ import torch
 from captum.attr import DeepLift as CaptumDeepLift
 from torch import nn
 
-from doll_core.errors import PluginError
 from doll_core.attribution.engine import frozen_eval
+from doll_core.errors import PluginError
 from doll_plugins.explainers.baselines import make_baseline
 
 _NONLINEAR = (nn.ReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LeakyReLU, nn.GELU, nn.SiLU)

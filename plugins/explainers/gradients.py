@@ -7,8 +7,8 @@ import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
-from doll_core.errors import DollError
 from doll_core.attribution.engine import EngineOptions, slot_gradients
+from doll_core.errors import DollError
 from doll_plugins.explainers.baselines import make_baseline
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from doll_core.errors import DollError
 from doll_core.attribution.engine import EngineOptions, frozen_eval, rows_per_chunk
+from doll_core.errors import DollError
 
 
 class Occlusion:
