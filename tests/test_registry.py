@@ -24,6 +24,13 @@ BUILTINS = {
     ("segfolder", "dataset"),
     ("jsrt", "dataset"),
     ("covid-qu-ex", "dataset"),
+    ("integrated_gradients", "explainer"),
+    ("saliency", "explainer"),
+    ("input_x_gradient", "explainer"),
+    ("smoothgrad", "explainer"),
+    ("gradcam", "explainer"),
+    ("occlusion", "explainer"),
+    ("deeplift", "explainer"),
 }
 
 
@@ -46,6 +53,7 @@ def test_builtins_come_from_entry_points_of_the_doll_distribution() -> None:
         "doll_plugins.backbones",
         "doll_plugins.seg_heads",
         "doll_plugins.datasets",
+        "doll_plugins.explainers",
     }
     assert registry.failures == []
     assert all(p.description for p in registry.plugins())
@@ -229,4 +237,4 @@ def test_doll_plugins_restricts_loading(
     assert registry.names("backbone") == ["densenet121", "resnet18", "resnet50", "tiny_cnn"]
     (failure,) = registry.failures
     assert "'nonexistent'" in str(failure) and "named in DOLL_PLUGINS" in str(failure)
-    assert "backbones, broken, datasets, seg_heads" in str(failure)
+    assert "backbones, broken, datasets, explainers, seg_heads" in str(failure)
