@@ -1,4 +1,4 @@
-"""Metrics: classification (AUROC) now; localisation and segmentation scores join later."""
+"""Metrics: classification (AUROC) and localisation of attribution maps."""
 
 from doll_core.metrics.classification import auroc, masked_auroc_per_class
 
