@@ -78,7 +78,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 19
+    assert len(rows) == 20
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -99,7 +99,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 19
+    assert len(json.loads(result.stdout)) == 20
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -119,7 +119,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
     assert data["device"]["threads"] == torch.get_num_threads()
     assert data["plugins"] == {
         "backbone": 4,
-        "explainer": 7,
+        "explainer": 8,
         "fusion": 0,
         "seg_head": 4,
         "dataset": 4,

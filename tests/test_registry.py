@@ -30,6 +30,7 @@ BUILTINS = {
     ("smoothgrad", "explainer"),
     ("gradcam", "explainer"),
     ("occlusion", "explainer"),
+    ("lrp", "explainer"),
     ("deeplift", "explainer"),
 }
 

@@ -14,6 +14,7 @@ from doll_plugins.explainers.gradients import (
     Saliency,
     SmoothGrad,
 )
+from doll_plugins.explainers.lrp import LRP
 from doll_plugins.explainers.perturbation import Occlusion
 
 
@@ -26,3 +27,4 @@ def doll_register_explainers(register: Any) -> None:
     register("gradcam", GradCAM, engine="multi-target")
     register("occlusion", Occlusion, engine="multi-target (forward only)")
     register("deeplift", DeepLift, engine="captum, one call per target slot")
+    register("lrp", LRP, engine="zennit, one forward for all targets")
