@@ -21,6 +21,7 @@ from doll_core.errors import DollError
 from doll_core.models import Classifier
 from doll_core.observations import OBSERVATIONS
 from doll_core.registry import Registry, get_registry
+from doll_core.state_dicts import describe_mismatch
 
 CLASSIFIER_FORMAT = "doll-classifier"
 CLASSIFIER_FORMAT_VERSION = 1
@@ -140,17 +141,11 @@ def load_classifier(
         raise DollError(f"{path} does not fit: " + "; ".join(mismatches))
     model = build_classifier(meta, registry)
     state = _read(path)["state_dict"]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(state) & set(expected) if expected[k].shape != state[k].shape
-    )
-    if missing or unexpected or wrong_shape:
+    details = describe_mismatch(model.state_dict(), state)
+    if details:
         raise DollError(
             f"{path}: weights do not fit backbone {meta.backbone!r} with "
-            f"{meta.backbone_params}: missing {missing[:4]}, unexpected {unexpected[:4]}, "
-            f"shape differs {wrong_shape[:4]}"
+            f"{meta.backbone_params}: {details}"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

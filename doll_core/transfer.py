@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from doll_core.errors import DollError, PluginError
+from doll_core.state_dicts import describe_mismatch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,22 +50,8 @@ def load_classifier_into_encoder(
             "which every seg-head plugin's model must expose"
         )
     source = dict(backbone.encoder_state_dict(classifier))
-    expected = target.state_dict()
-    missing = sorted(set(expected) - set(source))
-    unexpected = sorted(set(source) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(source) & set(expected) if source[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''} ({len(keys)})"
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape differs", wrong_shape),
-            )
-            if keys
-        )
+    details = describe_mismatch(target.state_dict(), source)
+    if details:
         raise DollError(f"classifier weights do not fit encoder {encoder!r}: {details}")
     # Module.load_state_dict itself: some encoders override it with key remapping (and
     # without ``strict``); the names were checked above, so none is needed here.

@@ -8,34 +8,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from doll_core.errors import DollError
+from doll_core.progress import progress_bar
 from doll_core.registry import get_registry
 
 data_app = typer.Typer(help="Generate, inspect and picture datasets.", no_args_is_help=True)
-
-
-def progress_bar(console: Console | None = None) -> Progress:
-    """The progress bar of long commands: count, throughput, elapsed and remaining time."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-    )
 
 
 @data_app.command("phantom")
@@ -66,12 +46,12 @@ def phantom(
         seed=seed,
     )
     with progress_bar() as bar:
-        task = bar.add_task("phantom", total=None, rate="")
+        task = bar.add_task("phantom", total=None, info="")
 
         def update(done: int, total: int) -> None:
             elapsed = bar.tasks[0].elapsed or 0.0
             rate = f"{done / elapsed:.1f} images/s" if elapsed > 0 else ""
-            bar.update(task, completed=done, total=total, rate=rate)
+            bar.update(task, completed=done, total=total, info=rate)
 
         manifest = write_phantom(out, spec, workers=workers, overwrite=overwrite, progress=update)
     images = ", ".join(f"{kind} {count}" for kind, count in manifest["images"].items())

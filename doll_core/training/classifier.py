@@ -38,6 +38,7 @@ from doll_core.errors import DollError
 from doll_core.metrics import masked_auroc_per_class
 from doll_core.models import Classifier
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
+from doll_core.progress import progress_bar
 from doll_core.registry import Registry, get_registry
 from doll_core.training.augment import augment_batch
 from doll_core.training.config import RESUMABLE_CHANGES, ClassifierTrainingConfig
@@ -420,7 +421,7 @@ class _Run:
         atomic_torch_save(self.state(), self.out / "state.pt")  # last: marks the epoch done
 
     def run(self) -> None:
-        bar = _progress_bar() if self.progress and self.context.is_main else None
+        bar = progress_bar() if self.progress and self.context.is_main else None
         with bar or contextlib.nullcontext():
             while not self.finished and self.epoch < self.config.epochs:
                 started = time.perf_counter()
@@ -453,28 +454,6 @@ class _Run:
                         f"val loss {record['val_loss']:.4f}, mean AUROC "
                         f"{metric:.4f}, {record['train_images_per_second']:.1f} images/s"
                     )
-
-
-def _progress_bar() -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
 
 
 def train_classifier(

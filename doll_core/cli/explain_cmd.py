@@ -1,0 +1,158 @@
+"""``doll explain`` (a picture of the maps of one image) and ``doll explain-scores``
+(localisation scores of explainers on a phantom)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from doll_core.cli.data_cmd import parse_set
+from doll_core.errors import DollError
+from doll_core.observations import OBSERVATIONS
+from doll_core.registry import get_registry
+
+
+def _explainer_names(values: list[str]) -> list[str]:
+    names = get_registry().names("explainer")
+    if not values:
+        return ["integrated_gradients"]
+    if values == ["all"]:
+        return names
+    return values
+
+
+def _target_indices(values: list[str], probabilities: torch.Tensor) -> list[int]:
+    if not values:  # the predicted observations, or the three most likely
+        chosen = [i for i in range(1, len(OBSERVATIONS)) if probabilities[i] >= 0.5]
+        ranked = sorted(range(1, len(OBSERVATIONS)), key=lambda i: -float(probabilities[i]))
+        return chosen or ranked[:3]
+    indices = []
+    lower = {name.lower(): i for i, name in enumerate(OBSERVATIONS)}
+    for value in values:
+        key = value.replace("_", " ").lower()
+        if value.isdigit() and int(value) < len(OBSERVATIONS):
+            indices.append(int(value))
+        elif key in lower:
+            indices.append(lower[key])
+        else:
+            raise DollError(
+                f"unknown target {value!r}; observations are: {', '.join(OBSERVATIONS)}"
+            )
+    return indices
+
+
+def _explainer_params(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set NAME.KEY=VALUE`` items -> ``{explainer: {key: value}}``."""
+    params: dict[str, dict[str, Any]] = {}
+    for key, value in parse_set(settings).items():
+        name, _, parameter = key.partition(".")
+        if not parameter:
+            raise DollError(f"--set takes EXPLAINER.KEY=VALUE, got {key!r}")
+        params.setdefault(name, {})[parameter] = value
+    return params
+
+
+def explain_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint (best.pt)."),
+    image: Path = typer.Option(..., "--image", help="The radiograph to explain."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    explainer: list[str] = typer.Option(
+        [],
+        "--explainer",
+        help="Explainer plugin (repeatable), or 'all'. Default: integrated_gradients.",
+    ),
+    targets: list[str] = typer.Option(
+        [],
+        "--targets",
+        help="Observations to explain (names or indices; repeatable). "
+        "Default: those predicted with p >= 0.5, else the three most likely.",
+    ),
+    mask: list[str] = typer.Option(
+        [], "--mask", help="Ground truth OBSERVATION=PNG to outline (repeatable)."
+    ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Explainer parameter NAME.KEY=VALUE, e.g. integrated_gradients.n_steps=64.",
+    ),
+) -> None:
+    """Explain one image with one or more explainers and save the maps as a picture."""
+    from doll_core.attribution.api import explain
+    from doll_core.attribution.figure import save_explanation_figure
+    from doll_core.attribution.postprocess import PostprocessConfig, postprocess
+    from doll_core.checkpoint import load_classifier
+    from doll_core.data.imageio import read_image, read_mask, resize_image, resize_mask
+
+    model, meta = load_classifier(checkpoint)
+    pixels = torch.from_numpy(read_image(image, grayscale=meta.in_channels == 1))
+    pixels = resize_image(pixels, (meta.image_size, meta.image_size))
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model(pixels[None]))[0]
+    indices = _target_indices(targets, probabilities)
+    target_tensor = torch.tensor([indices], dtype=torch.long)
+    params = _explainer_params(settings)
+    truth: dict[int, np.ndarray] = {}
+    for item in mask:
+        observation, sep, path = item.partition("=")
+        if not sep:
+            raise DollError(f"--mask takes OBSERVATION=PNG, got {item!r}")
+        (index,) = _target_indices([observation], probabilities)
+        loaded = torch.from_numpy(read_mask(path).astype(np.float32))[None]
+        truth[index] = resize_mask(loaded, (meta.image_size, meta.image_size))[0].numpy() > 0.5
+    soft_maps = {}
+    for name in _explainer_names(explainer):
+        raw = explain(model, pixels[None], target_tensor, name, **params.get(name, {}))
+        soft_maps[name] = postprocess(
+            raw, PostprocessConfig(binarize="none"), targets=target_tensor
+        ).soft[0]
+    written = save_explanation_figure(
+        pixels,
+        soft_maps,
+        indices,
+        probabilities,
+        out,
+        masks=truth,
+        title=f"{image.name} · {meta.backbone}",
+    )
+    typer.echo(f"wrote {written}")
+
+
+def explain_scores_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint (best.pt)."),
+    data: Path = typer.Option(..., "--data", help="A phantom folder (with lesion masks)."),
+    explainer: list[str] = typer.Option([], "--explainer", help="Explainer (repeatable) or 'all'."),
+    count: int = typer.Option(200, "--count", min=1, help="Images with findings to score."),
+    split: str = typer.Option("valid", "--split", help="train or valid."),
+    out: Path | None = typer.Option(None, "--out", help="Write the Markdown table here."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Explainer parameter NAME.KEY=VALUE, e.g. occlusion.window=16."
+    ),
+) -> None:
+    """Score explainers' localisation on a phantom's ground-truth lesion masks."""
+    from doll_core.attribution.scoring import score_explainers, scores_table
+    from doll_core.checkpoint import load_classifier
+
+    model, meta = load_classifier(checkpoint)
+    params = _explainer_params(settings)
+    names = _explainer_names(explainer or ["all"])
+    results = score_explainers(
+        model,
+        data,
+        names,
+        image_size=meta.image_size,
+        in_channels=meta.in_channels,
+        split=split,
+        count=count,
+        explainer_params=params,
+    )
+    table = scores_table(results)
+    typer.echo(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in results], indent=2))

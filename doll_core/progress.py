@@ -1,0 +1,27 @@
+"""The rich progress bar of every long stage: count, a free ``info`` field (loss,
+images/s), elapsed and remaining time, on stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    """A progress bar; tasks are added with ``info=""`` and updated with ``info=...``."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )

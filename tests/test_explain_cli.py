@@ -1,0 +1,137 @@
+"""``doll explain`` and ``doll explain-scores`` on a classifier trained on the phantom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from doll_core.cli import app
+from doll_core.configuration import parse_config
+from doll_core.phantom.layout import lesion_mask_path
+from doll_core.training.classifier import train_classifier
+from doll_core.training.config import ClassifierTrainingConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = parse_config(
+        ClassifierTrainingConfig,
+        {
+            "data": small_phantom,
+            "backbone": "tiny_cnn",
+            "backbone_params": {"width": 4},
+            "image_size": 32,
+            "batch_size": 8,
+            "epochs": 1,
+            "num_workers": 0,
+        },
+    )
+    out = tmp_path_factory.mktemp("clf") / "run"
+    train_classifier(config, out)
+    return out / "best.pt"
+
+
+def _image_with_findings(root: Path) -> tuple[Path, str, Path]:
+    for line in (root / "CheXpert-v1.0-small" / "valid.csv").read_text().splitlines()[1:]:
+        image_id = line.split(",")[0]
+        for name in ("Pleural Effusion", "Cardiomegaly", "Support Devices", "Lung Opacity"):
+            mask = lesion_mask_path(root, image_id, name)
+            if mask.is_file():
+                return root / image_id, name, mask
+    raise AssertionError("the small phantom has no finding in its validation split")
+
+
+def test_explain_writes_one_overlay_per_explainer_and_target(
+    small_phantom: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    image, name, mask = _image_with_findings(small_phantom)
+    out = tmp_path / "maps.png"
+    result = runner.invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image),
+            "--out",
+            str(out),
+            "--explainer",
+            "saliency",
+            "--explainer",
+            "gradcam",
+            "--targets",
+            name,
+            "--targets",
+            "Edema",
+            "--mask",
+            f"{name}={mask}",
+            "--set",
+            "saliency.abs=false",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as picture:
+        assert picture.width > 500 and picture.height > 400  # 3 columns, 2 rows
+    wrong = runner.invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image),
+            "--out",
+            str(out),
+            "--targets",
+            "Pneumonitis",
+        ],
+    )
+    assert wrong.exit_code == 2 and "unknown target 'Pneumonitis'" in wrong.stderr
+    missing = runner.invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--image",
+            str(image),
+            "--out",
+            str(out),
+        ],
+    )
+    assert missing.exit_code == 2 and "checkpoint not found" in missing.stderr
+
+
+def test_explain_scores_table(small_phantom: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.md"
+    result = runner.invoke(
+        app,
+        [
+            "explain-scores",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(small_phantom),
+            "--count",
+            "4",
+            "--explainer",
+            "gradcam",
+            "--explainer",
+            "saliency",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = out.read_text().splitlines()
+    assert table[0].startswith("| explainer | pointing_game ↑ | iou ↑")
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["gradcam", "saliency"]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows[0]["maps"] > 0 and 0 <= rows[0]["means"]["pixel_auroc"] <= 1
