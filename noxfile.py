@@ -24,9 +24,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy on the kernel."""
+    """mypy on the kernel and the built-in plugins."""
     session.install("-e", ".[dev]")
-    session.run("mypy", "doll_core")
+    session.run("mypy", "doll_core", "plugins")
 
 
 @nox.session

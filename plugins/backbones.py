@@ -168,7 +168,7 @@ class _DenseNetOutOfPlace(torchvision.models.DenseNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.features(x))
         pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features, (1, 1)), 1)
-        return self.classifier(pooled)  # type: ignore[no-any-return]
+        return self.classifier(pooled)
 
 
 class DenseNet121(TorchvisionBackbone):

@@ -21,7 +21,7 @@ from captum.attr import (
 from torch import nn
 
 import doll_core
-from doll_core.errors import PluginError
+from doll_core.errors import DollError, PluginError
 
 
 class SmallNet(nn.Module):
@@ -194,3 +194,20 @@ def test_occlusion(in_channels: int) -> None:
     )
     # captum gives each channel the full logit drop; the channel sum counts it C times
     _assert_close(ours * in_channels, reference)
+
+
+def test_reduced_precision_comes_with_its_measured_error() -> None:
+    model = _model(3)
+    images = torch.rand(4, 3, 16, 16)
+    plugin = doll_core.get_registry().create(
+        "explainer", "integrated_gradients", n_steps=8, autocast="bf16"
+    )
+    with pytest.warns(RuntimeWarning, match="bf16 autocast: relative error .* against fp32"):
+        maps = plugin.attribute(model, images, TARGETS)
+    exact = doll_core.explain(model, images, TARGETS, "integrated_gradients", n_steps=8)
+    error = float((maps[:1] - exact[:1]).abs().max() / exact[:1].abs().max())
+    assert plugin.autocast_error == pytest.approx(error, rel=1e-6)
+    assert plugin.autocast_error > 0
+    assert plugin.last_delta is not None and plugin.last_delta.shape == TARGETS.shape
+    with pytest.raises(DollError, match="autocast must be None, 'fp16' or 'bf16'"):
+        doll_core.get_registry().create("explainer", "saliency", autocast="fp8")

@@ -104,7 +104,10 @@ class JSRT(ImageDataset):
                 for c in self.classes
             ]
         )
-        mask = resize_mask(torch.from_numpy(stacked.astype(np.float32)), tuple(image.shape[-2:]))
+        mask = resize_mask(
+            torch.from_numpy(stacked.astype(np.float32)),
+            (int(image.shape[-2]), int(image.shape[-1])),
+        )
         return {"image": image, "mask": mask, "id": stem}
 
     def summary(self) -> dict[str, Any]:

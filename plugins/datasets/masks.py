@@ -43,7 +43,7 @@ def load_image_and_masks(
     image = to_tensor(read_image(image_path, grayscale=dataset.grayscale, at_least=dataset.size))
     image = resize_image(image, dataset.size)
     stacked = torch.from_numpy(np.stack(list(masks)).astype(np.float32))
-    stacked = resize_mask(stacked, tuple(image.shape[-2:]))
+    stacked = resize_mask(stacked, (int(image.shape[-2]), int(image.shape[-1])))
     return {"image": image, "mask": stacked, "id": sample_id}
 
 

@@ -3,6 +3,9 @@ Input x Gradient and SmoothGrad. Each equals captum's per-target result (fp32)."
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
@@ -22,7 +25,43 @@ def _options(
     return EngineOptions(max_rows=max_rows, memory_budget_mb=memory_budget_mb, autocast=autocast)
 
 
-class IntegratedGradients:
+class _EngineExplainer:
+    """Shared by the engine's explainers: reduced precision only with its error measured.
+
+    With ``autocast`` set, the first image is explained again in fp32 and the relative
+    error (max |difference| / max |fp32 map|) is stored in ``autocast_error`` and
+    reported in a warning, so that a reduced-precision result never goes unqualified.
+    """
+
+    options: EngineOptions
+    autocast_error: float | None = None
+
+    def _maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attribute(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
+        maps = self._maps(model, images, targets, self.options)
+        if self.options.autocast is not None:
+            full = dataclasses.replace(self.options, autocast=None)
+            reference = self._maps(model, images[:1], targets[:1], full)
+            scale = float(reference.abs().max())
+            error = float((maps[:1] - reference).abs().max()) / scale if scale > 0 else 0.0
+            self.autocast_error = error
+            warnings.warn(
+                f"{type(self).__name__} with {self.options.autocast} autocast: relative error "
+                f"{error:.2e} against fp32 (measured on the first image)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return maps
+
+
+class IntegratedGradients(_EngineExplainer):
     """Integrated Gradients: (x - baseline) x the path integral of gradients from the baseline."""
 
     def __init__(
@@ -55,7 +94,16 @@ class IntegratedGradients:
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
+        """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``;
+        records the completeness delta in ``last_delta``."""
+        maps = super().attribute(model, images, targets)
+        baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
+        self.last_delta = self._delta(model, images, baseline, targets, maps)
+        return maps
+
+    def _maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
+    ) -> torch.Tensor:
         baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
         step_sizes_fn, alphas_fn = approximation_parameters(self.method)
         alphas = torch.tensor(alphas_fn(self.n_steps), dtype=images.dtype, device=images.device)
@@ -74,11 +122,9 @@ class IntegratedGradients:
             self.n_steps,
             rows,
             sample_weights=step_sizes,
-            options=self.options,
+            options=options,
         )
-        maps = (difference[:, None].float() * grads).sum(dim=2)
-        self.last_delta = self._delta(model, images, baseline, targets, maps)
-        return maps
+        return (difference[:, None].float() * grads).sum(dim=2)
 
     @staticmethod
     @torch.no_grad()
@@ -99,7 +145,7 @@ class IntegratedGradients:
         return maps.sum(dim=(2, 3)) - expected
 
 
-class Saliency:
+class Saliency(_EngineExplainer):
     """Saliency: the (absolute) gradient of the target logit, summed over channels."""
 
     def __init__(
@@ -112,8 +158,8 @@ class Saliency:
         self.abs = abs
         self.options = _options(max_rows, memory_budget_mb, autocast)
 
-    def attribute(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    def _maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
     ) -> torch.Tensor:
         grads = slot_gradients(
             model,
@@ -122,12 +168,12 @@ class Saliency:
             1,
             lambda x, i, s: x,
             transform=torch.abs if self.abs else None,
-            options=self.options,
+            options=options,
         )
         return grads.sum(dim=2)
 
 
-class InputXGradient:
+class InputXGradient(_EngineExplainer):
     """Input x Gradient: the image times the gradient of the target logit."""
 
     def __init__(
@@ -138,14 +184,14 @@ class InputXGradient:
     ) -> None:
         self.options = _options(max_rows, memory_budget_mb, autocast)
 
-    def attribute(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    def _maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
     ) -> torch.Tensor:
-        grads = slot_gradients(model, images, targets, 1, lambda x, i, s: x, options=self.options)
+        grads = slot_gradients(model, images, targets, 1, lambda x, i, s: x, options=options)
         return (images[:, None].float() * grads).sum(dim=2)
 
 
-class SmoothGrad:
+class SmoothGrad(_EngineExplainer):
     """SmoothGrad: the mean (absolute) gradient over noisy copies of the image."""
 
     def __init__(
@@ -165,8 +211,8 @@ class SmoothGrad:
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
         self.options = _options(max_rows, memory_budget_mb, autocast)
 
-    def attribute(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    def _maps(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
     ) -> torch.Tensor:
         batch = images.shape[0]
         generator = torch.Generator().manual_seed(self.seed)
@@ -188,6 +234,6 @@ class SmoothGrad:
             rows,
             sample_weights=weights,
             transform=torch.abs if self.abs else None,
-            options=self.options,
+            options=options,
         )
         return grads.sum(dim=2)
