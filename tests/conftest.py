@@ -69,3 +69,31 @@ def small_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = PhantomSpec(n_train=24, n_valid=8, n_organs=4, n_infection=10, n_jsrt=2, size=64)
     write_phantom(root, spec)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(small_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two quickly trained tiny classifiers (different seeds) on the small phantom."""
+    from doll_core.configuration import parse_config
+    from doll_core.training.classifier import train_classifier
+    from doll_core.training.config import ClassifierTrainingConfig
+
+    paths = []
+    for seed in (0, 1):
+        config = parse_config(
+            ClassifierTrainingConfig,
+            {
+                "data": small_phantom,
+                "backbone": "tiny_cnn",
+                "backbone_params": {"width": 4},
+                "image_size": 32,
+                "batch_size": 8,
+                "epochs": 1,
+                "num_workers": 0,
+                "seed": seed,
+            },
+        )
+        out = tmp_path_factory.mktemp(f"classifier{seed}") / "run"
+        train_classifier(config, out)
+        paths.append(out / "best.pt")
+    return paths

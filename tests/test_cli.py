@@ -78,7 +78,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 20
+    assert len(rows) == 25
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -99,7 +99,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 20
+    assert len(json.loads(result.stdout)) == 25
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -120,7 +120,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
     assert data["plugins"] == {
         "backbone": 4,
         "explainer": 8,
-        "fusion": 0,
+        "fusion": 5,
         "seg_head": 4,
         "dataset": 4,
     }

@@ -31,6 +31,11 @@ BUILTINS = {
     ("gradcam", "explainer"),
     ("occlusion", "explainer"),
     ("lrp", "explainer"),
+    ("mean", "fusion"),
+    ("max", "fusion"),
+    ("auc_weighted", "fusion"),
+    ("vote", "fusion"),
+    ("geometric_mean", "fusion"),
     ("deeplift", "explainer"),
 }
 
@@ -55,6 +60,7 @@ def test_builtins_come_from_entry_points_of_the_doll_distribution() -> None:
         "doll_plugins.seg_heads",
         "doll_plugins.datasets",
         "doll_plugins.explainers",
+        "doll_plugins.fusions",
     }
     assert registry.failures == []
     assert all(p.description for p in registry.plugins())
@@ -238,4 +244,4 @@ def test_doll_plugins_restricts_loading(
     assert registry.names("backbone") == ["densenet121", "resnet18", "resnet50", "tiny_cnn"]
     (failure,) = registry.failures
     assert "'nonexistent'" in str(failure) and "named in DOLL_PLUGINS" in str(failure)
-    assert "backbones, broken, datasets, explainers, seg_heads" in str(failure)
+    assert "backbones, broken, datasets, explainers, fusions, seg_heads" in str(failure)

@@ -1,0 +1,113 @@
+"""``doll labels ...``: generate, inspect and score DoLL label stores."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from doll_core.cli.data_cmd import parse_set
+from doll_core.configuration import parse_config
+
+labels_app = typer.Typer(
+    help="Generate, inspect and score DoLL label stores.", no_args_is_help=True
+)
+
+
+@labels_app.command("generate")
+def generate(
+    data: Path = typer.Option(..., "--data", help="Dataset root (CheXpert layout)."),
+    classifier: list[Path] = typer.Option(..., "--classifier", help="Checkpoint (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Label store folder."),
+    explainer: str = typer.Option("integrated_gradients", "--explainer"),
+    fusion: str = typer.Option("mean", "--fusion"),
+    split: str = typer.Option("train", "--split"),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Any config key, KEY=VALUE (JSON), e.g. --set shard_size=512 "
+        "--set 'explainer_params={\"n_steps\": 16}'.",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Complete an interrupted store."),
+) -> None:
+    """Explain every image with every classifier, fuse, and write a sharded label store."""
+    from doll_core.labels.config import LabelGenerationConfig
+    from doll_core.labels.generate import generate_labels
+
+    values: dict[str, Any] = {
+        "data": data,
+        "classifiers": classifier,
+        "explainer": explainer,
+        "fusion": fusion,
+        "split": split,
+    }
+    values.update(parse_set(settings))
+    config = parse_config(LabelGenerationConfig, values, source="labels generate")
+    manifest = generate_labels(config, out, resume=resume, progress=True)
+    report = json.loads((out / "generation.json").read_text())
+    typer.echo(
+        f"wrote {out}: {len(manifest['images'])} images in "
+        f"{len(manifest['shards'])} shards, {report['bytes_per_image']} bytes/image, "
+        f"{report['images_per_second']} images/s"
+    )
+
+
+@labels_app.command("inspect")
+def inspect(
+    store: Path = typer.Argument(..., help="A label store folder."),
+    grid: Path | None = typer.Option(None, "--grid", help="Save example labels as PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Counts per observation, coverage, skipped images, and example labels."""
+    from doll_core.labels.store import LabelStore
+
+    labels = LabelStore(store)
+    counts: Counter[str] = Counter()
+    coverage: dict[str, list[float]] = {}
+    for entry in labels.manifest["images"].values():
+        for name, stats in zip(entry["observations"], entry["stats"], strict=True):
+            counts[name] += 1
+            coverage.setdefault(name, []).append(stats[2])
+    skipped = list(labels.skipped())
+    report = {
+        "images": len(labels.ids),
+        "shards": len(labels.manifest["shards"]),
+        "complete": labels.manifest["complete"],
+        "bytes": sum(s["bytes"] for s in labels.manifest["shards"].values()),
+        "maps_per_observation": dict(counts),
+        "mean_coverage": {k: round(sum(v) / len(v), 4) for k, v in coverage.items()},
+        "skipped": skipped,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(
+            f"{report['images']} images in {report['shards']} shards "
+            f"({'complete' if report['complete'] else 'INCOMPLETE'}), "
+            f"{report['bytes'] / max(report['images'], 1):.0f} bytes/image"
+        )
+        for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+            typer.echo(
+                f"  {name:28s} {count:6d} maps, mean coverage {report['mean_coverage'][name]:.3f}"
+            )
+        for item in skipped:
+            typer.echo(f"warning: skipped {item['path']}: {item['reason']}", err=True)
+    if grid is not None:
+        from doll_core.labels.figure import save_label_grid
+
+        typer.echo(f"wrote {save_label_grid(store, grid)}")
+
+
+@labels_app.command("score")
+def score(
+    store: Path = typer.Argument(..., help="A label store made from a phantom."),
+    phantom: Path = typer.Option(..., "--data", help="The phantom folder (lesion masks)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Binarisation for IoU and Dice."),
+) -> None:
+    """Localisation of the labels against the phantom's true lesion masks."""
+    from doll_core.labels.scoring import score_store
+
+    typer.echo(json.dumps(score_store(store, phantom, threshold), indent=2))

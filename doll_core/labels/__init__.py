@@ -1,0 +1,1 @@
+"""DoLL labels: fusing classifiers' explanations, the sharded label store, and reading it."""

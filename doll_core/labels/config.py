@@ -1,0 +1,46 @@
+"""The label-generation configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from doll_core.attribution.postprocess import PostprocessConfig
+
+
+class LabelGenerationConfig(BaseModel):
+    """Everything that determines a label store's content."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path
+    dataset: str = "chexpert"
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    split: str = "train"
+    classifiers: tuple[Path, ...] = Field(min_length=1)
+    explainer: str = "integrated_gradients"
+    explainer_params: dict[str, Any] = Field(default_factory=dict)
+    targets: Literal["positive", "predicted", "all"] = "positive"
+    threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
+    postprocess: PostprocessConfig = PostprocessConfig(binarize="none")
+    fusion: str = "mean"
+    fusion_params: dict[str, Any] = Field(default_factory=dict)
+    shard_size: int = Field(256, ge=1)
+    label_size: int | None = Field(64, ge=8, description="side of the stored maps; None = image")
+    batch_size: int = Field(16, ge=1)
+    device: str = "auto"
+    on_error: Literal["skip", "fail"] = "skip"
+    limit: int | None = Field(None, ge=1, description="label only the first N images")
+
+    def content_hash(self) -> str:
+        """A hash of everything that changes the labels (not device or batch size)."""
+        payload = self.model_dump(mode="json", exclude={"device", "batch_size"})
+        payload["classifiers"] = [
+            hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.classifiers
+        ]
+        payload["data"] = None  # the same data may move; its ids are in the shards
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
