@@ -162,3 +162,9 @@ def test_attribution_results_are_checked() -> None:
     leaking[0, 1] = 1.0
     with pytest.raises(PluginError, match="non-zero maps for target -1"):
         check_attributions(leaking, images, targets, "mine")
+
+
+def test_pointing_game_counts_tied_maxima_by_their_share() -> None:
+    soft = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])  # flat: four tied maxima
+    mask = torch.tensor([[[True, False], [False, False]]])
+    assert PointingGame()(soft, mask).item() == 0.25

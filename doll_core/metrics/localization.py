@@ -46,7 +46,9 @@ class LocalizationMetric:
 
 
 class PointingGame(LocalizationMetric):
-    """1 if the map's maximum lies inside the mask (any of its tied maxima), else 0."""
+    """1 if the map's maximum lies inside the mask, else 0. Tied maxima (a clipped or
+    binary map) count by the share of them inside the mask: the expected hit when the
+    tie is broken at random, so that flat maps are not rewarded."""
 
     name = "pointing_game"
 
@@ -55,7 +57,7 @@ class PointingGame(LocalizationMetric):
             return math.nan
         if not bool((soft != 0).any()):
             return 0.0
-        return float(bool(mask[soft == soft.max()].any()))
+        return float(mask[soft == soft.max()].float().mean())
 
 
 class IoU(LocalizationMetric):
