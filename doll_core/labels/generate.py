@@ -45,8 +45,8 @@ from doll_core.models import Classifier
 from doll_core.observations import OBSERVATIONS
 from doll_core.progress import progress_bar
 from doll_core.registry import Registry, get_registry
-from doll_core.training.classifier import resolve_device
 from doll_core.training.distributed import cleanup_distributed, setup_distributed
+from doll_core.training.loop import resolve_device
 
 BatchCallback = Callable[[int, int], None]
 

@@ -23,24 +23,11 @@ class AugmentConfig(BaseModel):
     hflip: bool = False
 
 
-class ClassifierTrainingConfig(BaseModel):
-    """Everything that determines a classifier-training run."""
+class LoopConfig(BaseModel):
+    """The fields every training stage shares (see :mod:`doll_core.training.loop`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: Path = Field(description="dataset root, e.g. the folder holding CheXpert-v1.0-small")
-    dataset: str = "chexpert"
-    dataset_options: dict[str, Any] = Field(
-        default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
-    )
-    train_split: str = "train"
-    val_split: str = "valid"
-    backbone: str = "tiny_cnn"
-    backbone_params: dict[str, Any] = Field(default_factory=dict)
-    image_size: int = Field(128, ge=16, le=2048)
-    in_channels: Literal[1, 3] = 1
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -58,6 +45,28 @@ class ClassifierTrainingConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for quick checks")
     on_error: Literal["skip", "fail"] = "skip"
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready (paths as strings), for checkpoints and run folders."""
+        return self.model_dump(mode="json")
+
+
+class ClassifierTrainingConfig(LoopConfig):
+    """Everything that determines a classifier-training run."""
+
+    data: Path = Field(description="dataset root, e.g. the folder holding CheXpert-v1.0-small")
+    dataset: str = "chexpert"
+    dataset_options: dict[str, Any] = Field(
+        default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
+    )
+    train_split: str = "train"
+    val_split: str = "valid"
+    backbone: str = "tiny_cnn"
+    backbone_params: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(128, ge=16, le=2048)
+    in_channels: Literal[1, 3] = 1
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.25,)
+
     @model_validator(mode="after")
     def _normalisation_fits_channels(self) -> ClassifierTrainingConfig:
         for name in ("mean", "std"):
@@ -69,13 +78,3 @@ class ClassifierTrainingConfig(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """JSON-ready (paths as strings), for checkpoints and run folders."""
-        return self.model_dump(mode="json")
-
-
-#: Fields that may differ when a run is resumed (the rest must match the saved run).
-RESUMABLE_CHANGES = frozenset(
-    {"data", "epochs", "num_workers", "device", "early_stopping_patience"}
-)
