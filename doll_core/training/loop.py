@@ -197,6 +197,10 @@ class Trainer:
     def save_checkpoints(self, improved: bool) -> None:
         """Write the stage's checkpoints (rank 0 only; called before ``state.pt``)."""
 
+    def after_train_mode(self) -> None:
+        """Called after the model is put in training mode each epoch (e.g. to keep frozen
+        parts in eval mode, so that their BatchNorm statistics do not move)."""
+
     def describe(self, record: dict[str, Any]) -> str:
         return (
             f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
@@ -295,6 +299,7 @@ class Trainer:
         if isinstance(self.sampler, DistributedSampler) or hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(self.epoch)
         self.trained.train()
+        self.after_train_mode()
         skipped: list[SkippedSample] = []
         loss_sum, seen = 0.0, 0
         started = time.perf_counter()

@@ -1,0 +1,73 @@
+"""IoU and Dice of segmentation masks, accumulated over a dataset.
+
+Rule for absent classes: intersections, unions and sizes are summed over all images of
+the split before dividing, per class. An image where a class is absent from both the
+prediction and the truth adds nothing; a false positive on an image without the class
+enlarges the union. A class absent from the whole split (empty truth and prediction) has
+no score (nan) and is left out of the means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SegmentationScores:
+    """Running sums per class; :meth:`update` with each batch, then read the scores."""
+
+    classes: list[str]
+    intersection: torch.Tensor = field(init=False)
+    union: torch.Tensor = field(init=False)
+    predicted: torch.Tensor = field(init=False)
+    truth: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        zeros = torch.zeros(len(self.classes), dtype=torch.float64)
+        self.intersection, self.union = zeros.clone(), zeros.clone()
+        self.predicted, self.truth = zeros.clone(), zeros.clone()
+
+    def update(self, prediction: torch.Tensor, truth: torch.Tensor) -> None:
+        """:param prediction: / :param truth: bool ``[B, K, H, W]``."""
+        p, t = prediction.bool(), truth.bool()
+        dims = (0, 2, 3)
+        self.intersection += (p & t).sum(dim=dims).double().cpu()
+        self.union += (p | t).sum(dim=dims).double().cpu()
+        self.predicted += p.sum(dim=dims).double().cpu()
+        self.truth += t.sum(dim=dims).double().cpu()
+
+    def merge(self, other: SegmentationScores) -> None:
+        for name in ("intersection", "union", "predicted", "truth"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def iou(self) -> list[float]:
+        return [
+            float(i / u) if u > 0 else math.nan
+            for i, u in zip(self.intersection, self.union, strict=True)
+        ]
+
+    def dice(self) -> list[float]:
+        return [
+            float(2 * i / (p + t)) if p + t > 0 else math.nan
+            for i, p, t in zip(self.intersection, self.predicted, self.truth, strict=True)
+        ]
+
+    def summary(self) -> dict[str, object]:
+        iou, dice = self.iou(), self.dice()
+        defined_iou = [v for v in iou if not math.isnan(v)]
+        defined_dice = [v for v in dice if not math.isnan(v)]
+        return {
+            "miou": sum(defined_iou) / len(defined_iou) if defined_iou else math.nan,
+            "mdice": sum(defined_dice) / len(defined_dice) if defined_dice else math.nan,
+            "iou": {
+                c: (None if math.isnan(v) else round(v, 6))
+                for c, v in zip(self.classes, iou, strict=True)
+            },
+            "dice": {
+                c: (None if math.isnan(v) else round(v, 6))
+                for c, v in zip(self.classes, dice, strict=True)
+            },
+        }

@@ -1,0 +1,1 @@
+"""Segmentation: DoLL pre-training of whole models, fine-tuning with adapters, metrics."""

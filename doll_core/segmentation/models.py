@@ -1,0 +1,200 @@
+"""Segmentation models for DoLL: a seg-head plugin's model behind the classifiers' input
+normalisation, with a replaceable output layer (the adapter) and weight transfer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from doll_core._version import __version__
+from doll_core.atomic import atomic_torch_save
+from doll_core.errors import DollError, PluginError
+from doll_core.registry import Registry, get_registry
+from doll_core.state_dicts import describe_mismatch
+
+SEGMENTER_FORMAT = "doll-segmenter"
+SEGMENTER_VERSION = 1
+
+
+class ResidualAdapter(nn.Module):
+    """A light adapter block: ``x + up(relu(down(x)))`` with 1x1 convolutions, the last
+    one zero-initialised so that it starts as the identity."""
+
+    def __init__(self, channels: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, hidden, 1)
+        self.up = nn.Conv2d(hidden, channels, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.up.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.relu(self.down(x)))
+
+
+class Segmenter(nn.Module):
+    """``images [B, C, H, W]`` in [0, 1] -> logits ``[B, classes, H, W]``; ``net`` is the
+    seg-head plugin's model (with ``encoder`` and ``segmentation_head``)."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.net((images - self.mean) / self.std))
+
+    @property
+    def encoder(self) -> nn.Module:
+        return cast(nn.Module, cast(Any, self.net).encoder)
+
+    def output_conv(self) -> nn.Conv2d:
+        """The output layer (the last convolution at the start of smp's
+        ``segmentation_head``, behind an adapter block if one was added)."""
+        head: Any = getattr(self.net, "segmentation_head", None)
+        first = head[0] if head is not None else None
+        if isinstance(first, nn.Sequential):
+            first = first[-1]
+        if not isinstance(first, nn.Conv2d):
+            raise PluginError(
+                "the segmentation model has no segmentation_head starting with a "
+                "convolution, so its output layer cannot be replaced"
+            )
+        return first
+
+    def replace_output(self, classes: int, adapter: bool = False, seed: int = 0) -> None:
+        """A new output layer for ``classes`` downstream classes (seeded init), optionally
+        behind a zero-initialised residual adapter block."""
+        old = self.output_conv()
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            conv_options: dict[str, Any] = {"kernel_size": old.kernel_size, "padding": old.padding}
+            new: nn.Module = nn.Conv2d(old.in_channels, classes, **conv_options)
+            if adapter:
+                new = nn.Sequential(ResidualAdapter(old.in_channels), new)
+        finally:
+            torch.set_rng_state(generator_state)
+        cast(Any, self.net).segmentation_head[0] = new
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(cast(Any, self.net).segmentation_head.parameters())
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        encoder = {id(p) for p in self.encoder.parameters()}
+        head = {id(p) for p in self.head_parameters()}
+        return [p for p in self.net.parameters() if id(p) not in encoder | head]
+
+
+@dataclass(frozen=True)
+class SegmenterMeta:
+    """Everything about a segmentation model except its weights."""
+
+    head: str
+    head_params: dict[str, Any]
+    encoder: str
+    classes: tuple[str, ...]
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    stage: str = "pretrain"
+    training_config: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    doll_version: str = __version__
+
+
+def build_segmenter(meta: SegmenterMeta, registry: Registry | None = None) -> Segmenter:
+    """A freshly initialised model of ``meta``'s architecture (encoder_weights=None)."""
+    registry = registry or get_registry()
+    net = registry.create("seg_head", meta.head, **meta.head_params).build(
+        meta.encoder, classes=len(meta.classes), in_channels=meta.in_channels
+    )
+    if getattr(net, "encoder", None) is None:
+        raise PluginError(f"seg head {meta.head!r} built a model without an 'encoder'")
+    return Segmenter(net, meta.mean, meta.std)
+
+
+def save_segmenter(path: str | Path, model: Segmenter, meta: SegmenterMeta) -> None:
+    module = getattr(model, "module", model)
+    payload = {
+        "format": SEGMENTER_FORMAT,
+        "format_version": SEGMENTER_VERSION,
+        "meta": {
+            **asdict(meta),
+            "classes": list(meta.classes),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_segmenter(
+    path: str | Path, registry: Registry | None = None
+) -> tuple[Segmenter, SegmenterMeta]:
+    """Build and load a segmentation checkpoint (checked, weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DollError(f"segmentation checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DollError(
+            f"{path} is not a readable DoLL checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != SEGMENTER_FORMAT:
+        raise DollError(f"{path} is not a DoLL segmentation checkpoint")
+    if payload.get("format_version") != SEGMENTER_VERSION:
+        raise DollError(f"{path}: segmentation format version {payload.get('format_version')!r}")
+    raw = dict(payload["meta"])
+    for key in ("classes", "mean", "std"):
+        raw[key] = tuple(raw[key])
+    meta = SegmenterMeta(**raw)
+    model = build_segmenter(meta, registry)
+    details = describe_mismatch(model.state_dict(), payload["state_dict"])
+    if details:
+        raise DollError(f"{path}: weights do not fit {meta.head}/{meta.encoder}: {details}")
+    model.load_state_dict(payload["state_dict"])
+    return model, meta
+
+
+def load_user_weights(model: Segmenter, path: str | Path) -> dict[str, list[str]]:
+    """Load any user state dict (e.g. ImageNet encoder weights kept locally) into the
+    model where names and shapes fit; returns which keys loaded and which did not."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DollError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DollError(f"{path} does not hold a state dict")
+    own = model.state_dict()
+    candidates: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for name in (key, f"net.{key}", f"net.encoder.{key}"):
+            if name in own and own[name].shape == value.shape:
+                candidates[name] = value
+                break
+    model.load_state_dict(candidates, strict=False)
+    return {
+        "loaded": sorted(candidates),
+        "not_loaded": sorted(
+            k
+            for k in state
+            if not any(n in candidates for n in (k, f"net.{k}", f"net.encoder.{k}"))
+        ),
+        "left_random": sorted(set(own) - set(candidates)),
+    }
