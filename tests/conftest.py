@@ -97,3 +97,54 @@ def tiny_checkpoints(small_phantom: Path, tmp_path_factory: pytest.TempPathFacto
         train_classifier(config, out)
         paths.append(out / "best.pt")
     return paths
+
+
+@pytest.fixture(scope="session")
+def resnet_checkpoint(small_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-18 classifier after two steps (its encoder fits an smp encoder)."""
+    from doll_core.configuration import parse_config
+    from doll_core.training.classifier import train_classifier
+    from doll_core.training.config import ClassifierTrainingConfig
+
+    config = parse_config(
+        ClassifierTrainingConfig,
+        {
+            "data": small_phantom,
+            "backbone": "resnet18",
+            "image_size": 32,
+            "batch_size": 8,
+            "epochs": 1,
+            "num_workers": 0,
+            "max_steps_per_epoch": 2,
+        },
+    )
+    out = tmp_path_factory.mktemp("resnet") / "run"
+    train_classifier(config, out)
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def small_label_store(
+    small_phantom: Path, resnet_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Saliency labels of 16 training images by the ResNet-18 classifier, at 32²."""
+    from doll_core.configuration import parse_config
+    from doll_core.labels.config import LabelGenerationConfig
+    from doll_core.labels.generate import generate_labels
+
+    config = parse_config(
+        LabelGenerationConfig,
+        {
+            "data": small_phantom,
+            "classifiers": [resnet_checkpoint],
+            "explainer": "saliency",
+            "targets": "all",
+            "label_size": 32,
+            "limit": 16,
+            "shard_size": 8,
+            "device": "cpu",
+        },
+    )
+    out = tmp_path_factory.mktemp("store") / "labels"
+    generate_labels(config, out)
+    return out

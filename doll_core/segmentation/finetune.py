@@ -148,6 +148,7 @@ class FinetuneTrainer(Trainer):
             mean=tuple(config.mean),
             std=tuple(config.std),
             stage="finetune",
+            adapter_blocks=config.adapter_blocks,
             training_config=config.to_json_dict(),
         )
         if config.init == "doll":
@@ -191,8 +192,6 @@ class FinetuneTrainer(Trainer):
                 }
             else:
                 self.init_report = {"init": "random"}
-        if config.adapter_blocks:
-            model.replace_output(classes, adapter=True, seed=config.seed)
         self.meta = meta
         return model
 

@@ -109,6 +109,7 @@ class SegmenterMeta:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     stage: str = "pretrain"
+    adapter_blocks: bool = False
     training_config: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
     doll_version: str = __version__
@@ -122,7 +123,10 @@ def build_segmenter(meta: SegmenterMeta, registry: Registry | None = None) -> Se
     )
     if getattr(net, "encoder", None) is None:
         raise PluginError(f"seg head {meta.head!r} built a model without an 'encoder'")
-    return Segmenter(net, meta.mean, meta.std)
+    model = Segmenter(net, meta.mean, meta.std)
+    if meta.adapter_blocks:
+        model.replace_output(len(meta.classes), adapter=True)
+    return model
 
 
 def save_segmenter(path: str | Path, model: Segmenter, meta: SegmenterMeta) -> None:

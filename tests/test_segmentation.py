@@ -1,0 +1,310 @@
+"""Segmentation: metrics, weight transfer per init mode, frozen parts, resume, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from doll_core.checkpoint import load_classifier
+from doll_core.configuration import parse_config
+from doll_core.errors import DollError
+from doll_core.metrics.segmentation import SegmentationScores
+from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
+from doll_core.segmentation.finetune import finetune
+from doll_core.segmentation.models import load_segmenter
+from doll_core.segmentation.pretrain import pretrain
+
+
+def test_iou_and_dice_by_hand_with_an_absent_class() -> None:
+    truth = torch.zeros(2, 3, 2, 2, dtype=torch.bool)
+    prediction = torch.zeros_like(truth)
+    truth[0, 0, 0] = True  # class a: 2 pixels in image 0
+    prediction[0, 0, 0, 0] = True  # 1 of them found
+    prediction[1, 0, 1, 1] = True  # and a false positive in image 1
+    truth[1, 1] = True  # class b: 4 pixels in image 1, none predicted
+    # class c: absent everywhere
+    scores = SegmentationScores(["a", "b", "c"])
+    scores.update(prediction, truth)
+    iou, dice = scores.iou(), scores.dice()
+    assert iou[0] == pytest.approx(1 / 3)  # intersection 1, union 3
+    assert dice[0] == pytest.approx(2 * 1 / (2 + 2))
+    assert iou[1] == 0.0 and dice[1] == 0.0
+    assert math.isnan(iou[2]) and math.isnan(dice[2])
+    summary = scores.summary()
+    assert summary["miou"] == pytest.approx((1 / 3 + 0.0) / 2)  # c left out of the mean
+    assert summary["iou"]["c"] is None
+
+
+def _pretrain_values(store: Path, classifier: Path, **changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "labels": str(store),
+        "encoder_from": str(classifier),
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "num_workers": 0,
+        "device": "cpu",
+        "seed": 5,
+    }
+    values.update(changes)
+    return values
+
+
+@pytest.fixture(scope="module")
+def pretrained(
+    small_label_store: Path, resnet_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    pretrain(
+        parse_config(PretrainConfig, _pretrain_values(small_label_store, resnet_checkpoint)), out
+    )
+    return out
+
+
+def _finetune(data: Path, out: Path, **changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "data": str(data / "organs"),
+        "image_size": 32,
+        "epochs": 2,
+        "eval_interval": 2,
+        "batch_size": 2,
+        "num_workers": 0,
+        "device": "cpu",
+        "encoder": "resnet18",
+    }
+    values.update(changes)
+    return finetune(parse_config(FinetuneConfig, values), out)
+
+
+def _encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith("net.encoder.")}
+
+
+def test_pretraining_starts_from_the_classifier_encoder(
+    small_label_store: Path, resnet_checkpoint: Path, tmp_path: Path
+) -> None:
+    values = _pretrain_values(
+        small_label_store,
+        resnet_checkpoint,
+        epochs=1,
+        max_steps_per_epoch=1,
+        lr=1e-12,
+        weight_decay=0.0,
+    )
+    pretrain(parse_config(PretrainConfig, values), tmp_path / "run")
+    model, meta = load_segmenter(tmp_path / "run" / "best.pt")
+    classifier, cmeta = load_classifier(resnet_checkpoint)
+    assert meta.encoder == "resnet18" and meta.mean == cmeta.mean
+    for key, value in classifier.net.state_dict().items():
+        if key.startswith("fc.") or "num_batches_tracked" in key:
+            continue
+        if "running" in key:
+            continue  # one training step moves BatchNorm statistics
+        torch.testing.assert_close(
+            model.state_dict()[f"net.encoder.{key}"], value, rtol=0, atol=1e-9
+        )
+
+
+def test_init_modes_transfer_what_they_promise(
+    pretrained: Path, resnet_checkpoint: Path, small_phantom: Path, tmp_path: Path
+) -> None:
+    source, _ = load_segmenter(pretrained / "best.pt")
+    doll = _finetune(
+        small_phantom,
+        tmp_path / "doll",
+        init="doll",
+        init_path=str(pretrained / "best.pt"),
+        epochs=1,
+        eval_interval=1,
+        lr=1e-12,
+        weight_decay=0.0,
+        mode="adapter_only",
+    )
+    tuned, meta = load_segmenter(tmp_path / "doll" / "best.pt")
+    assert meta.classes == ("clavicles", "heart", "lungs") and doll["init"]["init"] == "doll"
+    for key, value in source.state_dict().items():
+        if "segmentation_head" in key:
+            continue
+        assert torch.equal(tuned.state_dict()[key], value), key  # encoder and decoder
+    assert tuned.output_conv().out_channels == 3
+
+    _finetune(
+        small_phantom,
+        tmp_path / "clf",
+        init="classifier",
+        init_path=str(resnet_checkpoint),
+        epochs=1,
+        eval_interval=1,
+        mode="adapter_only",
+    )
+    from_classifier, _ = load_segmenter(tmp_path / "clf" / "best.pt")
+    classifier, _ = load_classifier(resnet_checkpoint)
+    for key, value in classifier.net.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(from_classifier.state_dict()[f"net.encoder.{key}"], value), key
+    decoder = [k for k in source.state_dict() if k.startswith("net.decoder.") and "weight" in k]
+    assert decoder and any(
+        not torch.equal(from_classifier.state_dict()[k], source.state_dict()[k]) for k in decoder
+    )
+
+    user = tmp_path / "user.pt"
+    torch.save({k: v for k, v in classifier.net.state_dict().items()}, user)
+    report = _finetune(
+        small_phantom,
+        tmp_path / "user",
+        init="checkpoint",
+        init_path=str(user),
+        epochs=1,
+        eval_interval=1,
+    )["init"]
+    assert "net.encoder.conv1.weight" in report["loaded"] and "fc.weight" in report["not_loaded"]
+    with pytest.raises(DollError, match="init 'doll' needs init_path"):
+        parse_config(FinetuneConfig, {"data": str(small_phantom), "init": "doll"})
+
+
+@pytest.mark.parametrize("mode", ["frozen_encoder", "adapter_only"])
+def test_frozen_parts_do_not_change_after_a_step(
+    mode: str, pretrained: Path, small_phantom: Path, tmp_path: Path
+) -> None:
+    source, _ = load_segmenter(pretrained / "best.pt")
+    _finetune(
+        small_phantom,
+        tmp_path / mode,
+        init="doll",
+        init_path=str(pretrained / "best.pt"),
+        epochs=1,
+        eval_interval=1,
+        lr=0.01,
+        mode=mode,
+        adapter_blocks=mode == "adapter_only",
+    )
+    tuned, _ = load_segmenter(tmp_path / mode / "best.pt")
+    after, before = tuned.state_dict(), source.state_dict()
+    frozen = [k for k in before if k.startswith("net.encoder.")]
+    if mode == "adapter_only":
+        frozen = [k for k in before if "segmentation_head" not in k]
+    for key in frozen:
+        assert torch.equal(after[key], before[key]), key
+    trained = [k for k in after if "segmentation_head" in k and k.endswith("weight")]
+    assert trained  # the new layer exists and was trained (checked below by the decoder too)
+    if mode == "frozen_encoder":
+        decoder = [k for k in before if k.startswith("net.decoder.") and k.endswith("weight")]
+        assert any(not torch.equal(after[k], before[k]) for k in decoder)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys, warnings
+    warnings.simplefilter("ignore")
+    from doll_core.configuration import parse_config
+    from doll_core.segmentation.config import PretrainConfig
+    from doll_core.segmentation.pretrain import pretrain
+
+    def kill(epoch, step):
+        if epoch == 1 and step == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pretrain(parse_config(PretrainConfig, {values}), sys.argv[1], on_step=kill)
+    """
+)
+
+
+def test_pretraining_resumes_after_kill_9(
+    pretrained: Path, small_label_store: Path, resnet_checkpoint: Path, tmp_path: Path
+) -> None:
+    values = _pretrain_values(small_label_store, resnet_checkpoint)
+    script = KILLER.replace("{values}", repr(values))
+    process = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == -9, process.stderr
+    resumed = pretrain(parse_config(PretrainConfig, values), tmp_path / "run", resume=True)
+    reference, _ = load_segmenter(pretrained / "last.pt")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_finetuning_resumes_to_the_same_result(small_phantom: Path, tmp_path: Path) -> None:
+    straight = _finetune(small_phantom, tmp_path / "straight", n_labeled=2, seed=2)
+
+    def stop(epoch: int, step: int) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    config = parse_config(
+        FinetuneConfig,
+        {
+            "data": str(small_phantom / "organs"),
+            "image_size": 32,
+            "epochs": 2,
+            "eval_interval": 2,
+            "batch_size": 2,
+            "num_workers": 0,
+            "device": "cpu",
+            "encoder": "resnet18",
+            "n_labeled": 2,
+            "seed": 2,
+        },
+    )
+    with pytest.raises(Interrupt):
+        finetune(config, tmp_path / "cut", on_step=stop)
+    resumed = finetune(config, tmp_path / "cut", resume=True)
+    assert resumed["curve"] == straight["curve"] and resumed["test"] == straight["test"]
+    assert straight["train_images"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return int(handle.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, weights: str) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    trainer = pretrain(parse_config(PretrainConfig, values), out)
+    torch.save(trainer.model.state_dict(), Path(weights) / f"rank{rank}.pt")
+
+
+def test_two_gloo_processes_pretrain_identical_weights(
+    small_label_store: Path, resnet_checkpoint: Path, tmp_path: Path
+) -> None:
+    values = _pretrain_values(small_label_store, resnet_checkpoint, epochs=1)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    mp.spawn(
+        _rank,
+        args=(2, _free_port(), values, str(tmp_path / "run"), str(weights)),
+        nprocs=2,
+        join=True,
+    )
+    first = torch.load(weights / "rank0.pt", weights_only=True)
+    second = torch.load(weights / "rank1.pt", weights_only=True)
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+    assert (tmp_path / "run" / "best.pt").is_file()
