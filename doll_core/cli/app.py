@@ -12,7 +12,15 @@ import typer
 from typer.core import TyperGroup
 
 from doll_core._version import __version__
-from doll_core.cli import data_cmd, explain_cmd, info_cmd, labels_cmd, plugins_cmd, train_cmd
+from doll_core.cli import (
+    data_cmd,
+    explain_cmd,
+    info_cmd,
+    labels_cmd,
+    plugins_cmd,
+    segment_cmd,
+    train_cmd,
+)
 from doll_core.errors import DollError
 
 USER_ERROR_EXIT_CODE = 2
@@ -71,6 +79,9 @@ app.command("train-classifier")(train_cmd.train_classifier_command)
 app.command("explain")(explain_cmd.explain_command)
 app.command("explain-scores")(explain_cmd.explain_scores_command)
 app.add_typer(labels_cmd.labels_app, name="labels")
+app.command("pretrain")(segment_cmd.pretrain_command)
+app.command("finetune")(segment_cmd.finetune_command)
+app.command("compare-inits")(segment_cmd.compare_command)
 
 
 def main(argv: list[str] | None = None) -> None:

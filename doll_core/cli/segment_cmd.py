@@ -1,0 +1,93 @@
+"""``doll pretrain``, ``doll finetune`` and ``doll compare-inits``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from doll_core.cli.data_cmd import parse_set
+from doll_core.configuration import parse_config
+
+
+def pretrain_command(
+    labels: Path = typer.Option(..., "--labels", help="A DoLL label store."),
+    out: Path = typer.Option(..., "--out", help="Run folder."),
+    head: str = typer.Option("unet", "--head", help="Seg-head plugin."),
+    encoder_from: Path | None = typer.Option(
+        None, "--encoder-from", help="Classifier checkpoint for the encoder."
+    ),
+    settings: list[str] = typer.Option([], "--set", help="Any config key, KEY=VALUE (JSON)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Pre-train a whole segmentation model (encoder and decoder) on DoLL labels."""
+    from doll_core.segmentation.config import PretrainConfig
+    from doll_core.segmentation.pretrain import pretrain
+
+    values: dict[str, Any] = {"labels": labels, "head": head, "encoder_from": encoder_from}
+    values.update(parse_set(settings))
+    trainer = pretrain(
+        parse_config(PretrainConfig, values, source="pretrain"), out, resume=resume, progress=True
+    )
+    typer.echo(
+        f"wrote {out / 'best.pt'} (epoch {trainer.best_epoch}, val soft Dice "
+        f"{trainer.best_metric:.4f})"
+    )
+
+
+def finetune_command(
+    data: Path = typer.Option(..., "--data", help="Downstream dataset root."),
+    out: Path = typer.Option(..., "--out", help="Run folder."),
+    dataset: str = typer.Option("segfolder", "--dataset", help="Dataset reader."),
+    init: str = typer.Option("random", "--init", help="random, classifier, doll or checkpoint."),
+    init_path: Path | None = typer.Option(None, "--init-path", help="Checkpoint for --init."),
+    n_labeled: int | None = typer.Option(None, "--n-labeled", help="Training images used."),
+    settings: list[str] = typer.Option([], "--set", help="Any config key, KEY=VALUE (JSON)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Fine-tune on a downstream segmentation task and report test mIoU / Dice."""
+    from doll_core.segmentation.config import FinetuneConfig
+    from doll_core.segmentation.finetune import finetune
+
+    values: dict[str, Any] = {
+        "data": data,
+        "dataset": dataset,
+        "init": init,
+        "init_path": init_path,
+        "n_labeled": n_labeled,
+    }
+    values.update(parse_set(settings))
+    result = finetune(
+        parse_config(FinetuneConfig, values, source="finetune"), out, resume=resume, progress=True
+    )
+    typer.echo(json.dumps(result["test"], indent=2))
+
+
+def compare_command(
+    data: Path = typer.Option(..., "--data", help="Downstream dataset root."),
+    out: Path = typer.Option(..., "--out", help="Folder for all runs and the summary."),
+    classifier: Path = typer.Option(..., "--classifier", help="Classifier checkpoint."),
+    doll: Path = typer.Option(..., "--doll", help="DoLL pre-trained checkpoint."),
+    dataset: str = typer.Option("segfolder", "--dataset", help="Dataset reader."),
+    budget: list[str] = typer.Option(["8", "32", "all"], "--budget", help="Labelled images."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per setting."),
+    settings: list[str] = typer.Option([], "--set", help="Fine-tuning config KEY=VALUE (JSON)."),
+) -> None:
+    """Fine-tune from random, classifier and DoLL initialisation; table and curves."""
+    from doll_core.segmentation.compare import compare_initialisations
+
+    base: dict[str, Any] = {"data": str(data), "dataset": dataset}
+    base.update(parse_set(settings))
+    budgets = [None if b == "all" else int(b) for b in budget]
+    inits = {
+        "random": ("random", None),
+        "classifier": ("classifier", str(classifier)),
+        "doll": ("doll", str(doll)),
+    }
+    report = compare_initialisations(
+        base, inits, budgets, list(range(seeds)), out, progress=typer.echo
+    )
+    typer.echo((out / "comparison.md").read_text())
+    del report
