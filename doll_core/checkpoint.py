@@ -20,6 +20,7 @@ from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError
 from doll_core.models import Classifier
 from doll_core.observations import OBSERVATIONS
+from doll_core.payloads import load_payload
 from doll_core.registry import Registry, get_registry
 from doll_core.state_dicts import describe_mismatch
 
@@ -74,25 +75,12 @@ def save_classifier(path: str | Path, model: Classifier, meta: ClassifierMeta) -
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DollError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DollError(
-            f"{path} is not a readable DoLL checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise DollError(f"{path} is not a DoLL classifier checkpoint (format: {found!r})")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > CLASSIFIER_FORMAT_VERSION:
-        raise DollError(
-            f"{path} has classifier format version {version!r}; this DoLL ({__version__}) "
-            f"reads versions up to {CLASSIFIER_FORMAT_VERSION}: upgrade DoLL"
-        )
-    return payload
+    return load_payload(
+        path,
+        file_format=CLASSIFIER_FORMAT,
+        max_version=CLASSIFIER_FORMAT_VERSION,
+        what="classifier checkpoint",
+    )
 
 
 def read_classifier_meta(path: str | Path) -> ClassifierMeta:

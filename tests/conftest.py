@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -148,3 +149,11 @@ def small_label_store(
     out = tmp_path_factory.mktemp("store") / "labels"
     generate_labels(config, out)
     return out
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for gloo process groups)."""
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return int(handle.getsockname()[1])

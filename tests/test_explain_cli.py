@@ -10,31 +10,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from doll_core.cli import app
-from doll_core.configuration import parse_config
 from doll_core.phantom.layout import lesion_mask_path
-from doll_core.training.classifier import train_classifier
-from doll_core.training.config import ClassifierTrainingConfig
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(small_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = parse_config(
-        ClassifierTrainingConfig,
-        {
-            "data": small_phantom,
-            "backbone": "tiny_cnn",
-            "backbone_params": {"width": 4},
-            "image_size": 32,
-            "batch_size": 8,
-            "epochs": 1,
-            "num_workers": 0,
-        },
-    )
-    out = tmp_path_factory.mktemp("clf") / "run"
-    train_classifier(config, out)
-    return out / "best.pt"
+@pytest.fixture
+def checkpoint(tiny_checkpoints: list[Path]) -> Path:
+    return tiny_checkpoints[0]
 
 
 def _image_with_findings(root: Path) -> tuple[Path, str, Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -178,12 +177,6 @@ def test_existing_stores_are_protected(
     assert read_shard(reference_store / "shard-00000.pt").index == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return int(handle.getsockname()[1])
-
-
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str) -> None:
     os.environ.update(
         {
@@ -199,11 +192,15 @@ def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str) ->
 
 
 def test_two_gloo_ranks_make_the_same_store(
-    reference_store: Path, small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+    reference_store: Path,
+    small_phantom: Path,
+    tiny_checkpoints: list[Path],
+    tmp_path: Path,
+    free_port: int,
 ) -> None:
     out = tmp_path / "ranked"
     values = _values(small_phantom, tiny_checkpoints)
-    mp.spawn(_rank, args=(2, _free_port(), values, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port, values, str(out)), nprocs=2, join=True)
     assert _shard_bytes(out) == _shard_bytes(reference_store)
     assert json.loads((out / "manifest.json").read_text()) == json.loads(
         (reference_store / "manifest.json").read_text()

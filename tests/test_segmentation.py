@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -271,12 +270,6 @@ def test_finetuning_resumes_to_the_same_result(small_phantom: Path, tmp_path: Pa
     assert straight["train_images"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return int(handle.getsockname()[1])
-
-
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, weights: str) -> None:
     os.environ.update(
         {
@@ -293,14 +286,14 @@ def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, we
 
 
 def test_two_gloo_processes_pretrain_identical_weights(
-    small_label_store: Path, resnet_checkpoint: Path, tmp_path: Path
+    small_label_store: Path, resnet_checkpoint: Path, tmp_path: Path, free_port: int
 ) -> None:
     values = _pretrain_values(small_label_store, resnet_checkpoint, epochs=1)
     weights = tmp_path / "weights"
     weights.mkdir()
     mp.spawn(
         _rank,
-        args=(2, _free_port(), values, str(tmp_path / "run"), str(weights)),
+        args=(2, free_port, values, str(tmp_path / "run"), str(weights)),
         nprocs=2,
         join=True,
     )

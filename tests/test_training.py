@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -156,12 +155,6 @@ def test_bad_configs_name_the_key(small_phantom: Path) -> None:
         train_classifier(_config(small_phantom, backbone="tiny_cn"), "/tmp/never-written")
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return int(handle.getsockname()[1])
-
-
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, weights: str) -> None:
     os.environ.update(
         {
@@ -179,12 +172,14 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, weights: 
     (Path(weights) / f"history{rank}.json").write_text(json.dumps(result.history))
 
 
-def test_two_gloo_processes_end_with_identical_weights(small_phantom: Path, tmp_path: Path) -> None:
+def test_two_gloo_processes_end_with_identical_weights(
+    small_phantom: Path, tmp_path: Path, free_port: int
+) -> None:
     out, weights = tmp_path / "ddp", tmp_path / "weights"
     weights.mkdir()
     mp.spawn(
         _ddp_worker,
-        args=(2, _free_port(), str(small_phantom), str(out), str(weights)),
+        args=(2, free_port, str(small_phantom), str(out), str(weights)),
         nprocs=2,
         join=True,
     )

@@ -14,6 +14,7 @@ from torch import nn
 from doll_core._version import __version__
 from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError, PluginError
+from doll_core.payloads import load_payload
 from doll_core.registry import Registry, get_registry
 from doll_core.state_dicts import describe_mismatch
 
@@ -150,18 +151,12 @@ def load_segmenter(
 ) -> tuple[Segmenter, SegmenterMeta]:
     """Build and load a segmentation checkpoint (checked, weights_only)."""
     path = Path(path)
-    if not path.is_file():
-        raise DollError(f"segmentation checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DollError(
-            f"{path} is not a readable DoLL checkpoint ({type(exc).__name__})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != SEGMENTER_FORMAT:
-        raise DollError(f"{path} is not a DoLL segmentation checkpoint")
-    if payload.get("format_version") != SEGMENTER_VERSION:
-        raise DollError(f"{path}: segmentation format version {payload.get('format_version')!r}")
+    payload = load_payload(
+        path,
+        file_format=SEGMENTER_FORMAT,
+        max_version=SEGMENTER_VERSION,
+        what="segmentation checkpoint",
+    )
     raw = dict(payload["meta"])
     for key in ("classes", "mean", "std"):
         raw[key] = tuple(raw[key])
