@@ -311,46 +311,6 @@ def test_compare_initialisations_writes_table_and_curves(
 
     from doll_core.cli import app
 
-    result = CliRunner().invoke(
-        app,
-        [
-            "compare-inits",
-            "--data",
-            str(small_phantom / "organs"),
-            "--out",
-            str(tmp_path / "cmp"),
-            "--classifier",
-            str(resnet_checkpoint),
-            "--doll",
-            str(pretrained / "best.pt"),
-            "--budget",
-            "1",
-            "--budget",
-            "all",
-            "--seeds",
-            "2",
-            "--set",
-            "image_size=64",
-            "--set",
-            "epochs=1",
-            "--set",
-            "eval_interval=1",
-            "--set",
-            "batch_size=1",
-            "--set",
-            "num_workers=0",
-            "--set",
-            'device="cpu"',
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
-    assert table[0] == "| init | 1 labels (1 images) | all labels (2 images) |"
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["random", "classifier", "doll"]
-    assert "±" in table[2]
-    report = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert len(report["runs"]) == 3 * 2 * 2
-    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
     arguments = [
         "compare-inits",
         "--data",
@@ -380,6 +340,15 @@ def test_compare_initialisations_writes_table_and_curves(
         "--set",
         'device="cpu"',
     ]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    assert table[0] == "| init | 1 labels (1 images) | all labels (2 images) |"
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["random", "classifier", "doll"]
+    assert "±" in table[2]
+    report = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert len(report["runs"]) == 3 * 2 * 2
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
     again = CliRunner().invoke(app, arguments)  # finished runs are reused, not retrained
     assert again.exit_code == 0
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == report

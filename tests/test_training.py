@@ -23,9 +23,10 @@ from doll_core.training.classifier import train_classifier
 from doll_core.training.config import AugmentConfig, ClassifierTrainingConfig
 
 
-def _config(data: Path, **changes: Any) -> ClassifierTrainingConfig:
+def _values(data: Path, **changes: Any) -> dict[str, Any]:
+    """The config of a tiny run, as JSON-ready values (a subprocess gets them by repr)."""
     values: dict[str, Any] = {
-        "data": data,
+        "data": str(data),
         "backbone": "tiny_cnn",
         "backbone_params": {"width": 4},
         "image_size": 32,
@@ -36,7 +37,11 @@ def _config(data: Path, **changes: Any) -> ClassifierTrainingConfig:
         "seed": 3,
     }
     values.update(changes)
-    return parse_config(ClassifierTrainingConfig, values)
+    return values
+
+
+def _config(data: Path, **changes: Any) -> ClassifierTrainingConfig:
+    return parse_config(ClassifierTrainingConfig, _values(data, **changes))
 
 
 def test_a_short_run_writes_a_complete_run_folder(small_phantom: Path, tmp_path: Path) -> None:
@@ -95,18 +100,8 @@ KILLER = textwrap.dedent(
 
 
 def test_resume_after_kill_9_gives_the_same_weights(small_phantom: Path, tmp_path: Path) -> None:
-    values = {
-        "data": str(small_phantom),
-        "backbone": "tiny_cnn",
-        "backbone_params": {"width": 4},
-        "image_size": 32,
-        "batch_size": 8,
-        "epochs": 3,
-        "num_workers": 0,
-        "lr": 3e-3,
-        "seed": 3,
-    }
-    config = _config(**{**values, "data": small_phantom})
+    values = _values(small_phantom)
+    config = _config(small_phantom)
     straight = train_classifier(config, tmp_path / "straight")
 
     killed = tmp_path / "killed"
