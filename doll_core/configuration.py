@@ -12,16 +12,21 @@ from doll_core.errors import DollError
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def describe_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem, ``source: dotted.key: message``, joined by '; '."""
+def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    """One ``dotted.key: message`` per problem, each key under ``prefix`` (if given)."""
     problems = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        location = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        problems.append(f"{location}: {message}")
-    return f"{source}: " + "; ".join(problems)
+        problems.append(f"{location or '(top level)'}: {message}")
+    return problems
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, ``source: dotted.key: message``, joined by '; '."""
+    return f"{source}: " + "; ".join(validation_problems(error))
 
 
 def parse_config(model: type[ModelT], data: Mapping[str, Any], source: str = "config") -> ModelT:

@@ -18,6 +18,7 @@ from doll_core.cli import (
     info_cmd,
     labels_cmd,
     plugins_cmd,
+    run_cmd,
     segment_cmd,
     train_cmd,
 )
@@ -82,6 +83,9 @@ app.add_typer(labels_cmd.labels_app, name="labels")
 app.command("pretrain")(segment_cmd.pretrain_command)
 app.command("finetune")(segment_cmd.finetune_command)
 app.command("compare-inits")(segment_cmd.compare_command)
+app.command("run")(run_cmd.run_command)
+app.command("ablate")(run_cmd.ablate_command)
+app.command("report")(run_cmd.report_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,14 +10,15 @@ import torch
 
 from doll_core.data.imageio import read_mask, resize_mask
 from doll_core.labels.store import LabelStore
-from doll_core.metrics.localization import LOCALIZATION_METRICS, nanmean
+from doll_core.metrics.localization import LOCALIZATION_METRICS, nanmean, nanstd
 from doll_core.observations import OBSERVATIONS
 from doll_core.phantom.layout import lesion_mask_path
 
 
 def score_store(store: str | Path, phantom: str | Path, threshold: float = 0.5) -> dict[str, Any]:
-    """Mean of every localisation metric over the store's maps (binarised at
-    ``threshold`` for IoU and Dice), against the masks at the maps' resolution."""
+    """Mean of every localisation metric over the store's maps (binarised at ``threshold``
+    for IoU and Dice), against the masks at the maps' resolution; their standard
+    deviations over the maps under ``"std"``."""
     labels = LabelStore(store)
     softs, masks = [], []
     for image_id in labels.ids:
@@ -36,6 +37,10 @@ def score_store(store: str | Path, phantom: str | Path, threshold: float = 0.5) 
     soft, truth = torch.stack(softs), torch.stack(masks)
     binary = soft >= threshold
     result: dict[str, Any] = {"maps": len(softs)}
+    spread: dict[str, float] = {}
     for metric in LOCALIZATION_METRICS:
-        result[metric.name] = nanmean(metric(soft, truth, binary))
+        values = metric(soft, truth, binary)
+        result[metric.name] = nanmean(values)
+        spread[metric.name] = nanstd(values)
+    result["std"] = spread
     return result

@@ -140,6 +140,12 @@ def nanmean(values: torch.Tensor) -> float:
     return float(defined.mean()) if defined.numel() else math.nan
 
 
+def nanstd(values: torch.Tensor) -> float:
+    """Sample standard deviation of the defined (non-nan) values; nan for fewer than two."""
+    defined = values[~torch.isnan(values)].double()
+    return float(defined.std()) if defined.numel() > 1 else math.nan
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two equally shaped tensors (ties by position)."""
     ra = torch.argsort(torch.argsort(a.flatten())).double()

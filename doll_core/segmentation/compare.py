@@ -68,29 +68,36 @@ def compare_initialisations(
                 )
                 if progress is not None:
                     progress(f"{name}: test mIoU {result['test']['miou']:.4f}")
-    summary = []
-    for label in inits:
-        for budget in budgets:
-            chosen = [r for r in runs if r["init"] == label and r["budget"] == (budget or "all")]
-            miou, miou_std = _mean_std([r["test_miou"] for r in chosen])
-            dice, dice_std = _mean_std([r["test_mdice"] for r in chosen])
-            summary.append(
-                {
-                    "init": label,
-                    "budget": budget or "all",
-                    "train_images": chosen[0]["train_images"],
-                    "seeds": len(chosen),
-                    "test_miou": miou,
-                    "test_miou_std": miou_std,
-                    "test_mdice": dice,
-                    "test_mdice_std": dice_std,
-                }
-            )
+    summary = summarise_runs(runs, ("init", "budget"))
     report = {"runs": runs, "summary": summary}
     atomic_write_text(out / "comparison.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", comparison_table(summary))
     save_curves(runs, out / "curves.png")
     return report
+
+
+def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean ± std of test mIoU and mDice over the seeds of each group of ``runs`` that
+    share the values of ``keys`` (groups in order of first appearance)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[key] for key in keys), []).append(run)
+    summary = []
+    for values, chosen in groups.items():
+        miou, miou_std = _mean_std([r["test_miou"] for r in chosen])
+        dice, dice_std = _mean_std([r["test_mdice"] for r in chosen])
+        summary.append(
+            {
+                **dict(zip(keys, values, strict=True)),
+                "train_images": chosen[0]["train_images"],
+                "seeds": len(chosen),
+                "test_miou": miou,
+                "test_miou_std": miou_std,
+                "test_mdice": dice,
+                "test_mdice_std": dice_std,
+            }
+        )
+    return summary
 
 
 def comparison_table(summary: Sequence[dict[str, Any]]) -> str:

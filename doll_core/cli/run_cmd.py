@@ -1,0 +1,85 @@
+"""``doll run``, ``doll ablate`` and ``doll report``: whole experiments from TOML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+SET_HELP = "Override any experiment key by its dotted path, KEY=VALUE (TOML value)."
+
+
+def _default_out(experiment: Path, kind: str) -> Path:
+    return Path("runs") / f"{experiment.stem}{'' if kind == 'run' else '-' + kind}"
+
+
+def run_command(
+    experiment: Path = typer.Argument(..., help="Experiment file (TOML)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/NAME)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run every stage of an experiment; finished stages with the same settings are reused."""
+    from rich.console import Console
+
+    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.report import rich_table
+    from doll_core.experiment.runner import run_experiment
+
+    parsed, document = load_experiment(experiment, settings)
+    out = out or _default_out(experiment, "run")
+    console = Console()
+    results = run_experiment(
+        parsed, document, out, resume=resume, device=device, progress=not quiet, echo=console.print
+    )
+    console.print(rich_table(results))
+    console.print(f"report: {out / 'results.md'}, figures in {out / 'figures'}")
+
+
+def ablate_command(
+    experiment: Path = typer.Argument(..., help="Experiment file (TOML)."),
+    vary: list[str] = typer.Option(
+        [], "--vary", help="KEY=V1,V2: one grid axis (adds to the file's [ablation] vary)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Folder (default runs/NAME-ablate)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run the grid of an experiment over the varied keys; shared stages run once."""
+    from rich.console import Console
+
+    from doll_core.experiment.ablation import rich_ablation_table, run_ablation
+
+    out = out or _default_out(experiment, "ablate")
+    console = Console()
+    report = run_ablation(
+        experiment,
+        vary,
+        out,
+        overrides=settings,
+        resume=resume,
+        device=device,
+        progress=not quiet,
+        echo=console.print,
+    )
+    console.print(rich_ablation_table([p["row"] for p in report["points"]], report["varied"]))
+    console.print(f"table: {out / 'ablation.md'}, figures in {out / 'figures'}")
+
+
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run folder written by doll run."),
+) -> None:
+    """Print a finished run's table and rebuild its results.csv, results.md and figures."""
+    from rich.console import Console
+
+    from doll_core.experiment.report import load_run, rich_table, write_report
+
+    results, document = load_run(run_dir)
+    written = write_report(run_dir, results, document)
+    console = Console()
+    console.print(rich_table(results))
+    console.print("wrote " + ", ".join(str(p) for p in written))

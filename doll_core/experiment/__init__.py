@@ -1,0 +1,1 @@
+"""Experiments: TOML files, the stage runner with its cache, ablation grids, reports."""

@@ -1,0 +1,245 @@
+"""``doll ablate``: a grid of runs over varied keys, sharing one stage cache, and one table
+with a row per grid point."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from doll_core.atomic import atomic_write_text
+from doll_core.errors import DollError
+from doll_core.experiment.config import (
+    read_experiment_file,
+    resolve_relative_paths,
+    validate_experiment,
+)
+from doll_core.experiment.overrides import apply_overrides, parse_vary, set_dotted
+from doll_core.experiment.report import (
+    LOCALIZATION_ORDER,
+    mean_std,
+    results_csv,
+    save_localization_chart,
+    save_overlay_grid,
+)
+from doll_core.experiment.runner import run_experiment
+from doll_core.registry import Registry
+
+
+def grid_points(varied: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the varied values, as ``{key: value}``, first key slowest."""
+    keys = [key for key, _ in varied]
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(values for _, values in varied))
+    ]
+
+
+def point_name(index: int, point: Mapping[str, Any]) -> str:
+    text = "-".join(f"{key.split('.')[-1]}={_show(value)}" for key, value in point.items())
+    return f"{index:02d}-" + (re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text)[:80] or "point")
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def file_grid(document: Mapping[str, Any], path: Path) -> list[tuple[str, list[Any]]]:
+    """The ``[ablation] vary`` table of an experiment document, checked."""
+    table = document.get("ablation", {})
+    vary = table.get("vary", {}) if isinstance(table, dict) else {}
+    if not isinstance(vary, dict):
+        raise DollError(f"{path}: ablation.vary must be a table of KEY = [V1, V2, ...]")
+    grid = []
+    for key, values in _flatten(vary):
+        if not isinstance(values, list) or len(values) < 2:
+            raise DollError(f"{path}: ablation.vary.{key} must list at least two values")
+        grid.append((key, values))
+    return grid
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"explanation": {"explainer": [...]}}`` (an unquoted dotted TOML key) and
+    ``{"explanation.explainer": [...]}`` both give ``("explanation.explainer", [...])``."""
+    items = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items += _flatten(value, f"{name}.")
+        else:
+            items.append((name, value))
+    return items
+
+
+def run_ablation(
+    path: str | Path,
+    vary: Sequence[str],
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Validate every grid point first, then run them in order with one shared stage
+    folder (``out/stages``), and write ``ablation.{json,csv,md}`` and figures.
+
+    The grid is the file's ``[ablation] vary`` table, then each ``vary`` item
+    (``KEY=V1,V2``; a key given both ways takes the command line's values)."""
+    path = Path(path)
+    base = apply_overrides(read_experiment_file(path), list(overrides))
+    varied = file_grid(base, path)
+    cli = [parse_vary(item) for item in vary]
+    if len({key for key, _ in cli}) != len(cli):
+        raise DollError("each key may be varied once")
+    for key, values in cli:
+        varied = [(k, v) for k, v in varied if k != key] + [(key, values)]
+    if not varied:
+        raise DollError(
+            f"nothing to vary: give --vary KEY=V1,V2 or an [ablation] vary table in {path}"
+        )
+    keys = [key for key, _ in varied]
+    prepared = []
+    for index, point in enumerate(grid_points(varied)):
+        document = json.loads(json.dumps(base))
+        for key, value in point.items():
+            set_dotted(document, key, value)
+        document = resolve_relative_paths(document, path.resolve().parent)
+        name = point_name(index, point)
+        experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
+        prepared.append((name, point, experiment, experiment.model_dump(mode="json")))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    points: list[dict[str, Any]] = []
+    for name, point, experiment, document in prepared:
+        if echo is not None:
+            echo(f"grid point {name}")
+        results = run_experiment(
+            experiment,
+            document,
+            out / "points" / name,
+            stages=out / "stages",
+            resume=resume,
+            device=device,
+            progress=progress,
+            echo=echo,
+            registry=registry,
+        )
+        points.append({"name": name, "values": point, "results": results})
+    report: dict[str, Any] = {
+        "varied": keys,
+        "points": [
+            {
+                "name": p["name"],
+                "values": p["values"],
+                "row": ablation_row(p["values"], p["results"]),
+            }
+            for p in points
+        ],
+    }
+    atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
+    rows = [p["row"] for p in report["points"]]
+    atomic_write_text(out / "ablation.csv", results_csv(rows))
+    atomic_write_text(out / "ablation.md", ablation_markdown(rows))
+    _ablation_figures(out, points)
+    return report
+
+
+def headline_init(inits: Sequence[str]) -> str:
+    return "doll" if "doll" in inits else inits[0]
+
+
+def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row: varied values, downstream scores of the headline init (``doll`` where
+    run) per task and budget, label localization, label images/s, stage seconds."""
+    row: dict[str, Any] = {key: _show(value) for key, value in values.items()}
+    # (the varied keys come first, so the table's first columns name the grid point)
+    summary = results["finetune"]["summary"]
+    inits = list(dict.fromkeys(r["init"] for r in summary))
+    if inits:
+        init = headline_init(inits)
+        for entry in (r for r in summary if r["init"] == init):
+            prefix = f"{entry['task']} {init} n={entry['budget']}"
+            row[f"{prefix} mIoU"] = round(entry["test_miou"], 4)
+            several = entry["seeds"] > 1
+            row[f"{prefix} mIoU std"] = round(entry["test_miou_std"], 4) if several else None
+            row[f"{prefix} Dice"] = round(entry["test_mdice"], 4)
+            row[f"{prefix} Dice std"] = round(entry["test_mdice_std"], 4) if several else None
+    labels = results.get("labels") or {}
+    localization = labels.get("localization") or {}
+    for name in LOCALIZATION_ORDER:
+        if name in localization:
+            row[f"labels {name}"] = round(localization[name], 4)
+    if labels:
+        row["labels images/s"] = labels.get("images_per_second")
+    for kind, seconds in results.get("stage_seconds", {}).items():
+        row[f"{kind} s"] = seconds
+    return row
+
+
+def ablation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ablation table; a ``X`` / ``X std`` column pair becomes one ``mean ± std`` cell."""
+    if not rows:
+        return ""
+    columns = [c for c in rows[0] if not c.endswith(" std")]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if f"{column} std" in row:
+                cells.append(mean_std(value, row[f"{column} std"]))
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append("-" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: Columns the terminal table keeps besides the varied keys (the files keep all).
+TERMINAL_COLUMNS = ("mIoU", "labels pointing_game", "labels iou", "labels images/s")
+
+
+def rich_ablation_table(rows: Sequence[Mapping[str, Any]], varied: Sequence[str]) -> Any:
+    """The headline columns of the ablation: varied keys, downstream mIoU, label
+    localization and speed (``ablation.md`` has every column)."""
+    from rich.table import Table
+
+    table = Table(title="ablation (test scores: mean ± std over seeds)")
+    if not rows:
+        return table
+    columns = [c for c in rows[0] if c in varied or c.endswith(TERMINAL_COLUMNS)]
+    for column in columns:
+        table.add_column(column, justify="right", overflow="fold")
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if f"{column} std" in row:
+                cells.append(mean_std(value, row[f"{column} std"]))
+            else:
+                cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    return table
+
+
+def _ablation_figures(out: Path, points: Sequence[Mapping[str, Any]]) -> None:
+    scores = {
+        p["name"]: (p["results"].get("labels") or {}).get("localization") or {} for p in points
+    }
+    if any(s.get("maps") for s in scores.values()):
+        save_localization_chart(scores, out / "figures" / "localization.png")
+    stores: dict[str, str] = {}
+    for p in points:
+        folder = p["results"].get("labels_folder")
+        if folder and folder not in stores.values():
+            stores[p["name"]] = folder
+    if stores:
+        phantom = points[0]["results"].get("phantom")
+        save_overlay_grid(stores, out / "figures" / "labels-overlay.png", 6, phantom)

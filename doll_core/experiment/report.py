@@ -1,0 +1,309 @@
+"""The report of a run: ``results.csv``, ``results.md``, figures, and a rich table.
+
+``results.json`` (written by the runner) is the source; ``doll report RUN_DIR`` rebuilds
+everything else from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from doll_core.atomic import atomic_write_text
+from doll_core.errors import DollError
+from doll_core.segmentation.compare import save_curves
+
+FIGURES = "figures"
+LOCALIZATION_ORDER = (
+    "pointing_game",
+    "iou",
+    "dice",
+    "top_k_intersection",
+    "relevance_mass_accuracy",
+    "pixel_auroc",
+)
+
+
+def mean_std(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, init, budget): test mIoU and mDice, mean and std over seeds
+    (std ``None`` for a single seed)."""
+    return [
+        {
+            "task": row["task"],
+            "init": row["init"],
+            "budget": row["budget"],
+            "train_images": row["train_images"],
+            "seeds": row["seeds"],
+            "miou": row["test_miou"],
+            "miou_std": row["test_miou_std"] if row["seeds"] > 1 else None,
+            "dice": row["test_mdice"],
+            "dice_std": row["test_mdice_std"] if row["seeds"] > 1 else None,
+        }
+        for row in results["finetune"]["summary"]
+    ]
+
+
+def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """Tables of a run: downstream scores per task, label quality, stage times."""
+    lines = [f"# {results['experiment']}", ""]
+    rows = summary_rows(results)
+    for task in dict.fromkeys(row["task"] for row in rows):
+        lines += [
+            f"## {task}: test mIoU / Dice (mean ± std over seeds)",
+            "",
+            "| init | labelled images | seeds | mIoU | Dice |",
+            "|---|---|---|---|---|",
+        ]
+        for row in (r for r in rows if r["task"] == task):
+            lines.append(
+                f"| {row['init']} | {row['budget']} ({row['train_images']}) | {row['seeds']} | "
+                f"{mean_std(row['miou'], row['miou_std'])} | "
+                f"{mean_std(row['dice'], row['dice_std'])} |"
+            )
+        lines.append("")
+    labels = results.get("labels")
+    if labels:
+        lines += [
+            "## Labels",
+            "",
+            f"- images: {labels.get('images')}",
+            f"- images/s: {labels.get('images_per_second')}",
+            f"- bytes per image: {labels.get('bytes_per_image')}",
+        ]
+        localization = labels.get("localization")
+        if localization and localization.get("maps"):
+            spread = localization.get("std", {})
+            lines += [
+                "",
+                f"Localization against the phantom's lesion masks "
+                f"({localization['maps']} maps, mean ± std over maps):",
+                "",
+                "| metric | value |",
+                "|---|---|",
+            ]
+            for name in LOCALIZATION_ORDER:
+                if name in localization:
+                    lines.append(f"| {name} | {mean_std(localization[name], spread.get(name))} |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | folders | computed now | seconds |", "|---|---|---|---|"]
+    kinds: dict[str, list[Mapping[str, Any]]] = {}
+    for record in results["stages"]:
+        kinds.setdefault(record["kind"], []).append(record)
+    for kind, records in kinds.items():
+        computed = sum(not r["reused"] for r in records)
+        seconds = sum(r["seconds"] for r in records)
+        lines.append(f"| {kind} | {len(records)} | {computed} | {seconds:.1f} |")
+    environment = results.get("environment", {})
+    lines += [
+        "",
+        f"Device: {environment.get('device')} "
+        f"({environment.get('gpu', 'CPU, ' + str(environment.get('cpu_threads')) + ' threads')}); "
+        f"doll {environment.get('doll')}, torch {environment.get('torch')}; "
+        f"run took {results.get('seconds')} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def rich_table(results: Mapping[str, Any]) -> Any:
+    """The downstream scores as a :class:`rich.table.Table`."""
+    from rich.table import Table
+
+    table = Table(title=f"{results['experiment']}: test scores (mean ± std over seeds)")
+    for column in ("task", "init", "labelled", "seeds", "mIoU", "Dice"):
+        table.add_column(column, justify="left" if column in ("task", "init") else "right")
+    for row in summary_rows(results):
+        table.add_row(
+            row["task"],
+            row["init"],
+            f"{row['budget']} ({row['train_images']})",
+            str(row["seeds"]),
+            mean_std(row["miou"], row["miou_std"]),
+            mean_std(row["dice"], row["dice_std"]),
+        )
+    return table
+
+
+def save_localization_chart(scores: Mapping[str, Mapping[str, Any]], out: Path) -> Path:
+    """Bars of each labelling's localization metrics (mean, with std over maps as error
+    bars); ``scores`` maps a title (an explainer, a grid point) to ``score_store`` output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = [t for t, s in scores.items() if s and s.get("maps")]
+    metrics = [m for m in LOCALIZATION_ORDER if any(m in scores[t] for t in titles)]
+    figure, axis = plt.subplots(figsize=(1.4 + 1.3 * len(metrics), 3.4))
+    width = 0.8 / max(len(titles), 1)
+    for i, title in enumerate(titles):
+        means = [scores[title].get(m, math.nan) for m in metrics]
+        stds = [scores[title].get("std", {}).get(m, 0.0) for m in metrics]
+        positions = [j + (i - (len(titles) - 1) / 2) * width for j in range(len(metrics))]
+        axis.bar(positions, means, width, yerr=stds, capsize=2, label=title)
+    axis.set_xticks(range(len(metrics)), [m.replace("_", "\n") for m in metrics], fontsize=7)
+    axis.set_ylabel("score (mean ± std over maps)")
+    axis.set_ylim(0, 1.05)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def save_overlay_grid(
+    stores: Mapping[str, str | Path],
+    out: Path,
+    count: int = 6,
+    phantom: str | Path | None = None,
+    image_size: int = 128,
+) -> Path | None:
+    """Rows of images; columns: the image, its ground-truth lesion (phantom only) and
+    each store's label for the image's first labelled observation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from doll_core.data.imageio import read_mask
+    from doll_core.data.samples import SkippedSample
+    from doll_core.labels.dataset import LabeledImages
+    from doll_core.labels.store import LabelStore
+    from doll_core.observations import OBSERVATIONS
+    from doll_core.phantom.layout import lesion_mask_path
+
+    titles = list(stores)
+    if not titles or count == 0:
+        return None
+    first = LabeledImages(stores[titles[0]], size=image_size)
+    others = {t: LabelStore(stores[t]) for t in titles}
+    picks = []
+    for index in range(len(first)):
+        sample = first[index]
+        if isinstance(sample, SkippedSample):
+            continue
+        observations, _ = others[titles[0]].labels(sample["id"])
+        if observations:
+            picks.append((sample, observations[0]))
+        if len(picks) >= count:
+            break
+    if not picks:
+        return None
+    columns = 1 + (phantom is not None) + len(titles)
+    figure, axes = plt.subplots(
+        len(picks), columns, figsize=(2.1 * columns, 2.2 * len(picks)), squeeze=False
+    )
+    for row, (sample, k) in zip(axes, picks, strict=True):
+        image = sample["image"].mean(0).numpy()
+        for axis in row:
+            axis.axis("off")
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(OBSERVATIONS[k], fontsize=7)
+        column = 1
+        if phantom is not None:
+            path = lesion_mask_path(phantom, sample["id"], OBSERVATIONS[k])
+            if path.is_file():
+                mask = read_mask(path).astype(np.float32)
+                row[1].imshow(
+                    np.ma.masked_less_equal(mask, 0),
+                    cmap="autumn",
+                    alpha=0.6,
+                    vmin=0,
+                    vmax=1,
+                    extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+                )
+            row[1].set_title("truth", fontsize=7)
+            column = 2
+        for offset, title in enumerate(titles):
+            observations, maps = others[title].labels(sample["id"])
+            axis = row[column + offset]
+            if k in observations:
+                label = maps[observations.index(k)].float().numpy() / 255
+                axis.imshow(
+                    label,
+                    cmap="inferno",
+                    alpha=0.55,
+                    vmin=0,
+                    vmax=1,
+                    extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+                )
+            axis.set_title(title, fontsize=7)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
+
+
+def write_figures(out: Path, results: Mapping[str, Any], document: Mapping[str, Any]) -> list[Path]:
+    figures = out / FIGURES
+    written: list[Path] = []
+    runs = results["finetune"]["runs"]
+    for task in dict.fromkeys(run["task"] for run in runs):
+        path = figures / f"curves-{task}.png"
+        save_curves([r for r in runs if r["task"] == task], path)
+        written.append(path)
+    labels = results.get("labels")
+    if labels and labels.get("localization", {}).get("maps"):
+        title = document.get("explanation", {}).get("explainer", "integrated_gradients")
+        written.append(
+            save_localization_chart({title: labels["localization"]}, figures / "localization.png")
+        )
+    store = results.get("labels_folder")
+    count = document.get("report", {}).get("overlay_images", 6)
+    if store and Path(store).is_dir() and count:
+        title = document.get("explanation", {}).get("explainer", "integrated_gradients")
+        overlay = save_overlay_grid(
+            {title: store}, figures / "labels-overlay.png", count, results.get("phantom")
+        )
+        if overlay is not None:
+            written.append(overlay)
+    return written
+
+
+def write_report(out: Path, results: Mapping[str, Any], document: Mapping[str, Any]) -> list[Path]:
+    """``results.csv``, ``results.md`` and the figures of a run folder."""
+    atomic_write_text(out / "results.csv", results_csv(summary_rows(results)))
+    atomic_write_text(out / "results.md", results_markdown(results))
+    return [out / "results.csv", out / "results.md", *write_figures(out, results, document)]
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(results, experiment document)`` of a finished run folder."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise DollError(f"{run_dir} is not a finished run folder (no results.json)")
+    try:
+        results = json.loads(results_path.read_text())
+        document = json.loads((run_dir / "experiment.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DollError(f"{run_dir}: unreadable run files: {exc}") from None
+    return results, document

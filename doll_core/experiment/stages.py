@@ -1,0 +1,150 @@
+"""Stage folders keyed by what determines their output, so finished work is reused.
+
+A stage's key is a hash of its kind, its settings (without what cannot change the result:
+device, DataLoader workers) and the keys of the stages it reads. Its folder is
+``STAGES/<kind>-<label>-<key>``; a ``stage.json`` written last (atomically) marks it done.
+A folder without ``stage.json`` is an interrupted stage: it is continued with ``resume``,
+and refused otherwise, so that nothing half-written is ever taken for a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doll_core._version import __version__
+from doll_core.atomic import atomic_write_text
+from doll_core.errors import DollError
+
+#: Bump when a stage's output format or meaning changes, so old folders are not reused.
+STAGE_FORMAT = 1
+DONE = "stage.json"
+#: Settings that do not change a stage's result; left out of its key.
+NOT_IN_KEY = frozenset({"device", "num_workers", "workers", "batch_size_eval"})
+
+
+def stage_key(kind: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    """16 hex digits from the stage kind, its JSON settings and its inputs' keys."""
+    payload = {
+        "format": STAGE_FORMAT,
+        "kind": kind,
+        "settings": {k: v for k, v in settings.items() if k not in NOT_IN_KEY},
+        "inputs": dict(inputs),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")[:48] or "stage"
+
+
+@dataclass
+class StageRecord:
+    """What one stage did in this run."""
+
+    kind: str
+    label: str
+    key: str
+    folder: Path
+    reused: bool
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "key": self.key,
+            "folder": str(self.folder),
+            "reused": self.reused,
+            "seconds": round(self.seconds, 2),
+            "info": self.info,
+        }
+
+
+class StageCache:
+    """Runs or reuses stages under ``root``.
+
+    :param resume: continue stages whose folder exists without ``stage.json``.
+    :param log: called with one line per stage event.
+    """
+
+    def __init__(
+        self, root: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.resume = resume
+        self.log = log or (lambda line: None)
+        self.records: list[StageRecord] = []
+        self.computed: dict[str, int] = {}
+
+    def folder(self, kind: str, label: str, key: str) -> Path:
+        return self.root / f"{kind}-{_slug(label)}-{key}"
+
+    def run(
+        self,
+        kind: str,
+        label: str,
+        settings: Mapping[str, Any],
+        inputs: Mapping[str, str],
+        work: Callable[[Path, bool], dict[str, Any] | None],
+    ) -> StageRecord:
+        """Reuse the finished stage with this key, or call ``work(folder, resume)``.
+
+        ``work`` writes its output into ``folder`` and returns a small JSON-ready summary
+        (kept in ``stage.json``); ``resume`` is true when it continues an interrupted run.
+        """
+        key = stage_key(kind, settings, inputs)
+        folder = self.folder(kind, label, key)
+        done = folder / DONE
+        if done.is_file():
+            saved = json.loads(done.read_text())
+            record = StageRecord(
+                kind, label, key, folder, True, float(saved["seconds"]), saved.get("info") or {}
+            )
+            self.log(f"{kind} {label}: reused {folder.name} (took {record.seconds:.1f} s)")
+            self.records.append(record)
+            return record
+        resuming = folder.exists()
+        if resuming and not self.resume:
+            raise DollError(
+                f"stage folder {folder} holds an interrupted {kind} stage; "
+                "pass --resume to continue it"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log(f"{kind} {label}: {'resuming' if resuming else 'running'} in {folder.name}")
+        started = time.perf_counter()
+        info = work(folder, resuming) or {}
+        seconds = time.perf_counter() - started
+        record = StageRecord(kind, label, key, folder, False, seconds, info)
+        atomic_write_text(
+            done,
+            json.dumps(
+                {
+                    "kind": kind,
+                    "label": label,
+                    "key": key,
+                    "doll": __version__,
+                    "settings": dict(settings),
+                    "inputs": dict(inputs),
+                    "seconds": round(seconds, 2),
+                    "resumed": resuming,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "info": info,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n",
+        )
+        self.computed[kind] = self.computed.get(kind, 0) + 1
+        self.log(f"{kind} {label}: done in {seconds:.1f} s")
+        self.records.append(record)
+        return record

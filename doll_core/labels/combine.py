@@ -1,0 +1,191 @@
+"""Fuse finished single-classifier label stores into one store.
+
+This lets an experiment explain each classifier once and try several fusions on the same
+maps (``doll ablate --vary fusion.name=...``). The inputs must be stores of one
+classifier each, made with the same settings (data, explainer, targets, post-processing,
+label size, shards), so that image ids and targets agree map for map; targets chosen by
+the ensemble's predictions (``targets = "predicted"``) cannot be split this way.
+
+Each map is fused from the stored uint8 maps, so the result can differ from fusing inside
+:func:`~doll_core.labels.generate.generate_labels` by one quantisation step (1/255).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from doll_core.atomic import atomic_write_text
+from doll_core.checkpoint import read_classifier_meta
+from doll_core.errors import DollError
+from doll_core.labels.fusion import fuse_maps
+from doll_core.labels.store import (
+    CONFIG,
+    LabelStore,
+    ShardContent,
+    build_manifest,
+    write_manifest,
+    write_shard,
+)
+from doll_core.observations import OBSERVATIONS
+from doll_core.registry import Registry, get_registry
+
+#: Config keys that may differ between the stores being fused.
+_MAY_DIFFER = {"classifiers", "device", "batch_size", "fusion", "fusion_params"}
+
+
+def map_statistics(maps: torch.Tensor) -> torch.Tensor:
+    """``[n, R, R]`` uint8 maps -> ``[n, 3]``: mean, max, share of pixels >= 0.5."""
+    values = maps.float() / 255
+    return torch.stack(
+        [values.mean(dim=(1, 2)), values.amax(dim=(1, 2)), (values >= 0.5).float().mean((1, 2))],
+        dim=1,
+    ).reshape(-1, 3)
+
+
+def _check_compatible(stores: Sequence[LabelStore]) -> dict[str, Any]:
+    first = stores[0].config["config"]
+    for store in stores:
+        config = store.config["config"]
+        if len(config["classifiers"]) != 1:
+            raise DollError(
+                f"{store.path} fuses several classifiers; give single-classifier stores"
+            )
+        if config.get("targets") == "predicted":
+            raise DollError(
+                f"{store.path} chose targets from predictions; such stores cannot be fused "
+                "afterwards (generate them together instead)"
+            )
+        differing = sorted(
+            k
+            for k in set(first) | set(config)
+            if k not in _MAY_DIFFER and first.get(k) != config.get(k)
+        )
+        if differing:
+            raise DollError(
+                f"{store.path} was made with other settings than {stores[0].path}: "
+                f"{', '.join(differing)}"
+            )
+        if not store.manifest.get("complete", False):
+            raise DollError(f"{store.path} is not complete")
+    return first
+
+
+def fuse_stores(
+    stores: Sequence[str | Path],
+    fusion: str,
+    out: str | Path,
+    *,
+    fusion_params: dict[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Write the store ``out`` whose maps fuse the maps of ``stores`` (one classifier
+    each) with the fusion plugin ``fusion``; the AUC-weighted fusion gets each
+    classifier's validation AUROC per observation. Returns the new manifest.
+
+    Shapes: the plugin is called per shard with maps ``[N_clf, n_maps, 1, R, R]`` and
+    weights ``[N_clf, n_maps, 1]``.
+    """
+    registry = registry or get_registry()
+    if not stores:
+        raise DollError("fuse_stores needs at least one store")
+    opened = [LabelStore(path) for path in stores]
+    base = _check_compatible(opened)
+    params = dict(fusion_params or {})
+    plugin = registry.create("fusion", fusion, **params)
+    classifiers = [store.config["config"]["classifiers"][0] for store in opened]
+    auroc = torch.tensor(
+        [
+            [
+                value
+                if (value := read_classifier_meta(path).val_auroc.get(name)) is not None
+                else 0.5
+                for name in OBSERVATIONS
+            ]
+            for path in classifiers
+        ],
+        dtype=torch.float32,
+    )
+    source_hashes = [store.config["config_hash"] for store in opened]
+    config_hash = hashlib.sha256(
+        json.dumps(
+            {"sources": source_hashes, "fusion": fusion, "params": params}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = int(opened[0].config["total_shards"])
+    record = {
+        **{k: v for k, v in opened[0].config.items() if k != "config"},
+        "config_hash": config_hash,
+        "config": {**base, "classifiers": classifiers, "fusion": fusion, "fusion_params": params},
+        "fused_from": [
+            {"store": str(s.path), "config_hash": h}
+            for s, h in zip(opened, source_hashes, strict=True)
+        ],
+    }
+    atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
+    started = time.perf_counter()
+    for index in sorted(int(k) for k in opened[0].manifest["shards"]):
+        shards = [store.shard(index) for store in opened]
+        first = shards[0]
+        for store, shard in zip(opened[1:], shards[1:], strict=True):
+            if shard.ids != first.ids or not torch.equal(shard.targets, first.targets):
+                raise DollError(
+                    f"shard {index} of {store.path} holds other images or targets than "
+                    f"{opened[0].path}"
+                )
+        observation = (
+            torch.cat(
+                [first.targets[row][first.targets[row] >= 0] for row in range(len(first.ids))]
+            )
+            if first.ids
+            else torch.zeros(0, dtype=torch.long)
+        )
+        stacked = torch.stack([s.maps.float() / 255 for s in shards])[:, :, None]
+        weights = auroc[:, observation][:, :, None]
+        if stacked.shape[1]:
+            fused = fuse_maps(plugin, fusion, stacked, weights)[:, 0]
+            maps = torch.round(fused * 255).to(torch.uint8)
+        else:
+            maps = first.maps.clone()
+        write_shard(
+            out,
+            ShardContent(
+                index=index,
+                config_hash=config_hash,
+                ids=list(first.ids),
+                targets=first.targets.clone(),
+                maps=maps,
+                offsets=first.offsets.clone(),
+                stats=map_statistics(maps),
+                skipped=list(first.skipped),
+                nonfinite=sum(s.nonfinite for s in shards),
+                no_signal=sum(s.no_signal for s in shards),
+            ),
+        )
+    manifest = build_manifest(out, config_hash, total)
+    write_manifest(out, manifest)
+    seconds = time.perf_counter() - started
+    images = len(manifest["images"])
+    atomic_write_text(
+        out / "generation.json",
+        json.dumps(
+            {
+                "seconds": round(seconds, 2),
+                "images_this_run": images,
+                "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+                "classifiers": len(opened),
+                "fused_from_stores": True,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    return manifest

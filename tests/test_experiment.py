@@ -1,0 +1,427 @@
+"""Experiments: validation, overrides, stage keys and reuse, reports, ablation, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from doll_core.cli import app
+from doll_core.configuration import parse_config
+from doll_core.errors import DollError
+from doll_core.experiment.ablation import ablation_markdown, grid_points, run_ablation
+from doll_core.experiment.config import load_experiment, validate_experiment
+from doll_core.experiment.overrides import apply_overrides, parse_value, parse_vary
+from doll_core.experiment.report import results_csv, summary_rows
+from doll_core.experiment.runner import run_experiment
+from doll_core.experiment.stages import StageCache, stage_key
+from doll_core.labels.combine import fuse_stores
+from doll_core.labels.config import LabelGenerationConfig
+from doll_core.labels.generate import generate_labels
+from doll_core.labels.store import LabelStore
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: The smallest experiment with every stage: seconds on 2 cores.
+TINY = """
+name = "tiny"
+[data.phantom]
+n_train = 32
+n_valid = 16
+n_organs = 10
+n_infection = 0
+size = 64
+[data.tasks.organs]
+phantom = "organs"
+[training]
+image_size = 32
+epochs = 1
+batch_size = 16
+num_workers = 0
+[classifiers.resnet18]
+backbone = "resnet18"
+[classifiers.tiny]
+backbone = "tiny_cnn"
+[explanation]
+explainer = "saliency"
+label_size = 16
+[pretrain]
+encoder_from = "resnet18"
+image_size = 32
+epochs = 2
+batch_size = 8
+num_workers = 0
+[finetune]
+inits = ["random", "classifier", "doll"]
+budgets = [3]
+seeds = [0]
+image_size = 32
+epochs = 2
+eval_interval = 2
+batch_size = 3
+num_workers = 0
+"""
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("experiment") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_experiment: Path) -> tuple[Path, dict[str, Any]]:
+    """One uninterrupted run of the tiny experiment (the reference for other tests)."""
+    out = tiny_experiment.parent / "run"
+    experiment, document = load_experiment(tiny_experiment)
+    return out, run_experiment(experiment, document, out, device="cpu")
+
+
+# -- overrides ---------------------------------------------------------------------------
+
+
+def test_values_are_toml_or_bare_strings() -> None:
+    assert parse_value("3") == 3
+    assert parse_value("0.5") == 0.5
+    assert parse_value("true") is True
+    assert parse_value('[8, "all"]') == [8, "all"]
+    assert parse_value("{n_steps = 4}") == {"n_steps": 4}
+    assert parse_value("gradcam") == "gradcam"
+    assert parse_value('"folders"') == "folders"
+
+
+def test_overrides_set_nested_keys_and_keep_the_original() -> None:
+    document = {"finetune": {"seeds": [0]}, "name": "x"}
+    result = apply_overrides(document, ["finetune.seeds=[1,2]", "explanation.explainer=lrp"])
+    assert result == {
+        "finetune": {"seeds": [1, 2]},
+        "name": "x",
+        "explanation": {"explainer": "lrp"},
+    }
+    assert document == {"finetune": {"seeds": [0]}, "name": "x"}
+    with pytest.raises(DollError, match="name is a value"):
+        apply_overrides(document, ["name.deeper=1"])
+    for bad in ("novalue", "=3", "a..b=1"):
+        with pytest.raises(DollError, match="KEY=VALUE"):
+            apply_overrides(document, [bad])
+
+
+def test_vary_splits_on_top_level_commas() -> None:
+    assert parse_vary("finetune.budgets=[8,32],[8]") == ("finetune.budgets", [[8, 32], [8]])
+    assert parse_vary("explanation.explainer=saliency,gradcam") == (
+        "explanation.explainer",
+        ["saliency", "gradcam"],
+    )
+    with pytest.raises(DollError, match="at least two"):
+        parse_vary("fusion.name=mean")
+    with pytest.raises(DollError, match="empty value"):
+        parse_vary("fusion.name=mean,")
+    assert grid_points([("a", [1, 2]), ("b", ["x", "y"])]) == [
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
+    ]
+
+
+# -- validation --------------------------------------------------------------------------
+
+
+def _document(**changes: Any) -> dict[str, Any]:
+    import tomllib
+
+    document = tomllib.loads(TINY)
+    for key, value in changes.items():
+        document = apply_overrides(document, [f"{key}={value}"])
+    return document
+
+
+def test_the_tiny_and_shipped_experiments_validate() -> None:
+    validate_experiment(_document())
+    for path in sorted((REPO_ROOT / "experiments").glob("*.toml")):
+        if path.stem == "chexpert_paper":  # its data roots are the user's
+            continue
+        load_experiment(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("finetune.bogus", "1", "finetune.bogus: unknown key"),
+        ("bogus", "1", "bogus: unknown key"),
+        ("classifiers.tiny.epochs", '"many"', "classifiers.tiny.epochs: Input should be a valid"),
+        ("training.lr", "-1", "classifiers.resnet18.lr: Input should be greater than 0"),
+        ("data.tasks.lungs.root", '"/no/such/folder"', "data.tasks.lungs.root: folder not found"),
+        ("explanation.explainer", "gradcamm", "did you mean 'gradcam'"),
+        ("fusion.name", "avg", "fusion.name: unknown fusion 'avg'"),
+        ("pretrain.head", "unett", "pretrain.head: unknown seg_head"),
+        ("classifiers.tiny.backbone", "resnet81", "classifiers.tiny.backbone: unknown backbone"),
+        ("explanation.explainer_params", "{n_stepz = 3}", "does not accept parameters"),
+        ("explanation.data", '"/x"', "explanation.data: set by the runner"),
+        ("pretrain.encoder_from", "tiny", "no segmentation-encoder counterpart"),
+        ("explanation.classifiers", '["nope"]', "no classifier named 'nope'"),
+        ("finetune.tasks", '["lungs"]', "no task named 'lungs'"),
+        ("finetune.inits", '["checkpoint"]', "init 'checkpoint' needs a file"),
+        ("finetune.seeds", "[0, 0]", "a seed is listed twice"),
+        ("data.tasks.organs.root", '"/x"', "give exactly one of phantom"),
+    ],
+)
+def test_each_problem_is_named(key: str, value: str, message: str) -> None:
+    with pytest.raises(DollError) as caught:
+        validate_experiment(_document(**{key: value}))
+    assert message in str(caught.value)
+
+
+def test_all_problems_are_listed_at_once() -> None:
+    document = _document(
+        **{"finetune.bogus": "1", "fusion.name": "avg", "data.tasks.lungs.root": '"/nowhere"'}
+    )
+    with pytest.raises(DollError) as caught:
+        validate_experiment(document)
+    assert len(str(caught.value).splitlines()) == 4  # the heading and three problems
+
+
+def test_cli_reports_bad_experiments_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY + "\n[report]\nfancy = true\n")
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "report.fancy: unknown key" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing started
+    path.write_text("name = [unclosed")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "not valid TOML" in result.output
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 2 and "experiment file not found" in result.output
+
+
+# -- stage keys and the cache ------------------------------------------------------------
+
+
+def test_stage_keys_follow_settings_and_inputs_not_the_device() -> None:
+    key = stage_key("labels", {"explainer": "saliency", "device": "cpu"}, {"data": "a"})
+    assert key == stage_key("labels", {"explainer": "saliency", "device": "cuda"}, {"data": "a"})
+    assert key != stage_key("labels", {"explainer": "gradcam", "device": "cpu"}, {"data": "a"})
+    assert key != stage_key("labels", {"explainer": "saliency"}, {"data": "b"})
+    assert key != stage_key("pretrain", {"explainer": "saliency"}, {"data": "a"})
+
+
+def test_the_cache_reuses_finished_and_refuses_interrupted_stages(tmp_path: Path) -> None:
+    calls: list[bool] = []
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        calls.append(resuming)
+        (folder / "out.txt").write_text("done")
+        return {"value": 1}
+
+    cache = StageCache(tmp_path)
+    first = cache.run("kind", "a", {"x": 1}, {}, work)
+    again = StageCache(tmp_path).run("kind", "a", {"x": 1}, {}, work)
+    assert calls == [False] and again.reused and again.info == {"value": 1}
+    assert again.folder == first.folder
+    interrupted = cache.folder("kind", "b", stage_key("kind", {"x": 2}, {}))
+    interrupted.mkdir()
+    with pytest.raises(DollError, match="--resume"):
+        StageCache(tmp_path).run("kind", "b", {"x": 2}, {}, work)
+    StageCache(tmp_path, resume=True).run("kind", "b", {"x": 2}, {}, work)
+    assert calls == [False, True]
+
+
+# -- whole runs --------------------------------------------------------------------------
+
+
+def test_a_run_writes_its_report(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = tiny_run
+    for name in (
+        "experiment.json",
+        "results.json",
+        "results.csv",
+        "results.md",
+        "log.txt",
+        "figures/curves-organs.png",
+        "figures/localization.png",
+        "figures/labels-overlay.png",
+    ):
+        assert (out / name).is_file(), name
+    assert results["computed"] == {
+        "phantom": 1,
+        "classifier": 2,
+        "explain": 2,
+        "labels": 1,
+        "pretrain": 1,
+        "finetune": 3,
+    }
+    rows = summary_rows(results)
+    assert [(r["init"], r["budget"], r["seeds"]) for r in rows] == [
+        ("random", 3, 1),
+        ("classifier", 3, 1),
+        ("doll", 3, 1),
+    ]
+    by_init = {run["init"]: run for run in results["finetune"]["runs"]}
+    for row in rows:  # the table is the runs' own numbers
+        assert row["miou"] == by_init[row["init"]]["test_miou"]
+        test = json.loads((Path(by_init[row["init"]]["folder"]) / "test.json").read_text())
+        assert test["test"]["miou"] == row["miou"]
+    assert (out / "results.csv").read_text() == results_csv(rows)
+    assert f"{rows[2]['miou']:.3f}" in (out / "results.md").read_text()
+    assert 0 <= results["labels"]["localization"]["pointing_game"] <= 1
+    assert results["environment"]["device"] == "cpu"
+    assert json.loads((out / "experiment.json").read_text())["name"] == "tiny"
+
+
+def test_a_second_run_reuses_every_stage_and_a_finetune_change_only_finetunes(
+    tiny_run: tuple[Path, dict[str, Any]], tiny_experiment: Path, tmp_path: Path
+) -> None:
+    out, first = tiny_run
+    experiment, document = load_experiment(tiny_experiment)
+    again = run_experiment(experiment, document, tmp_path / "again", stages=out / "stages")
+    assert again["computed"] == {}
+    assert all(stage["reused"] for stage in again["stages"])
+    assert again["finetune"]["summary"] == first["finetune"]["summary"]
+    experiment, document = load_experiment(tiny_experiment, ["finetune.lr=0.003"])
+    changed = run_experiment(experiment, document, tmp_path / "changed", stages=out / "stages")
+    assert changed["computed"] == {"finetune": 3}
+
+
+def test_report_rebuilds_the_files(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = tiny_run
+    (out / "results.md").unlink()
+    result = runner.invoke(app, ["report", str(out)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert (out / "results.md").is_file() and "doll" in result.output
+    result = runner.invoke(app, ["report", str(out / "figures")])
+    assert result.exit_code == 2 and "no results.json" in result.output
+
+
+def test_an_ablation_trains_classifiers_once_and_explains_once_per_explainer(
+    tiny_experiment: Path, tmp_path: Path
+) -> None:
+    """Two explainers x two fusions: 2 classifiers trained, 2 x 2 classifier
+    explanations, 4 fused stores, 4 pre-trainings."""
+    tiny_experiment.with_name("grid.toml").write_text(
+        TINY + '\n[ablation.vary]\n"fusion.name" = ["mean", "max"]\n'
+    )
+    report = run_ablation(
+        tiny_experiment.with_name("grid.toml"),
+        ["explanation.explainer=saliency,gradcam"],
+        tmp_path / "ablation",
+        overrides=['finetune.inits=["doll"]'],
+        device="cpu",
+    )
+    rows = [point["row"] for point in report["points"]]
+    totals: dict[str, int] = {}
+    for point in sorted((tmp_path / "ablation" / "points").iterdir()):
+        results = json.loads((point / "results.json").read_text())
+        for kind, count in results["computed"].items():
+            totals[kind] = totals.get(kind, 0) + count
+    assert totals == {
+        "phantom": 1,
+        "classifier": 2,
+        "explain": 4,
+        "labels": 4,
+        "pretrain": 4,
+        "finetune": 4,
+    }
+    assert [(row["fusion.name"], row["explanation.explainer"]) for row in rows] == [
+        ("mean", "saliency"),
+        ("mean", "gradcam"),
+        ("max", "saliency"),
+        ("max", "gradcam"),
+    ]
+    assert all("organs doll n=3 mIoU" in row for row in rows)
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert table == ablation_markdown(rows) and "| gradcam |" in table
+    assert (tmp_path / "ablation" / "figures" / "labels-overlay.png").is_file()
+    assert (tmp_path / "ablation" / "figures" / "localization.png").is_file()
+
+
+def test_fused_single_classifier_stores_match_joint_generation(
+    tiny_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, _ = tiny_run
+    stores = sorted((out / "stages").glob("explain-*/labels"))
+    fused = sorted((out / "stages").glob("labels-*/labels"))[0]
+    joint_config = LabelStore(fused).config["config"]
+    joint = tmp_path / "joint"
+    generate_labels(parse_config(LabelGenerationConfig, joint_config), joint)
+    made, reference = LabelStore(fused), LabelStore(joint)
+    assert made.ids == reference.ids
+    for image_id in reference.ids:
+        observations, maps = reference.labels(image_id)
+        got_observations, got = made.labels(image_id)
+        assert got_observations == observations
+        if observations:  # at most one uint8 quantisation step apart
+            assert int((got.int() - maps.int()).abs().max()) <= 1
+    with pytest.raises(DollError, match="several classifiers"):
+        fuse_stores([fused, *stores], "mean", tmp_path / "bad")
+
+
+KILL_IN_PRETRAINING = textwrap.dedent(
+    """
+    import os, signal, sys
+    import doll_core.segmentation.pretrain as module
+
+    original = module.pretrain
+
+    def pretrain_then_die(config, out, **options):
+        def kill(epoch, step):
+            if epoch == 1 and step == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(config, out, **{**options, "on_step": kill})
+
+    module.pretrain = pretrain_then_die
+    from doll_core.cli import main
+    main(sys.argv[1:])
+    """
+)
+
+
+def test_a_killed_run_resumes_to_the_same_results(
+    tiny_run: tuple[Path, dict[str, Any]], tiny_experiment: Path, tmp_path: Path
+) -> None:
+    _, reference = tiny_run
+    out = tmp_path / "killed"
+    command = ["run", str(tiny_experiment), "--out", str(out), "--device", "cpu", "--quiet"]
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_PRETRAINING, *command],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    unfinished = [p for p in (out / "stages").iterdir() if not (p / "stage.json").exists()]
+    assert [p.name.split("-")[0] for p in unfinished] == ["pretrain"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "doll_core.cli", *command],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "doll_core.cli", *command, "--resume"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["computed"] == {"pretrain": 1, "finetune": 3}  # the rest was done
+    assert results["finetune"]["summary"] == reference["finetune"]["summary"]
+    assert results["pretrain"]["val_soft_dice"] == reference["pretrain"]["val_soft_dice"]
