@@ -425,3 +425,32 @@ def test_a_killed_run_resumes_to_the_same_results(
     assert results["computed"] == {"pretrain": 1, "finetune": 3}  # the rest was done
     assert results["finetune"]["summary"] == reference["finetune"]["summary"]
     assert results["pretrain"]["val_soft_dice"] == reference["pretrain"]["val_soft_dice"]
+
+
+def test_doll_run_under_torchrun_with_two_gloo_processes(
+    tiny_experiment: Path, tmp_path: Path
+) -> None:
+    """Both ranks run every stage together (DDP training, sharded labels); rank 0 alone
+    decides reuse, writes stage records, the log and the report."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "doll_core.cli", "run", str(tiny_experiment), "--out", str(out),
+        "--device", "cpu", "--quiet", "--set", 'finetune.inits=["doll"]',
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for attempt in ("first", "second"):
+        done = subprocess.run(command, capture_output=True, text=True, env=environment,
+                              check=False, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads((out / "results.json").read_text())
+        if attempt == "first":
+            assert results["computed"] == {
+                "phantom": 1, "classifier": 2, "explain": 2, "labels": 1, "pretrain": 1,
+                "finetune": 1,
+            }  # fmt: skip
+        else:
+            assert results["computed"] == {}
+    log = (out / "log.txt").read_text().splitlines()
+    assert sum("finished in" in line for line in log) == 2  # one writer per run
+    assert all((folder / "stage.json").is_file() for folder in (out / "stages").iterdir())

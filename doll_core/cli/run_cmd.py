@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from doll_core.training.distributed import launched_rank
+
 SET_HELP = "Override any experiment key by its dotted path, KEY=VALUE (TOML value)."
 
 
@@ -34,8 +36,9 @@ def run_command(
     results = run_experiment(
         parsed, document, out, resume=resume, device=device, progress=not quiet, echo=console.print
     )
-    console.print(rich_table(results))
-    console.print(f"report: {out / 'results.md'}, figures in {out / 'figures'}")
+    if launched_rank() == 0:
+        console.print(rich_table(results))
+        console.print(f"report: {out / 'results.md'}, figures in {out / 'figures'}")
 
 
 def ablate_command(
@@ -66,8 +69,9 @@ def ablate_command(
         progress=not quiet,
         echo=console.print,
     )
-    console.print(rich_ablation_table([p["row"] for p in report["points"]], report["varied"]))
-    console.print(f"table: {out / 'ablation.md'}, figures in {out / 'figures'}")
+    if launched_rank() == 0:
+        console.print(rich_ablation_table([p["row"] for p in report["points"]], report["varied"]))
+        console.print(f"table: {out / 'ablation.md'}, figures in {out / 'figures'}")
 
 
 def report_command(

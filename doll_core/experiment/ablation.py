@@ -27,6 +27,7 @@ from doll_core.experiment.report import (
 )
 from doll_core.experiment.runner import run_experiment
 from doll_core.registry import Registry
+from doll_core.training.distributed import launched_rank
 
 
 def grid_points(varied: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
@@ -142,11 +143,12 @@ def run_ablation(
             for p in points
         ],
     }
-    atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
-    rows = [p["row"] for p in report["points"]]
-    atomic_write_text(out / "ablation.csv", results_csv(rows))
-    atomic_write_text(out / "ablation.md", ablation_markdown(rows))
-    _ablation_figures(out, points)
+    if launched_rank() == 0:  # under torchrun, rank 0 writes
+        atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
+        rows = [p["row"] for p in report["points"]]
+        atomic_write_text(out / "ablation.csv", results_csv(rows))
+        atomic_write_text(out / "ablation.md", ablation_markdown(rows))
+        _ablation_figures(out, points)
     return report
 
 

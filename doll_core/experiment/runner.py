@@ -37,6 +37,12 @@ from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
 from doll_core.training.config import ClassifierTrainingConfig
+from doll_core.training.distributed import (
+    held_process_group,
+    launched_local_rank,
+    launched_rank,
+)
+from doll_core.training.loop import resolve_device
 
 RESULTS = "results.json"
 
@@ -57,8 +63,11 @@ class RunLog:
     def __init__(self, path: Path, echo: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.echo = echo
+        self.enabled = launched_rank() == 0  # under torchrun, rank 0 speaks for all
 
     def __call__(self, line: str) -> None:
+        if not self.enabled:
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(f"{stamp}  {line}\n")
@@ -68,7 +77,6 @@ class RunLog:
 
 def environment(device: str) -> dict[str, Any]:
     """Versions and hardware a run records."""
-    from doll_core.training.loop import resolve_device
 
     resolved = resolve_device(device)
     info: dict[str, Any] = {
@@ -136,7 +144,7 @@ class ExperimentRunner:
                 "images_per_second": manifest.get("images_per_second"),
             }
 
-        record = self.cache.run("phantom", "phantom", spec_values, {}, work)
+        record = self.cache.run("phantom", "phantom", spec_values, {}, work, collective=False)
         root = record.folder / "phantom"
         tasks = {}
         for name, task in data.tasks.items():
@@ -290,7 +298,7 @@ class ExperimentRunner:
                 generation = json.loads((store / "generation.json").read_text())
                 return describe(store, {"images_total": generation.get("images_this_run") or 0})
 
-        return self.cache.run("labels", label, key_settings, inputs, work)
+        return self.cache.run("labels", label, key_settings, inputs, work, collective=not split)
 
     def encoder_name(self) -> str | None:
         """The segmentation encoder every fine-tuning run builds (so all inits compare
@@ -386,15 +394,12 @@ class ExperimentRunner:
             result = finetune(
                 config, folder, resume=resuming, progress=self.progress, registry=self.registry
             )
-            return {
-                "test": result["test"],
-                "best_epoch": result["best_epoch"],
-                "train_images": result["train_images"],
-            }
+            keep = ("test", "best_epoch", "train_images", "curve")
+            return {key: result[key] for key in keep}
 
         label = f"{task}-{init}-n{budget}-seed{seed}"
         record = self.cache.run("finetune", label, key_settings, inputs, work)
-        result = json.loads((record.folder / "test.json").read_text())
+        result = record.info  # every rank has it (test.json is written by rank 0)
         return {
             "task": task,
             "init": init,
@@ -501,18 +506,22 @@ def run_experiment(
     device = device or experiment.device
     log = RunLog(out / "log.txt", echo)
     cache = StageCache(stages or out / "stages", resume=resume, log=log)
-    atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
+    main = launched_rank() == 0
+    if main:
+        atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
     started = time.perf_counter()
     log(f"doll run {experiment.name}: {out} (device {device})")
     runner = ExperimentRunner(
         experiment, cache, device=device, progress=progress, registry=registry
     )
-    results = runner.run()
+    with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
+        results = runner.run()
     results["environment"] = environment(device)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["computed"] = dict(cache.computed)
-    atomic_write_text(out / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
-    write_report(out, results, document)
+    if main:
+        atomic_write_text(out / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+        write_report(out, results, document)
     log(
         f"finished in {results['seconds']:.1f} s; stages computed: "
         f"{sum(cache.computed.values())}, reused: "

@@ -21,6 +21,7 @@ from typing import Any
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
+from doll_core.training.distributed import from_rank_zero, launched_rank
 
 #: Bump when a stage's output format or meaning changes, so old folders are not reused.
 STAGE_FORMAT = 1
@@ -88,6 +89,23 @@ class StageCache:
     def folder(self, kind: str, label: str, key: str) -> Path:
         return self.root / f"{kind}-{_slug(label)}-{key}"
 
+    def _status(self, folder: Path) -> tuple[str, dict[str, Any]]:
+        """``("done", stage.json)``, ``("interrupted", {})`` or ``("new", {})``; an
+        interrupted stage without ``resume`` is refused. The folder exists afterwards."""
+        done = folder / DONE
+        if done.is_file():
+            return "done", json.loads(done.read_text())
+        if folder.exists():
+            if not self.resume:
+                raise DollError(
+                    f"stage folder {folder} holds an interrupted stage; "
+                    "pass --resume to continue it"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            return "interrupted", {}
+        folder.mkdir(parents=True, exist_ok=True)
+        return "new", {}
+
     def run(
         self,
         kind: str,
@@ -95,55 +113,59 @@ class StageCache:
         settings: Mapping[str, Any],
         inputs: Mapping[str, str],
         work: Callable[[Path, bool], dict[str, Any] | None],
+        *,
+        collective: bool = True,
     ) -> StageRecord:
         """Reuse the finished stage with this key, or call ``work(folder, resume)``.
 
         ``work`` writes its output into ``folder`` and returns a small JSON-ready summary
         (kept in ``stage.json``); ``resume`` is true when it continues an interrupted run.
+
+        Under ``torchrun`` rank 0 decides (reuse, resume or run) for every rank. A
+        ``collective`` stage's ``work`` runs on every rank (it joins the process group
+        itself: DDP training, label sharding); otherwise it runs on rank 0 only and the
+        other ranks receive its summary. Only rank 0 writes ``stage.json``.
         """
         key = stage_key(kind, settings, inputs)
         folder = self.folder(kind, label, key)
-        done = folder / DONE
-        if done.is_file():
-            saved = json.loads(done.read_text())
+        status, saved = from_rank_zero(lambda: self._status(folder))
+        if status == "done":
             record = StageRecord(
                 kind, label, key, folder, True, float(saved["seconds"]), saved.get("info") or {}
             )
             self.log(f"{kind} {label}: reused {folder.name} (took {record.seconds:.1f} s)")
             self.records.append(record)
             return record
-        resuming = folder.exists()
-        if resuming and not self.resume:
-            raise DollError(
-                f"stage folder {folder} holds an interrupted {kind} stage; "
-                "pass --resume to continue it"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
+        resuming = status == "interrupted"
         self.log(f"{kind} {label}: {'resuming' if resuming else 'running'} in {folder.name}")
         started = time.perf_counter()
-        info = work(folder, resuming) or {}
+        if collective:
+            info = work(folder, resuming) or {}
+        else:
+            info = from_rank_zero(lambda: work(folder, resuming) or {})
         seconds = time.perf_counter() - started
         record = StageRecord(kind, label, key, folder, False, seconds, info)
-        atomic_write_text(
-            done,
-            json.dumps(
-                {
-                    "kind": kind,
-                    "label": label,
-                    "key": key,
-                    "doll": __version__,
-                    "settings": dict(settings),
-                    "inputs": dict(inputs),
-                    "seconds": round(seconds, 2),
-                    "resumed": resuming,
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "info": info,
-                },
-                indent=2,
-                default=str,
+        if launched_rank() == 0:
+            atomic_write_text(
+                folder / DONE,
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "label": label,
+                        "key": key,
+                        "doll": __version__,
+                        "settings": dict(settings),
+                        "inputs": dict(inputs),
+                        "seconds": round(seconds, 2),
+                        "resumed": resuming,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "info": info,
+                    },
+                    indent=2,
+                    default=str,
+                )
+                + "\n",
             )
-            + "\n",
-        )
         self.computed[kind] = self.computed.get(kind, 0) + 1
         self.log(f"{kind} {label}: done in {seconds:.1f} s")
         self.records.append(record)

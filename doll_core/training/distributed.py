@@ -7,12 +7,16 @@ metrics, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from doll_core.errors import DollError
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,39 @@ def setup_distributed(device: torch.device) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank)
 
 
+#: True while :func:`held_process_group` keeps one group for several stages.
+_held = False
+
+
 def cleanup_distributed(context: DistributedContext) -> None:
+    """End of a stage: wait for every rank; leave the group unless it is held."""
     if context.enabled and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if not _held:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def held_process_group(device: torch.device) -> Iterator[None]:
+    """Keep one process group for all the stages run inside (``doll run`` under
+    ``torchrun``): the stages join it instead of making their own, and do not end it.
+    Making a second group in one process after ending the first fails under torchrun's
+    shared store, so a pipeline must hold one. Without ``torchrun`` it does nothing."""
+    global _held
+    if launched_world_size() <= 1:
+        yield
+        return
+    context = setup_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+    _held = True
+    try:
+        yield
+    finally:
+        _held = False
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def all_gather_objects(context: DistributedContext, obj: Any) -> list[Any]:
@@ -78,3 +111,49 @@ def broadcast_buffers(context: DistributedContext, module: torch.nn.Module) -> N
         return
     for buffer in module.buffers():
         dist.broadcast(buffer.data, src=0)
+
+
+def launched_world_size() -> int:
+    """``WORLD_SIZE`` as set by ``torchrun`` (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """``RANK`` as set by ``torchrun`` (0 when not launched by it)."""
+    return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
+
+
+def launched_local_rank() -> int:
+    """``LOCAL_RANK`` as set by ``torchrun`` (0 when not launched by it)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched_world_size() > 1 else 0
+
+
+def from_rank_zero(compute: Callable[[], Any]) -> Any:
+    """Rank 0 calls ``compute()``; every rank gets its result. Outside ``torchrun`` it is
+    just ``compute()``. It uses the current process group (see
+    :func:`held_process_group`), or makes a gloo group for the exchange and ends it;
+    either way it is also a barrier. A
+    :class:`~doll_core.errors.DollError` raised on rank 0 is raised on every rank, so no
+    rank waits forever."""
+    if launched_world_size() <= 1:
+        return compute()
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(
+            backend="gloo", rank=launched_rank(), world_size=launched_world_size()
+        )
+    try:
+        message: list[Any] = [None]
+        if dist.get_rank() == 0:
+            try:
+                message = [("value", compute())]
+            except DollError as exc:
+                message = [("error", str(exc))]
+        dist.broadcast_object_list(message, src=0)
+        kind, payload = message[0]
+        if kind == "error":
+            raise DollError(payload)
+        return payload
+    finally:
+        if owned:
+            dist.destroy_process_group()
