@@ -18,6 +18,9 @@ def _default_out(experiment: Path, kind: str) -> Path:
 def run_command(
     experiment: Path = typer.Argument(..., help="Experiment file (TOML)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/NAME)."),
+    stages: Path | None = typer.Option(
+        None, "--stages", help="Stage folder to reuse and fill (default OUT/stages)."
+    ),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
@@ -34,7 +37,14 @@ def run_command(
     out = out or _default_out(experiment, "run")
     console = Console()
     results = run_experiment(
-        parsed, document, out, resume=resume, device=device, progress=not quiet, echo=console.print
+        parsed,
+        document,
+        out,
+        stages=stages,
+        resume=resume,
+        device=device,
+        progress=not quiet,
+        echo=console.print,
     )
     if launched_rank() == 0:
         console.print(rich_table(results))
@@ -75,15 +85,21 @@ def ablate_command(
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A run folder written by doll run."),
+    run_dir: Path = typer.Argument(..., help="A folder written by doll run or doll ablate."),
 ) -> None:
-    """Print a finished run's table and rebuild its results.csv, results.md and figures."""
+    """Print a finished run's (or ablation's) table and rebuild its files and figures."""
     from rich.console import Console
 
+    from doll_core.experiment.ablation import rebuild_ablation_report, rich_ablation_table
     from doll_core.experiment.report import load_run, rich_table, write_report
 
+    console = Console()
+    if (run_dir / "ablation.json").is_file():
+        report = rebuild_ablation_report(run_dir)
+        console.print(rich_ablation_table([p["row"] for p in report["points"]], report["varied"]))
+        console.print(f"wrote {run_dir / 'ablation.md'}, {run_dir / 'ablation.csv'}")
+        return
     results, document = load_run(run_dir)
     written = write_report(run_dir, results, document)
-    console = Console()
     console.print(rich_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written))

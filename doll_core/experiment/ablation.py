@@ -144,11 +144,52 @@ def run_ablation(
         ],
     }
     if launched_rank() == 0:  # under torchrun, rank 0 writes
-        atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
-        rows = [p["row"] for p in report["points"]]
-        atomic_write_text(out / "ablation.csv", results_csv(rows))
-        atomic_write_text(out / "ablation.md", ablation_markdown(rows))
-        _ablation_figures(out, points)
+        write_ablation_report(out, report, points)
+    return report
+
+
+def write_ablation_report(
+    out: Path, report: Mapping[str, Any], points: Sequence[Mapping[str, Any]]
+) -> list[Path]:
+    """``ablation.{json,csv,md}`` and the figures of an ablation folder."""
+    atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
+    rows = [p["row"] for p in report["points"]]
+    atomic_write_text(out / "ablation.csv", results_csv(rows))
+    atomic_write_text(out / "ablation.md", ablation_markdown(rows))
+    _ablation_figures(out, points)
+    return [out / "ablation.json", out / "ablation.csv", out / "ablation.md"]
+
+
+def rebuild_ablation_report(out: str | Path) -> dict[str, Any]:
+    """Re-read every grid point's ``results.json`` under ``out/points`` and rewrite the
+    ablation's table and figures (``doll report ABLATION_DIR``)."""
+    out = Path(out)
+    try:
+        saved = json.loads((out / "ablation.json").read_text())
+        points = [
+            {
+                "name": point["name"],
+                "values": point["values"],
+                "results": json.loads(
+                    (out / "points" / point["name"] / "results.json").read_text()
+                ),
+            }
+            for point in saved["points"]
+        ]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise DollError(f"{out}: unreadable ablation files: {exc}") from None
+    report = {
+        "varied": saved["varied"],
+        "points": [
+            {
+                "name": p["name"],
+                "values": p["values"],
+                "row": ablation_row(p["values"], p["results"]),
+            }
+            for p in points
+        ],
+    }
+    write_ablation_report(out, report, points)
     return report
 
 

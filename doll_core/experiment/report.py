@@ -239,7 +239,7 @@ def save_overlay_grid(
                     vmax=1,
                     extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
                 )
-            row[1].set_title("truth", fontsize=7)
+            row[1].set_title("truth" if path.is_file() else "truth: no visible finding", fontsize=7)
             column = 2
         for offset, title in enumerate(titles):
             observations, maps = others[title].labels(sample["id"])

@@ -30,6 +30,7 @@ from doll_core.labels.store import (
     LabelStore,
     ShardContent,
     build_manifest,
+    map_statistics,
     write_manifest,
     write_shard,
 )
@@ -38,15 +39,6 @@ from doll_core.registry import Registry, get_registry
 
 #: Config keys that may differ between the stores being fused.
 _MAY_DIFFER = {"classifiers", "device", "batch_size", "fusion", "fusion_params"}
-
-
-def map_statistics(maps: torch.Tensor) -> torch.Tensor:
-    """``[n, R, R]`` uint8 maps -> ``[n, 3]``: mean, max, share of pixels >= 0.5."""
-    values = maps.float() / 255
-    return torch.stack(
-        [values.mean(dim=(1, 2)), values.amax(dim=(1, 2)), (values >= 0.5).float().mean((1, 2))],
-        dim=1,
-    ).reshape(-1, 3)
 
 
 def _check_compatible(stores: Sequence[LabelStore]) -> dict[str, Any]:
@@ -174,6 +166,7 @@ def fuse_stores(
     write_manifest(out, manifest)
     seconds = time.perf_counter() - started
     images = len(manifest["images"])
+    total_bytes = sum(int(entry["bytes"]) for entry in manifest["shards"].values())
     atomic_write_text(
         out / "generation.json",
         json.dumps(
@@ -183,6 +176,8 @@ def fuse_stores(
                 "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
                 "classifiers": len(opened),
                 "fused_from_stores": True,
+                "bytes": total_bytes,
+                "bytes_per_image": round(total_bytes / max(images, 1), 1),
             },
             indent=2,
         )

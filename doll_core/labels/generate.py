@@ -34,6 +34,7 @@ from doll_core.labels.store import (
     CONFIG,
     ShardContent,
     build_manifest,
+    map_statistics,
     read_shard,
     sha256_of,
     shard_indices,
@@ -220,17 +221,7 @@ class _Generator:
                     targets_rows.append(targets[b][valid])
                     kept = fused[b][valid]
                     maps.append(kept)
-                    as_float = kept.float() / 255
-                    stats.append(
-                        torch.stack(
-                            [
-                                as_float.mean(dim=(1, 2)),
-                                as_float.amax(dim=(1, 2)),
-                                (as_float >= 0.5).float().mean(dim=(1, 2)),
-                            ],
-                            dim=1,
-                        )
-                    )
+                    stats.append(map_statistics(kept))
                     offsets.append(offsets[-1] + len(kept))
             advance(len(samples))
             if on_batch is not None:

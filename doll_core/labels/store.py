@@ -88,6 +88,15 @@ class ShardContent:
         return indices, self.maps[start:stop]
 
 
+def map_statistics(maps: torch.Tensor) -> torch.Tensor:
+    """``[n, R, R]`` uint8 maps -> ``[n, 3]``: mean, max, share of pixels >= 0.5."""
+    values = maps.float() / 255
+    return torch.stack(
+        [values.mean(dim=(1, 2)), values.amax(dim=(1, 2)), (values >= 0.5).float().mean((1, 2))],
+        dim=1,
+    ).reshape(-1, 3)
+
+
 def write_shard(store: Path, content: ShardContent) -> None:
     atomic_torch_save(content.to_payload(), shard_path(store, content.index))
 
