@@ -232,17 +232,18 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = [c for c in rows[0] if not c.endswith(" std")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            if f"{column} std" in row:
-                cells.append(mean_std(value, row[f"{column} std"]))
-            elif isinstance(value, float):
-                cells.append(f"{value:.3f}")
-            else:
-                cells.append("-" if value is None else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(row, column) for column in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: Mapping[str, Any], column: str) -> str:
+    """A table cell: ``mean ± std`` where the row has ``COLUMN std``, floats to 3 places."""
+    value = row.get(column)
+    if f"{column} std" in row:
+        return mean_std(value, row[f"{column} std"])
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
 
 
 #: Columns the terminal table keeps besides the varied keys (the files keep all).
@@ -261,14 +262,7 @@ def rich_ablation_table(rows: Sequence[Mapping[str, Any]], varied: Sequence[str]
     for column in columns:
         table.add_column(column, justify="right", overflow="fold")
     for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            if f"{column} std" in row:
-                cells.append(mean_std(value, row[f"{column} std"]))
-            else:
-                cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
-        table.add_row(*cells)
+        table.add_row(*(_cell(row, column) for column in columns))
     return table
 
 
