@@ -285,6 +285,8 @@ def test_a_run_writes_its_report(tiny_run: tuple[Path, dict[str, Any]]) -> None:
     assert 0 <= results["labels"]["localization"]["pointing_game"] <= 1
     assert results["environment"]["device"] == "cpu"
     assert json.loads((out / "experiment.json").read_text())["name"] == "tiny"
+    assert not list((out / "stages").glob("*/state.pt"))  # finished: no resume state kept
+    assert len(list((out / "stages").glob("finetune-*/best.pt"))) == 3
 
 
 def test_a_second_run_reuses_every_stage_and_a_finetune_change_only_finetunes(
