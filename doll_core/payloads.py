@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,40 @@ from doll_core._version import __version__
 from doll_core.errors import DollError
 
 
+def untrusted_pickle_message(path: Path, what: str) -> str:
+    """What to say when a file holds pickled objects that ``weights_only`` refuses."""
+    return (
+        f"{path} ({what}) holds pickled Python objects, which can run code when loaded; "
+        "DoLL loads only tensors and plain data. If you trust where the file came from, "
+        f"convert it once: doll convert-weights {path} CONVERTED.pt --trusted "
+        "(it keeps the tensors and drops everything else)"
+    )
+
+
+def safe_torch_load(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only, no
+    code runs. A file with other pickled objects is refused with how to convert it; any
+    other failure is one :class:`DollError` naming the file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DollError(f"{what} not found: {path}") from None
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            raise DollError(untrusted_pickle_message(path, what)) from None
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise DollError(
+            f"{path} is not a readable DoLL {what} ({type(exc).__name__}: {first_line})"
+        ) from None
+
+
 def load_payload(path: Path, *, file_format: str, max_version: int, what: str) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True`` (no code runs) and check that it is a dict
     of ``file_format`` at a version this DoLL reads; every failure names the file."""
     if not path.is_file():
         raise DollError(f"{what} not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise DollError(
-            f"{path} is not a readable DoLL checkpoint ({type(exc).__name__}: {first_line})"
-        ) from None
+    payload = safe_torch_load(path, what)
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise DollError(f"{path} is not a DoLL {what} (format: {found!r})")

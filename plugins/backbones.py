@@ -17,6 +17,7 @@ from torch import nn
 
 from doll_core import hookimpl
 from doll_core.errors import DollError, PluginError
+from doll_core.payloads import safe_torch_load
 
 
 def _check_sizes(num_classes: int, in_channels: int) -> None:
@@ -113,10 +114,7 @@ class TorchvisionBackbone:
 
     def _load_local_weights(self, model: nn.Module) -> None:
         assert self.weights is not None
-        try:
-            state = torch.load(self.weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DollError(f"could not read weights file {self.weights}: {exc}") from exc
+        state = safe_torch_load(self.weights, "weights file")
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, Mapping):

@@ -76,7 +76,7 @@ def test_mismatches_are_named(tmp_path: Path) -> None:
     with pytest.raises(DollError, match="not a DoLL classifier checkpoint"):
         load_classifier(tmp_path / "plain.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(DollError, match="not a readable DoLL checkpoint"):
+    with pytest.raises(DollError, match="not a readable DoLL classifier checkpoint"):
         load_classifier(tmp_path / "text.pt")
     with pytest.raises(DollError, match="checkpoint not found"):
         load_classifier(tmp_path / "absent.pt")

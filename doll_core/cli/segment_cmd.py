@@ -91,3 +91,23 @@ def compare_command(
     )
     typer.echo((out / "comparison.md").read_text())
     del report
+
+
+def convert_weights_command(
+    source: Path = typer.Argument(..., help="A pickled weights file you trust."),
+    target: Path = typer.Argument(..., help="Where to write the plain state dict."),
+    trusted: bool = typer.Option(
+        False, "--trusted", help="Confirm that you trust the file: loading it runs its code."
+    ),
+) -> None:
+    """Convert a trusted pickled weights file into a plain state dict DoLL loads safely."""
+    from doll_core.convert import convert_trusted_weights
+    from doll_core.errors import DollError
+
+    if not trusted:
+        raise DollError(
+            "loading a pickled file runs code from it; pass --trusted if you trust its source"
+        )
+    report = convert_trusted_weights(source, target)
+    dropped = f"; dropped {', '.join(report['dropped'])}" if report["dropped"] else ""
+    typer.echo(f"wrote {target}: {report['tensors']} tensors{dropped}")

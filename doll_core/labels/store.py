@@ -30,6 +30,7 @@ import torch
 from doll_core.atomic import atomic_torch_save, atomic_write_text
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
+from doll_core.payloads import safe_torch_load
 
 SHARD_FORMAT = "doll-label-shard"
 SHARD_VERSION = 1
@@ -107,10 +108,7 @@ def read_shard(
     """Load a shard, checking its checksum (when known), format and config."""
     if expected_sha256 is not None and sha256_of(path) != expected_sha256:
         raise DollError(f"{path}: checksum does not match the manifest (corrupted shard)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DollError(f"{path}: unreadable shard ({type(exc).__name__})") from None
+    payload = safe_torch_load(path, "label shard")
     if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
         raise DollError(f"{path} is not a DoLL label shard")
     if payload.get("format_version") != SHARD_VERSION:

@@ -14,7 +14,7 @@ from torch import nn
 from doll_core._version import __version__
 from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError, PluginError
-from doll_core.payloads import load_payload
+from doll_core.payloads import load_payload, safe_torch_load
 from doll_core.registry import Registry, get_registry
 from doll_core.state_dicts import describe_mismatch
 
@@ -172,10 +172,7 @@ def load_segmenter(
 def load_user_weights(model: Segmenter, path: str | Path) -> dict[str, list[str]]:
     """Load any user state dict (e.g. ImageNet encoder weights kept locally) into the
     model where names and shapes fit; returns which keys loaded and which did not."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DollError(f"cannot read weights file {path}: {exc}") from None
+    state = safe_torch_load(path, "weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

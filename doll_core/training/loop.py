@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from doll_core.atomic import atomic_torch_save, atomic_write_text
 from doll_core.data.samples import SkippedSample, collate_samples
 from doll_core.errors import DollError
+from doll_core.payloads import safe_torch_load
 from doll_core.progress import progress_bar
 from doll_core.training.distributed import (
     DistributedContext,
@@ -258,10 +259,7 @@ class Trainer:
         }
 
     def restore(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DollError(f"cannot read the training state {path}: {exc}") from None
+        state = safe_torch_load(path, "training state")
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise DollError(f"{path} is not a DoLL training state")
         saved, current = dict(state["config"]), self.config.to_json_dict()
