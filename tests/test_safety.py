@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from typer.testing import CliRunner
 
 from doll_core.checkpoint import load_classifier
 from doll_core.cli import app
+from doll_core.data.chexpert_format import CHEXPERT_HEADER
+from doll_core.data.imageio import ImageReadError
+from doll_core.data.paths import contained_path
+from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
+from doll_core.labels.store import LabelStore
 from doll_core.payloads import safe_torch_load
 from doll_core.registry import get_registry
 
@@ -77,3 +86,64 @@ def test_text_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
         safe_torch_load(tmp_path / "text.pt", "weights file")
     with pytest.raises(DollError, match="weights file not found"):
         safe_torch_load(tmp_path / "absent.pt", "weights file")
+
+
+# -- paths named in data files stay inside their root ------------------------------------
+
+
+def test_contained_paths(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    assert contained_path(root, "inside/a.png") == root / "inside" / "a.png"
+    assert contained_path(root, "inside\\a.png") == root / "inside" / "a.png"
+    (root / "link-in").symlink_to(root / "inside")
+    assert contained_path(root, "link-in/a.png") == root / "link-in" / "a.png"
+    (root / "link-out").symlink_to(tmp_path)
+    cases = {
+        "../secret.png": "climbs out",
+        "inside/../../secret.png": "climbs out",
+        "/etc/passwd": "absolute path",
+        "C:\\Windows\\win.ini": "absolute path",
+        "link-out/secret.png": "through a symbolic link",
+    }
+    for relative, reason in cases.items():
+        with pytest.raises(ImageReadError, match=reason):
+            contained_path(root, relative)
+
+
+def test_a_csv_path_out_of_the_root_is_a_skipped_row(tmp_path: Path) -> None:
+    base = tmp_path / "data" / "CheXpert-v1.0-small"
+    (base / "train/p1/s1").mkdir(parents=True)
+    Image.fromarray(np.full((16, 16), 90, dtype=np.uint8)).save(base / "train/p1/s1/v.jpg")
+    Image.fromarray(np.full((16, 16), 90, dtype=np.uint8)).save(tmp_path / "private.jpg")
+    labels = ["1.0"] + [""] * 13
+    with (base / "train.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CHEXPERT_HEADER)
+        for path in ("CheXpert-v1.0-small/train/p1/s1/v.jpg", "../../private.jpg",
+                     str(tmp_path / "private.jpg")):  # fmt: skip
+            writer.writerow([path, "Female", "60", "Frontal", "AP", *labels])
+    reader = get_registry().create("dataset", "chexpert", root=tmp_path / "data", size=16)
+    results = [reader[i] for i in range(len(reader))]
+    assert [isinstance(r, SkippedSample) for r in results] == [False, True, True]
+    assert "climbs out" in reader.skipped[0].reason
+    assert "absolute path" in reader.skipped[1].reason
+    strict = get_registry().create(
+        "dataset", "chexpert", root=tmp_path / "data", size=16, on_error="fail"
+    )
+    with pytest.raises(ImageReadError, match="climbs out"):
+        strict[1]
+
+
+def test_a_manifest_naming_a_file_outside_the_store_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "config.json").write_text(json.dumps({"config_hash": "x", "total_shards": 1}))
+    (store / "manifest.json").write_text(json.dumps({
+        "config_hash": "x", "complete": True, "images": {"a": {"shard": 0}},
+        "shards": {"0": {"file": "../elsewhere.pt", "sha256": "0"}},
+    }))  # fmt: skip
+    with pytest.raises(DollError, match=r"manifest names shard '\.\./elsewhere\.pt'.*climbs out"):
+        LabelStore(store).labels("a")

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from doll_core.atomic import atomic_torch_save, atomic_write_text
+from doll_core.data.imageio import ImageReadError
+from doll_core.data.paths import contained_path
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
 from doll_core.payloads import safe_torch_load
@@ -199,8 +201,14 @@ class LabelStore:
         if self._cache is not None and self._cache[0] == index:
             return self._cache[1]
         entry = self.manifest["shards"][str(index)]
+        try:
+            shard_file = contained_path(self.path, entry["file"])
+        except ImageReadError as exc:
+            raise DollError(
+                f"{self.path}: manifest names shard {exc.path!r}: {exc.reason}"
+            ) from None
         content = read_shard(
-            self.path / entry["file"],
+            shard_file,
             expected_sha256=entry["sha256"],
             config_hash=self.manifest["config_hash"],
         )

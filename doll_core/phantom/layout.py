@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from doll_core.data.paths import contained_path
+
 CHEXPERT_DIR = "CheXpert-v1.0-small"
 LESION_DIR = "lesion-masks"
 ORGAN_DIR = "organs"
@@ -45,10 +47,10 @@ def observation_slug(observation: str) -> str:
 def lesion_mask_path(root: str | Path, image_id: str, observation: str) -> Path:
     """The ground-truth mask of ``observation`` for the CheXpert image ``image_id`` (its
     CSV ``Path``, e.g. ``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``).
-    It exists exactly when the observation is present in that image."""
+    It exists exactly when the observation is present in that image. An id that leads
+    outside the mask folder is refused (:class:`~doll_core.data.imageio.ImageReadError`)."""
     relative = Path(image_id)
     if relative.parts and relative.parts[0] == CHEXPERT_DIR:
         relative = Path(*relative.parts[1:])
-    return (
-        Path(root) / LESION_DIR / relative.with_suffix("") / f"{observation_slug(observation)}.png"
-    )
+    name = relative.with_suffix("") / f"{observation_slug(observation)}.png"
+    return contained_path(Path(root) / LESION_DIR, name)

@@ -27,6 +27,7 @@ from doll_core.data.chexpert_format import (
     parse_label,
 )
 from doll_core.data.imageio import read_image, resize_image
+from doll_core.data.paths import contained_path
 from doll_core.data.samples import ImageDataset, OnError, check_choice, to_tensor
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
@@ -165,11 +166,12 @@ class CheXpert(ImageDataset):
 
     def image_path(self, index: int) -> Path:
         """The file of sample ``index``: its CSV ``Path`` without the release prefix,
-        under the folder that holds the CSV."""
+        under the folder that holds the CSV. A ``Path`` that leads outside that folder is
+        refused (:class:`ImageReadError`, so the row is skipped or stops the run)."""
         relative = Path(self.sample_id(index))
         if relative.parts and relative.parts[0] in CHEXPERT_PREFIXES:
             relative = Path(*relative.parts[1:])
-        return self._image_base / relative
+        return contained_path(self._image_base, relative)
 
     def label_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``float32 [14]`` and label mask ``bool [14]`` of sample ``index``."""
