@@ -6,6 +6,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,27 @@ def test_a_manifest_naming_a_file_outside_the_store_is_refused(tmp_path: Path) -
     }))  # fmt: skip
     with pytest.raises(DollError, match=r"manifest names shard '\.\./elsewhere\.pt'.*climbs out"):
         LabelStore(store).labels("a")
+
+
+# -- a full disk is one clear message ----------------------------------------------------
+
+
+def test_a_full_disk_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import doll_core.phantom.writer as writer
+
+    def full(array: Any, path: Path) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        except OSError:  # torch.save raises a RuntimeError while handling it
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    monkeypatch.setattr(writer, "_save_png", full)
+    command = ["data", "phantom", "--out", str(tmp_path / "p"), "--n-train", "1",
+               "--n-valid", "1", "--n-organs", "0", "--n-infection", "0"]  # fmt: skip
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert "the disk is full while writing" in result.output and ".png" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "p").exists()  # the phantom is written aside and renamed at the end

@@ -6,6 +6,7 @@ stderr (``error: ...``) and exit code 2; ``doll --debug ...`` shows the tracebac
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import typer
@@ -25,6 +26,8 @@ from doll_core.cli import (
 from doll_core.errors import DollError
 
 USER_ERROR_EXIT_CODE = 2
+#: The machine, not the user: a full disk.
+ENVIRONMENT_ERROR_EXIT_CODE = 1
 
 
 class DollGroup(TyperGroup):
@@ -38,6 +41,31 @@ class DollGroup(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(USER_ERROR_EXIT_CODE) from None
+        except Exception as exc:
+            full = disk_full_error(exc)
+            if full is None or (isinstance(ctx.obj, dict) and ctx.obj.get("debug")):
+                raise
+            where = f" while writing {full.filename}" if full.filename else ""
+            typer.echo(
+                f"error: the disk is full{where} ({full.strerror}). Files are written "
+                "atomically, so finished work is intact: free some space and run the same "
+                "command again with --resume where it has one.",
+                err=True,
+            )
+            raise typer.Exit(ENVIRONMENT_ERROR_EXIT_CODE) from None
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The out-of-space ``OSError`` behind ``exc`` (itself, or one it was raised while
+    handling or from, as ``torch.save`` does), or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 app = typer.Typer(
