@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from doll_core.observations import OBSERVATIONS
+from doll_core.plotting import pyplot, save_figure
 
 
 def save_explanation_figure(
@@ -28,10 +29,7 @@ def save_explanation_figure(
     :param probabilities: ``[14]`` class probabilities (shown in the column titles).
     :param masks: observation index -> bool ``[H, W]`` ground truth, outlined in green.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grey = image.mean(dim=0).numpy()
     rows, columns = len(maps), len(targets) + 1
@@ -67,9 +65,4 @@ def save_explanation_figure(
         axis.set_yticks([])
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=100)

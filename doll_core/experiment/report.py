@@ -16,6 +16,7 @@ from typing import Any
 
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
+from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import save_curves
 
 FIGURES = "figures"
@@ -151,10 +152,7 @@ def rich_table(results: Mapping[str, Any]) -> Any:
 def save_localization_chart(scores: Mapping[str, Mapping[str, Any]], out: Path) -> Path:
     """Bars of each labelling's localization metrics (mean, with std over maps as error
     bars); ``scores`` maps a title (an explainer, a grid point) to ``score_store`` output."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     titles = [t for t, s in scores.items() if s and s.get("maps")]
     metrics = [m for m in LOCALIZATION_ORDER if any(m in scores[t] for t in titles)]
@@ -170,11 +168,7 @@ def save_localization_chart(scores: Mapping[str, Mapping[str, Any]], out: Path) 
     axis.set_ylim(0, 1.05)
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=100)
 
 
 def save_overlay_grid(
@@ -186,10 +180,7 @@ def save_overlay_grid(
 ) -> Path | None:
     """Rows of images; columns: the image, its ground-truth lesion (phantom only) and
     each store's label for the image's first labelled observation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     from doll_core.data.imageio import read_mask
@@ -255,11 +246,7 @@ def save_overlay_grid(
                     extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
                 )
             axis.set_title(title, fontsize=7)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=90)
 
 
 def write_figures(out: Path, results: Mapping[str, Any], document: Mapping[str, Any]) -> list[Path]:

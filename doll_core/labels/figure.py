@@ -7,14 +7,12 @@ from pathlib import Path
 from doll_core.data.samples import SkippedSample
 from doll_core.labels.dataset import LabeledImages
 from doll_core.observations import OBSERVATIONS
+from doll_core.plotting import pyplot, save_figure
 
 
 def save_label_grid(store: str | Path, out: str | Path, count: int = 8) -> Path:
     """Save up to ``count`` labelled images (one panel per image and observation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dataset = LabeledImages(store)
     panels = []
@@ -37,9 +35,4 @@ def save_label_grid(store: str | Path, out: str | Path, count: int = 8) -> Path:
         axis.imshow(sample["image"].mean(0).numpy(), cmap="gray", vmin=0, vmax=1)
         axis.imshow(sample["target"][k].numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
         axis.set_title(OBSERVATIONS[k], fontsize=8)
-    figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=90)

@@ -9,6 +9,7 @@ from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
 from doll_core.phantom.layout import lesion_mask_path
+from doll_core.plotting import pyplot, save_figure
 from doll_core.registry import get_registry
 
 
@@ -17,10 +18,7 @@ def save_preview(
 ) -> Path:
     """Draw ``count`` phantom images of ``split`` (read with the ``chexpert`` reader) with
     each present observation's mask outlined in its own colour; save as PNG at ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dataset = get_registry().create("dataset", "chexpert", root=root, split=split, size=None)
     if len(dataset) == 0:
@@ -54,12 +52,7 @@ def save_preview(
         for k, name in enumerate(OBSERVATIONS[1:])
     ]
     figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=90, rect=(0, 0.07, 1, 1))
 
 
 def _pick(present: list[set[str]], count: int) -> list[int]:

@@ -13,6 +13,7 @@ from typing import Any
 from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
 from doll_core.errors import DollError
+from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.finetune import finetune
 
@@ -117,10 +118,7 @@ def comparison_table(summary: Sequence[dict[str, Any]]) -> str:
 
 def save_curves(runs: Sequence[dict[str, Any]], out: Path) -> None:
     """Validation mIoU against optimiser steps, mean over seeds, one panel per budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     budgets = list(dict.fromkeys(r["budget"] for r in runs))
     inits = list(dict.fromkeys(r["init"] for r in runs))
@@ -137,7 +135,4 @@ def save_curves(runs: Sequence[dict[str, Any]], out: Path) -> None:
         axis.set_ylabel("validation mIoU")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    save_figure(figure, out, dpi=100)
