@@ -3,7 +3,6 @@ normalisation, with a replaceable output layer (the adapter) and weight transfer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +13,7 @@ from torch import nn
 from doll_core._version import __version__
 from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError, PluginError
+from doll_core.models import Normalized
 from doll_core.payloads import load_payload, safe_torch_load
 from doll_core.registry import Registry, get_registry
 from doll_core.state_dicts import describe_mismatch
@@ -37,23 +37,10 @@ class ResidualAdapter(nn.Module):
         return x + self.up(torch.relu(self.down(x)))
 
 
-class Segmenter(nn.Module):
+class Segmenter(Normalized):
     """``images [B, C, H, W]`` in [0, 1] -> logits ``[B, classes, H, W]``; ``net`` is the
-    seg-head plugin's model (with ``encoder`` and ``segmentation_head``)."""
-
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer(
-            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        )
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.net((images - self.mean) / self.std))
+    seg-head plugin's model (with ``encoder`` and ``segmentation_head``), behind the
+    input normalisation of :class:`~doll_core.models.Normalized`."""
 
     @property
     def encoder(self) -> nn.Module:
