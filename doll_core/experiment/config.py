@@ -289,7 +289,7 @@ def _check_stage(
     for key in RUNNER_KEYS[stage]:
         if key in settings:
             problems.append(f"{where}.{key}: set by the runner from other sections; remove it")
-    values = {**settings, **{k: v for k, v in filled.items()}}
+    values = {**settings, **filled}
     try:
         model.model_validate(values)
     except ValidationError as exc:

@@ -32,7 +32,6 @@ from doll_core.configuration import parse_config
 from doll_core.experiment.config import PHANTOM_TASKS, Experiment
 from doll_core.experiment.stages import StageCache, StageRecord
 from doll_core.labels.config import LabelGenerationConfig
-from doll_core.labels.store import LabelStore
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
@@ -252,18 +251,22 @@ class ExperimentRunner:
         split = config.targets != "predicted"
         explained = {n: self.explain(n, classifiers[n], sources) for n in names} if split else {}
 
-        def describe(store: Path, info: dict[str, Any]) -> dict[str, Any]:
+        def describe(store: Path, manifest: dict[str, Any], labelled: int | None) -> dict[str, Any]:
+            """Summary of a finished store; ``labelled``: images each classifier labelled
+            (``None``: read from the store's ``generation.json``)."""
             from doll_core.labels.scoring import score_store
 
             generation = json.loads((store / "generation.json").read_text())
+            if labelled is None:
+                labelled = int(generation.get("images_this_run") or 0)
             seconds = sum(float(r.info.get("seconds") or 0) for r in explained.values())
             seconds += float(generation.get("seconds") or 0)
-            info.update(
-                images=len(LabelStore(store).ids),
-                seconds=round(seconds, 2),
-                images_per_second=round(info["images_total"] / seconds, 2) if seconds else None,
-                bytes_per_image=generation.get("bytes_per_image"),
-            )
+            info: dict[str, Any] = {
+                "images": len(manifest["images"]),
+                "seconds": round(seconds, 2),
+                "images_per_second": round(labelled / seconds, 2) if seconds else None,
+                "bytes_per_image": generation.get("bytes_per_image"),
+            }
             if phantom is not None:
                 info["localization"] = score_store(store, phantom)
             return info
@@ -276,14 +279,14 @@ class ExperimentRunner:
                 from doll_core.labels.combine import fuse_stores
 
                 store = folder / "labels"
-                fuse_stores(
+                manifest = fuse_stores(
                     [explained[n].folder / "labels" for n in names],
                     fusion,
                     store,
                     fusion_params=params,
                     registry=self.registry,
                 )
-                return describe(store, {"images_total": _explained_images(explained)})
+                return describe(store, manifest, _explained_images(explained))
         else:
             key_settings = config.model_dump(mode="json", exclude={"data", "classifiers"})
             inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
@@ -292,11 +295,10 @@ class ExperimentRunner:
                 from doll_core.labels.generate import generate_labels
 
                 store = folder / "labels"
-                generate_labels(
+                manifest = generate_labels(
                     config, store, resume=resuming, progress=self.progress, registry=self.registry
                 )
-                generation = json.loads((store / "generation.json").read_text())
-                return describe(store, {"images_total": generation.get("images_this_run") or 0})
+                return describe(store, manifest, None)
 
         return self.cache.run("labels", label, key_settings, inputs, work, collective=not split)
 
@@ -360,7 +362,7 @@ class ExperimentRunner:
         dataset, splits = experiment.data.tasks[task].reader()
         values: dict[str, Any] = {
             "head": experiment.pretrain_settings().get("head", "unet"),
-            **({"encoder": self.encoder_name()} if self.encoder_name() else {}),
+            **({"encoder": encoder} if (encoder := self.encoder_name()) else {}),
             "image_size": experiment.pretrain_settings().get("image_size", 128),
             **experiment.finetune_settings(),
             "data": sources.task_roots[task],
