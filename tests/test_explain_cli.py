@@ -30,6 +30,11 @@ def _image_with_findings(root: Path) -> tuple[Path, str, Path]:
     raise AssertionError("the small phantom has no finding in its validation split")
 
 
+def _explain(checkpoint: Path, image: Path, out: Path) -> list[str]:
+    """``doll explain``'s required arguments."""
+    return ["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out)]
+
+
 def test_explain_writes_one_overlay_per_explainer_and_target(
     small_phantom: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -38,13 +43,7 @@ def test_explain_writes_one_overlay_per_explainer_and_target(
     result = runner.invoke(
         app,
         [
-            "explain",
-            "--checkpoint",
-            str(checkpoint),
-            "--image",
-            str(image),
-            "--out",
-            str(out),
+            *_explain(checkpoint, image, out),
             "--explainer",
             "saliency",
             "--explainer",
@@ -62,33 +61,9 @@ def test_explain_writes_one_overlay_per_explainer_and_target(
     assert result.exit_code == 0, result.output
     with Image.open(out) as picture:
         assert picture.width > 500 and picture.height > 400  # 3 columns, 2 rows
-    wrong = runner.invoke(
-        app,
-        [
-            "explain",
-            "--checkpoint",
-            str(checkpoint),
-            "--image",
-            str(image),
-            "--out",
-            str(out),
-            "--targets",
-            "Pneumonitis",
-        ],
-    )
+    wrong = runner.invoke(app, [*_explain(checkpoint, image, out), "--targets", "Pneumonitis"])
     assert wrong.exit_code == 2 and "unknown target 'Pneumonitis'" in wrong.stderr
-    missing = runner.invoke(
-        app,
-        [
-            "explain",
-            "--checkpoint",
-            str(tmp_path / "none.pt"),
-            "--image",
-            str(image),
-            "--out",
-            str(out),
-        ],
-    )
+    missing = runner.invoke(app, _explain(tmp_path / "none.pt", image, out))
     assert missing.exit_code == 2 and "checkpoint not found" in missing.stderr
 
 

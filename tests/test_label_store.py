@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from ranks import act_as_rank
 from typer.testing import CliRunner
 
 from doll_core.cli import app
@@ -178,16 +178,7 @@ def test_existing_stores_are_protected(
 
 
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
+    act_as_rank(rank, world, port)
     generate_labels(parse_config(LabelGenerationConfig, values), out)
 
 

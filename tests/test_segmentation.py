@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from ranks import act_as_rank
 
 from doll_core.checkpoint import load_classifier
 from doll_core.configuration import parse_config
@@ -71,7 +71,8 @@ def pretrained(
     return out
 
 
-def _finetune(data: Path, out: Path, **changes: Any) -> dict[str, Any]:
+def _finetune_config(data: Path, **changes: Any) -> FinetuneConfig:
+    """A seconds-long fine-tuning on the small phantom's organ set."""
     values: dict[str, Any] = {
         "data": str(data / "organs"),
         "image_size": 32,
@@ -83,7 +84,11 @@ def _finetune(data: Path, out: Path, **changes: Any) -> dict[str, Any]:
         "encoder": "resnet18",
     }
     values.update(changes)
-    return finetune(parse_config(FinetuneConfig, values), out)
+    return parse_config(FinetuneConfig, values)
+
+
+def _finetune(data: Path, out: Path, **changes: Any) -> dict[str, Any]:
+    return finetune(_finetune_config(data, **changes), out)
 
 
 def _encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -248,21 +253,7 @@ def test_finetuning_resumes_to_the_same_result(small_phantom: Path, tmp_path: Pa
         if epoch == 1:
             raise Interrupt
 
-    config = parse_config(
-        FinetuneConfig,
-        {
-            "data": str(small_phantom / "organs"),
-            "image_size": 32,
-            "epochs": 2,
-            "eval_interval": 2,
-            "batch_size": 2,
-            "num_workers": 0,
-            "device": "cpu",
-            "encoder": "resnet18",
-            "n_labeled": 2,
-            "seed": 2,
-        },
-    )
+    config = _finetune_config(small_phantom, n_labeled=2, seed=2)
     with pytest.raises(Interrupt):
         finetune(config, tmp_path / "cut", on_step=stop)
     resumed = finetune(config, tmp_path / "cut", resume=True)
@@ -271,16 +262,7 @@ def test_finetuning_resumes_to_the_same_result(small_phantom: Path, tmp_path: Pa
 
 
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, weights: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
+    act_as_rank(rank, world, port)
     trainer = pretrain(parse_config(PretrainConfig, values), out)
     torch.save(trainer.model.state_dict(), Path(weights) / f"rank{rank}.pt")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from ranks import act_as_rank
 
 from doll_core.checkpoint import build_classifier, load_classifier, read_classifier_meta
 from doll_core.configuration import parse_config
@@ -151,16 +151,7 @@ def test_bad_configs_name_the_key(small_phantom: Path) -> None:
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, weights: str) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
+    act_as_rank(rank, world, port)
     config = _config(Path(data), epochs=1, batch_size=4)
     result = train_classifier(config, out)
     torch.save(result.model.state_dict(), Path(weights) / f"rank{rank}.pt")
