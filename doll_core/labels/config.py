@@ -32,13 +32,16 @@ class LabelGenerationConfig(BaseModel):
     shard_size: int = Field(256, ge=1)
     label_size: int | None = Field(64, ge=8, description="side of the stored maps; None = image")
     batch_size: int = Field(16, ge=1)
+    workers: int = Field(
+        0, ge=0, description="DataLoader processes reading images (0 = in the main process)"
+    )
     device: str = "auto"
     on_error: Literal["skip", "fail"] = "skip"
     limit: int | None = Field(None, ge=1, description="label only the first N images")
 
     def content_hash(self) -> str:
-        """A hash of everything that changes the labels (not device or batch size)."""
-        payload = self.model_dump(mode="json", exclude={"device", "batch_size"})
+        """A hash of everything that changes the labels (not device, batch size or workers)."""
+        payload = self.model_dump(mode="json", exclude={"device", "batch_size", "workers"})
         payload["classifiers"] = [
             hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.classifiers
         ]

@@ -14,12 +14,13 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional
+from torch.utils.data import DataLoader
 
 from doll_core.atomic import atomic_write_text
 from doll_core.attribution.api import check_attributions
@@ -105,6 +106,11 @@ class _Generator:
         self.count = min(len(self.dataset), config.limit or len(self.dataset))
         self.shards = math.ceil(self.count / config.shard_size)
         self.explainer = registry.create("explainer", config.explainer, **config.explainer_params)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if config.explainer_params.get("channels_last"):
+                for model in self.models:
+                    model.to(memory_format=torch.channels_last)
         self.fusion = registry.create("fusion", config.fusion, **config.fusion_params)
         # validation AUROC per classifier and observation (0.5 = no skill when unknown)
         self.auroc = torch.tensor(
@@ -182,13 +188,41 @@ class _Generator:
         fused = fused * (targets >= 0)[:, :, None, None]
         return targets, torch.round(fused * 255).to(torch.uint8), nonfinite, no_signal
 
+    def batch_plan(self, shards: list[int]) -> list[list[int]]:
+        """The dataset indices of every batch of ``shards``, in order; no batch crosses a
+        shard boundary."""
+        plan = []
+        for index in shards:
+            start = index * self.config.shard_size
+            stop = min(self.count, start + self.config.shard_size)
+            plan += [
+                list(range(first, min(stop, first + self.config.batch_size)))
+                for first in range(start, stop, self.config.batch_size)
+            ]
+        return plan
+
+    def loader(self, shards: list[int]) -> DataLoader[Any]:
+        """Batches (lists of samples, skipped ones included) of ``shards``, read by
+        ``config.workers`` processes ahead of the GPU, into pinned memory on CUDA."""
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.batch_plan(shards),
+            num_workers=self.config.workers,
+            collate_fn=_as_list,
+            pin_memory=self.device.type == "cuda",
+        )
+
     def make_shard(
         self,
         index: int,
+        batches: Iterator[list[Any]],
         config_hash: str,
         on_batch: BatchCallback | None,
         advance: Callable[[int], None],
+        timing: dict[str, float],
     ) -> ShardContent:
+        """Label the batches of shard ``index`` (taken from ``batches``); ``timing``
+        accumulates seconds waiting for data and seconds computing."""
         start = index * self.config.shard_size
         stop = min(self.count, start + self.config.shard_size)
         ids: list[str] = []
@@ -198,10 +232,11 @@ class _Generator:
         offsets = [0]
         skipped: list[dict[str, str]] = []
         nonfinite = no_signal = 0
-        for batch_number, first in enumerate(range(start, stop, self.config.batch_size)):
-            samples = [
-                self.dataset[i] for i in range(first, min(stop, first + self.config.batch_size))
-            ]
+        for batch_number in range(math.ceil((stop - start) / self.config.batch_size)):
+            waited = time.perf_counter()
+            samples = next(batches)
+            computing = time.perf_counter()
+            timing["data_seconds"] += computing - waited
             good = [s for s in samples if not isinstance(s, SkippedSample)]
             skipped += [
                 {"id": s.id, "path": s.path, "reason": s.reason}
@@ -223,6 +258,7 @@ class _Generator:
                     maps.append(kept)
                     stats.append(map_statistics(kept))
                     offsets.append(offsets[-1] + len(kept))
+            timing["compute_seconds"] += time.perf_counter() - computing
             advance(len(samples))
             if on_batch is not None:
                 on_batch(index, batch_number)
@@ -243,6 +279,16 @@ class _Generator:
             nonfinite=nonfinite,
             no_signal=no_signal,
         )
+
+    def performance(self) -> dict[str, Any] | None:
+        """The explainer's own report (autocast error, compile time), when it keeps one."""
+        report = getattr(self.explainer, "performance_report", None)
+        return report() if callable(report) else None
+
+
+def _as_list(samples: list[Any]) -> list[Any]:
+    """DataLoader collate: keep the samples (skipped ones included) as a list."""
+    return samples
 
 
 def generate_labels(
@@ -315,8 +361,11 @@ def generate_labels(
                     rate = images_done / max(time.perf_counter() - started, 1e-9)
                     bar.update(task, advance=count, info=f"{rate:.1f} images/s")
 
+            timing = {"data_seconds": 0.0, "compute_seconds": 0.0}
+            batches = iter(generator.loader(mine))
             for index in mine:
-                write_shard(out, generator.make_shard(index, config_hash, on_batch, advance))
+                shard = generator.make_shard(index, batches, config_hash, on_batch, advance, timing)
+                write_shard(out, shard)
         seconds = time.perf_counter() - started
         if context.enabled:
             torch.distributed.barrier()
@@ -337,6 +386,16 @@ def generate_labels(
                         else None,
                         "classifiers": len(config.classifiers),
                         "world_size": context.world_size,
+                        "device": str(generator.device),
+                        "workers": config.workers,
+                        "data_seconds": round(timing["data_seconds"], 3),
+                        "compute_seconds": round(timing["compute_seconds"], 3),
+                        "data_wait_fraction": round(
+                            timing["data_seconds"]
+                            / max(timing["data_seconds"] + timing["compute_seconds"], 1e-9),
+                            4,
+                        ),
+                        "explainer": generator.performance(),
                         "bytes": total_bytes,
                         "bytes_per_image": round(total_bytes / images, 1),
                     },

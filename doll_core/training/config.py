@@ -42,6 +42,9 @@ class LoopConfig(BaseModel):
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    compile: bool = Field(
+        False, description="torch.compile the model (opt-in; compile time reported, eager fallback)"
+    )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for quick checks")
     on_error: Literal["skip", "fail"] = "skip"
 

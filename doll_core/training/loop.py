@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from doll_core.atomic import atomic_torch_save, atomic_write_text
+from doll_core.compiling import CompiledModule
 from doll_core.data.samples import SkippedSample, collate_samples
 from doll_core.errors import DollError
 from doll_core.payloads import safe_torch_load
@@ -141,6 +142,10 @@ class Trainer:
         if self.context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.compiled: CompiledModule | None = None
+        if config.compile:
+            self.compiled = CompiledModule(self.trained)
+            self.trained = self.compiled
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=config.lr)
         total = config.epochs * self.steps_per_epoch
         warmup = round(config.warmup_epochs * self.steps_per_epoch)
@@ -300,6 +305,7 @@ class Trainer:
         self.after_train_mode()
         skipped: list[SkippedSample] = []
         loss_sum, seen = 0.0, 0
+        data_seconds = 0.0
         started = time.perf_counter()
         task = (
             bar.add_task(
@@ -308,8 +314,12 @@ class Trainer:
             if bar
             else None
         )
-        for step, batch in enumerate(self.iterate(self.train_loader, skipped)):
-            if step >= self.steps_per_epoch:
+        batches = self.iterate(self.train_loader, skipped)
+        for step in range(self.steps_per_epoch):
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            data_seconds += time.perf_counter() - waited
+            if batch is None:
                 break
             loss, count = self.training_loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -334,12 +344,18 @@ class Trainer:
         seconds = time.perf_counter() - started
         loss_sum, seen_all = sum_across(self.context, loss_sum, float(seen))
         gathered = all_gather_objects(self.context, [s.__dict__ for s in skipped])
-        return {
+        record: dict[str, Any] = {
             "train_loss": loss_sum / max(seen_all, 1.0),
             "train_images_per_second": seen_all / seconds if seconds > 0 else None,
             "train_seconds": seconds,
+            # time this process waited for the DataLoader; the rest is compute
+            "train_data_seconds": round(data_seconds, 3),
+            "train_data_wait_fraction": round(data_seconds / seconds, 4) if seconds > 0 else None,
             "skipped": [item for part in gathered for item in part],
         }
+        if self.compiled is not None:
+            record["compile"] = self.compiled.report()
+        return record
 
     def write_outputs(self, improved: bool) -> None:
         if not self.context.is_main:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any
 
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from doll_core.attribution.engine import EngineOptions, slot_gradients
+from doll_core.compiling import compiled
 from doll_core.errors import DollError
 from doll_plugins.explainers.baselines import make_baseline
 
@@ -18,23 +20,58 @@ METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "
 
 
 def _options(
-    max_rows: int | None, memory_budget_mb: float | None, autocast: str | None
+    max_rows: int | None,
+    memory_budget_mb: float | None,
+    autocast: str | None,
+    compile: bool = False,
+    channels_last: bool = False,
 ) -> EngineOptions:
     if autocast not in (None, "fp16", "bf16"):
         raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
-    return EngineOptions(max_rows=max_rows, memory_budget_mb=memory_budget_mb, autocast=autocast)
+    return EngineOptions(
+        max_rows=max_rows,
+        memory_budget_mb=memory_budget_mb,
+        autocast=autocast,
+        compile=bool(compile),
+        channels_last=bool(channels_last),
+    )
 
 
 class _EngineExplainer:
     """Shared by the engine's explainers: reduced precision only with its error measured.
 
-    With ``autocast`` set, the first image is explained again in fp32 and the relative
-    error (max |difference| / max |fp32 map|) is stored in ``autocast_error`` and
-    reported in a warning, so that a reduced-precision result never goes unqualified.
+    With ``autocast`` set, the first image of every call is explained again in fp32
+    (eagerly) and the relative error (max |difference| / max |fp32 map|) is stored in
+    ``autocast_error`` (the last call) and ``autocast_errors`` (every call), reported in a
+    warning on the first call and in :meth:`performance_report`, so that a
+    reduced-precision result never goes unqualified. With ``compile``, the compile time and
+    any fallback to eager are in :meth:`performance_report` too.
     """
 
     options: EngineOptions
     autocast_error: float | None = None
+    _model: nn.Module | None = None
+
+    @property
+    def autocast_errors(self) -> list[float]:
+        """The measured relative error of every call so far (empty without autocast)."""
+        return self.__dict__.setdefault("_autocast_errors", [])
+
+    def performance_report(self) -> dict[str, Any]:
+        """How the maps were computed, for a run's metrics: autocast mode and its measured
+        error against fp32 (max and mean over calls), compile time or fallback, channels_last."""
+        errors = self.autocast_errors
+        report: dict[str, Any] = {
+            "autocast": self.options.autocast,
+            "autocast_relative_error_max": max(errors) if errors else None,
+            "autocast_relative_error_mean": sum(errors) / len(errors) if errors else None,
+            "autocast_checks": len(errors),
+            "channels_last": self.options.channels_last,
+            "compile": None,
+        }
+        if self.options.compile and self._model is not None:
+            report["compile"] = compiled(self._model).report()
+        return report
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -45,19 +82,23 @@ class _EngineExplainer:
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
+        self._model = model
         maps = self._maps(model, images, targets, self.options)
         if self.options.autocast is not None:
-            full = dataclasses.replace(self.options, autocast=None)
+            full = dataclasses.replace(self.options, autocast=None, compile=False)
             reference = self._maps(model, images[:1], targets[:1], full)
             scale = float(reference.abs().max())
             error = float((maps[:1] - reference).abs().max()) / scale if scale > 0 else 0.0
             self.autocast_error = error
-            warnings.warn(
-                f"{type(self).__name__} with {self.options.autocast} autocast: relative error "
-                f"{error:.2e} against fp32 (measured on the first image)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            self.autocast_errors.append(error)
+            if len(self.autocast_errors) == 1:
+                warnings.warn(
+                    f"{type(self).__name__} with {self.options.autocast} autocast: relative "
+                    f"error {error:.2e} against fp32 (measured on the first image of each "
+                    "batch; see the run's metrics)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return maps
 
 
@@ -74,19 +115,23 @@ class IntegratedGradients(_EngineExplainer):
         max_rows: int | None = 64,
         memory_budget_mb: float | None = None,
         autocast: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         """:param n_steps: integration points. :param method: ``gausslegendre`` or a
         Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
         ``zeros``, ``blurred``, ``uniform``, ``mean`` or a grey value. :param max_rows:
         rows per forward pass; or :param memory_budget_mb: to derive it.
-        :param autocast: ``fp16``/``bf16`` (report its error against fp32)."""
+        :param autocast: ``fp16``/``bf16`` (report its error against fp32).
+        :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
+        fallback). :param channels_last: channels-last rows (GPU)."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
             raise DollError(f"n_steps must be >= 1, got {n_steps}")
         self.n_steps, self.method = n_steps, method
         self.baseline, self.blur_sigma, self.seed = baseline, blur_sigma, seed
-        self.options = _options(max_rows, memory_budget_mb, autocast)
+        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
         self.last_delta: torch.Tensor | None = None
@@ -154,9 +199,11 @@ class Saliency(_EngineExplainer):
         max_rows: int | None = 64,
         memory_budget_mb: float | None = None,
         autocast: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.abs = abs
-        self.options = _options(max_rows, memory_budget_mb, autocast)
+        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -181,8 +228,10 @@ class InputXGradient(_EngineExplainer):
         max_rows: int | None = 64,
         memory_budget_mb: float | None = None,
         autocast: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
-        self.options = _options(max_rows, memory_budget_mb, autocast)
+        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -203,13 +252,15 @@ class SmoothGrad(_EngineExplainer):
         max_rows: int | None = 64,
         memory_budget_mb: float | None = None,
         autocast: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         """:param stdev: noise standard deviation in image units ([0, 1] images).
         :param seed: the noise seed (the same seed gives captum's NoiseTunnel noise)."""
         if n_samples < 1 or stdev < 0:
             raise DollError("n_samples must be >= 1 and stdev >= 0")
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
-        self.options = _options(max_rows, memory_budget_mb, autocast)
+        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions

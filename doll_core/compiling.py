@@ -1,0 +1,98 @@
+"""Opt-in ``torch.compile`` that reports its cost and falls back cleanly.
+
+``torch.compile`` pays on a GPU (compiled DenseNet-121 forward + backward passes run 1.7x
+faster in fp32 and 3.2x in fp16 than eager on an H100, see DESIGN.md) but costs a compile
+of about a minute and fails for some models, backends or machines (no C++ compiler, an
+unsupported operation). :class:`CompiledModule` wraps a module: its first call compiles
+and is timed (``compile_seconds``); a failure while compiling is reported in a warning
+and in ``fallback``, and the module then runs eagerly, with the same results, for good.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CompiledModule(nn.Module):
+    """``module`` run through ``torch.compile``, with its compile time and any fallback
+    recorded.
+
+    The wrapped module is the only registered child, so ``state_dict``, ``train()`` and
+    ``eval()`` act on it; the compiled callable shares its parameters.
+
+    :param module: the module to compile (inputs and outputs as its own).
+    :param mode: ``torch.compile`` mode (``None``, ``"reduce-overhead"``,
+        ``"max-autotune"``).
+    :param dynamic: passed to ``torch.compile``; ``False`` (default) specialises on shapes,
+        which is fastest when the caller keeps shapes fixed.
+    """
+
+    def __init__(self, module: nn.Module, mode: str | None = None, dynamic: bool = False) -> None:
+        super().__init__()
+        self.module = module
+        self.mode = mode
+        # not registered as a child: its parameters are the module's own
+        self.__dict__["_compiled"] = torch.compile(module, mode=mode, dynamic=dynamic)
+        #: seconds of the first call (compile included); ``None`` before it
+        self.compile_seconds: float | None = None
+        #: why compiling failed (the module then runs eagerly); ``None`` when it did not
+        self.fallback: str | None = None
+        self.calls = 0
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls run compiled code (False after a fallback)."""
+        return self.fallback is None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fallback is not None:
+            return self.module(*args, **kwargs)
+        first = self.calls == 0
+        started = time.perf_counter()
+        try:
+            output = self.__dict__["_compiled"](*args, **kwargs)
+        except Exception as exc:  # any compile failure: run eagerly from now on
+            self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(
+                f"torch.compile failed for {type(self.module).__name__} ({self.fallback}); "
+                "running eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.module(*args, **kwargs)
+        self.calls += 1
+        if first:
+            if torch.cuda.is_available() and isinstance(output, torch.Tensor) and output.is_cuda:
+                torch.cuda.synchronize(output.device)
+            self.compile_seconds = time.perf_counter() - started
+        return output
+
+    def report(self) -> dict[str, Any]:
+        """``{"compiled", "compile_seconds", "fallback", "mode"}`` for a run's metrics."""
+        return {
+            "compiled": self.compiled,
+            "compile_seconds": None
+            if self.compile_seconds is None
+            else round(self.compile_seconds, 2),
+            "fallback": self.fallback,
+            "mode": self.mode,
+        }
+
+
+_ATTRIBUTE = "_doll_compiled"
+
+
+def compiled(module: nn.Module, mode: str | None = None) -> CompiledModule:
+    """The :class:`CompiledModule` of ``module``, made once per module and mode and then
+    reused, so that repeated calls (one per batch) compile only once. It is kept in the
+    module's ``__dict__`` (not as a child: ``state_dict`` does not change)."""
+    cached = module.__dict__.get(_ATTRIBUTE)
+    if not isinstance(cached, CompiledModule) or cached.mode != mode:
+        cached = CompiledModule(module, mode=mode)
+        module.__dict__[_ATTRIBUTE] = cached
+    return cached

@@ -1,0 +1,206 @@
+"""The GPU options, exercised on the CPU where torch allows: ``torch.compile`` (results,
+compile time, eager fallback), fp16 autocast with gradient scaling and its measured error,
+channels_last rows, and DataLoader workers for label generation (same bytes, data vs
+compute time recorded)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import doll_core
+import doll_core.attribution.engine as engine
+from doll_core import compiling
+from doll_core.attribution.engine import EngineOptions, slot_gradients
+from doll_core.compiling import CompiledModule, compiled
+from doll_core.configuration import parse_config
+from doll_core.labels.config import LabelGenerationConfig
+from doll_core.labels.generate import generate_labels
+from doll_core.registry import get_registry
+from doll_core.training.classifier import train_classifier
+from doll_core.training.config import ClassifierTrainingConfig
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return get_registry().create("backbone", "tiny_cnn", width=4).build(14, 1).eval()
+
+
+def _identity_rows(images: torch.Tensor, index: torch.Tensor, samples: slice) -> torch.Tensor:
+    return images
+
+
+def test_compiled_integrated_gradients_equal_eager_and_compile_once() -> None:
+    model = _tiny_model()
+    images = torch.rand(5, 1, 24, 24)
+    # 5 images, 3 per pass: the last pass is padded to the same 3 x 4 rows
+    targets = torch.tensor([[0, 3, -1], [1, -1, -1], [2, 5, 7], [4, -1, -1], [6, 8, -1]])
+    eager = doll_core.explain(model, images, targets, n_steps=4, max_rows=12)
+    explainer = get_registry().create(
+        "explainer", "integrated_gradients", n_steps=4, max_rows=12, compile=True
+    )
+    first = explainer.attribute(model, images, targets)
+    torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-6)
+    report = explainer.performance_report()["compile"]
+    assert report["compiled"] and report["fallback"] is None and report["compile_seconds"] > 0
+    wrapper = compiled(model)
+    calls = wrapper.calls
+    again = explainer.attribute(model, images[:2], targets[:2])  # a smaller batch: padded
+    torch.testing.assert_close(again, eager[:2], rtol=1e-4, atol=1e-6)
+    assert wrapper.calls > calls and compiled(model) is wrapper
+    assert "_doll_compiled" not in "".join(model.state_dict())
+
+
+def test_a_model_that_does_not_compile_runs_eagerly_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        def call(*_a: Any, **_k: Any) -> Any:
+            raise RuntimeError("backend exploded\nsecond line")
+
+        return call
+
+    monkeypatch.setattr(compiling.torch, "compile", broken)
+    model = _tiny_model()
+    wrapper = CompiledModule(model)
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .* running eagerly"):
+        out = wrapper(x)
+    torch.testing.assert_close(out, model(x))
+    assert not wrapper.compiled
+    assert wrapper.report()["fallback"] == "RuntimeError: backend exploded"
+    torch.testing.assert_close(wrapper(x), model(x))  # stays eager, no second warning
+
+
+def _vanishing_gradient_model() -> nn.Module:
+    """d logit / d input = 1e-8 everywhere: under fp16's smallest normal (6e-5) and
+    around its smallest subnormal (6e-8), so an unscaled fp16 backward loses it."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8, bias=False), nn.Linear(8, 3, bias=False)
+    ).eval()
+    with torch.no_grad():
+        model[1].weight.fill_(1e-4)
+        model[2].weight.fill_(1e-4)
+    return model
+
+
+def test_fp16_gradients_are_scaled_so_small_gradients_survive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _vanishing_gradient_model()
+    images = torch.rand(2, 1, 4, 4)
+    targets = torch.tensor([[0, 1], [2, -1]])
+    reference = slot_gradients(model, images, targets, 1, _identity_rows)
+    half = slot_gradients(
+        model, images, targets, 1, _identity_rows, options=EngineOptions(autocast="fp16")
+    )
+    scaled_error = float((half - reference).abs().max() / reference.abs().max())
+    monkeypatch.setattr(engine, "FP16_GRADIENT_SCALE", 1.0)
+    unscaled = slot_gradients(
+        model, images, targets, 1, _identity_rows, options=EngineOptions(autocast="fp16")
+    )
+    unscaled_error = float((unscaled - reference).abs().max() / reference.abs().max())
+    assert scaled_error < 0.01 < 0.1 < unscaled_error
+
+
+def test_autocast_error_is_measured_per_call_and_reported() -> None:
+    model = _tiny_model()
+    images = torch.rand(3, 1, 16, 16)
+    targets = torch.tensor([[0, 1], [2, -1], [3, 4]])
+    explainer = get_registry().create(
+        "explainer", "integrated_gradients", n_steps=4, autocast="bf16"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = explainer.attribute(model, images, targets)
+        explainer.attribute(model, images[1:], targets[1:])
+    assert len([w for w in caught if "relative error" in str(w.message)]) == 1  # once
+    fp32 = doll_core.explain(model, images[:1], targets[:1], n_steps=4)
+    expected = float((maps[:1] - fp32).abs().max() / fp32.abs().max())
+    report = explainer.performance_report()
+    assert report["autocast"] == "bf16" and report["autocast_checks"] == 2
+    assert report["autocast_relative_error_max"] >= expected * 0.999
+    assert explainer.autocast_errors[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_channels_last_rows_give_the_same_maps() -> None:
+    model = _tiny_model()
+    images = torch.rand(2, 1, 16, 16)
+    targets = torch.tensor([[0, 1], [2, -1]])
+    plain = doll_core.explain(model, images, targets, n_steps=4)
+    model = model.to(memory_format=torch.channels_last)
+    fast = doll_core.explain(model, images, targets, n_steps=4, channels_last=True)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_label_generation_workers_give_the_same_shards_and_time_the_data(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    def config(workers: int) -> LabelGenerationConfig:
+        return parse_config(
+            LabelGenerationConfig,
+            {
+                "data": str(small_phantom),
+                "classifiers": [str(p) for p in tiny_checkpoints],
+                "explainer_params": {"n_steps": 4, "autocast": "bf16"},
+                "shard_size": 6,
+                "batch_size": 4,
+                "label_size": 16,
+                "limit": 14,
+                "device": "cpu",
+                "workers": workers,
+            },
+        )
+
+    assert config(0).content_hash() == config(2).content_hash()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        generate_labels(config(0), tmp_path / "main")
+        generate_labels(config(2), tmp_path / "workers")
+    for name in ("shard-00000.pt", "shard-00001.pt", "shard-00002.pt"):
+        assert (tmp_path / "main" / name).read_bytes() == (tmp_path / "workers" / name).read_bytes()
+    record = json.loads((tmp_path / "workers" / "generation.json").read_text())
+    assert record["workers"] == 2 and record["images_this_run"] == 14
+    assert record["data_seconds"] >= 0 and record["compute_seconds"] > 0
+    assert 0 <= record["data_wait_fraction"] <= 1
+    performance = record["explainer"]
+    assert (
+        performance["autocast"] == "bf16" and performance["autocast_checks"] == 2 * 5
+    )  # 2 models x (2+2+1) batches
+    assert 0 < performance["autocast_relative_error_max"] < 1
+
+
+def test_training_with_compile_records_the_compile_time(
+    small_phantom: Path, tmp_path: Path
+) -> None:
+    values = {
+        "data": small_phantom,
+        "backbone": "tiny_cnn",
+        "backbone_params": {"width": 4},
+        "image_size": 32,
+        "batch_size": 8,
+        "epochs": 1,
+        "num_workers": 0,
+        "max_steps_per_epoch": 2,
+        "device": "cpu",
+    }
+    eager = train_classifier(parse_config(ClassifierTrainingConfig, values), tmp_path / "eager")
+    fast = train_classifier(
+        parse_config(ClassifierTrainingConfig, {**values, "compile": True}), tmp_path / "compiled"
+    )
+    metrics = json.loads((tmp_path / "compiled" / "metrics.json").read_text())
+    epoch = metrics["history"][0]
+    assert epoch["compile"]["compiled"] and epoch["compile"]["compile_seconds"] > 0
+    assert 0 <= epoch["train_data_wait_fraction"] <= 1
+    # the same optimisation: compiled kernels round differently, so not bit-equal
+    torch.testing.assert_close(
+        fast.history[0]["train_loss"], eager.history[0]["train_loss"], rtol=1e-3, atol=1e-4
+    )
+    saved = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)
+    assert not any("_orig_mod" in key or key.startswith("module.") for key in saved["state_dict"])
