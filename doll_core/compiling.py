@@ -96,3 +96,9 @@ def compiled(module: nn.Module, mode: str | None = None) -> CompiledModule:
         cached = CompiledModule(module, mode=mode)
         module.__dict__[_ATTRIBUTE] = cached
     return cached
+
+
+def forget(module: nn.Module) -> None:
+    """Drop ``module``'s :class:`CompiledModule`, so that the next :func:`compiled` call
+    compiles (and times) afresh; used by benchmarks that compare compiled variants."""
+    module.__dict__.pop(_ATTRIBUTE, None)

@@ -96,6 +96,10 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
+#: what a run's results keep of each explanation stage's ``generation.json``
+EXPLAIN_FIELDS = ("images_per_second", "data_wait_fraction", "workers", "device", "explainer")
+
+
 class ExperimentRunner:
     """Runs one experiment into ``out`` with stage folders under ``stages``."""
 
@@ -266,6 +270,13 @@ class ExperimentRunner:
                 "seconds": round(seconds, 2),
                 "images_per_second": round(labelled / seconds, 2) if seconds else None,
                 "bytes_per_image": generation.get("bytes_per_image"),
+                # per explanation stage: speed, data waiting, autocast error, compile time
+                "explain": {
+                    n: {key: g.get(key) for key in EXPLAIN_FIELDS}
+                    for n, g in (
+                        {n: r.info for n, r in explained.items()} or {"joint": generation}
+                    ).items()
+                },
             }
             if phantom is not None:
                 info["localization"] = score_store(store, phantom)

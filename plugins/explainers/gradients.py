@@ -37,10 +37,20 @@ def _options(
     )
 
 
+def _check_interval(every: int) -> int:
+    if int(every) < 1:
+        raise DollError(
+            f"autocast_check_every must be >= 1 (reduced precision is never left unmeasured), "
+            f"got {every}"
+        )
+    return int(every)
+
+
 class _EngineExplainer:
     """Shared by the engine's explainers: reduced precision only with its error measured.
 
-    With ``autocast`` set, the first image of every call is explained again in fp32
+    With ``autocast`` set, the first image of every call (or of every
+    ``autocast_check_every``-th call, the first included) is explained again in fp32
     (eagerly) and the relative error (max |difference| / max |fp32 map|) is stored in
     ``autocast_error`` (the last call) and ``autocast_errors`` (every call), reported in a
     warning on the first call and in :meth:`performance_report`, so that a
@@ -50,7 +60,9 @@ class _EngineExplainer:
 
     options: EngineOptions
     autocast_error: float | None = None
+    autocast_check_every = 1
     _model: nn.Module | None = None
+    _calls = 0
 
     @property
     def autocast_errors(self) -> list[float]:
@@ -84,7 +96,9 @@ class _EngineExplainer:
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
         self._model = model
         maps = self._maps(model, images, targets, self.options)
-        if self.options.autocast is not None:
+        check = self._calls % self.autocast_check_every == 0
+        self._calls += 1
+        if self.options.autocast is not None and check:
             full = dataclasses.replace(self.options, autocast=None, compile=False)
             reference = self._maps(model, images[:1], targets[:1], full)
             scale = float(reference.abs().max())
@@ -117,6 +131,7 @@ class IntegratedGradients(_EngineExplainer):
         autocast: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        autocast_check_every: int = 1,
     ) -> None:
         """:param n_steps: integration points. :param method: ``gausslegendre`` or a
         Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
@@ -124,7 +139,8 @@ class IntegratedGradients(_EngineExplainer):
         rows per forward pass; or :param memory_budget_mb: to derive it.
         :param autocast: ``fp16``/``bf16`` (report its error against fp32).
         :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
-        fallback). :param channels_last: channels-last rows (GPU)."""
+        fallback). :param channels_last: channels-last rows (GPU).
+        :param autocast_check_every: measure the autocast error on every N-th call."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
@@ -132,6 +148,7 @@ class IntegratedGradients(_EngineExplainer):
         self.n_steps, self.method = n_steps, method
         self.baseline, self.blur_sigma, self.seed = baseline, blur_sigma, seed
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
+        self.autocast_check_every = _check_interval(autocast_check_every)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
         self.last_delta: torch.Tensor | None = None
@@ -201,9 +218,11 @@ class Saliency(_EngineExplainer):
         autocast: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        autocast_check_every: int = 1,
     ) -> None:
         self.abs = abs
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
+        self.autocast_check_every = _check_interval(autocast_check_every)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -230,8 +249,10 @@ class InputXGradient(_EngineExplainer):
         autocast: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        autocast_check_every: int = 1,
     ) -> None:
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
+        self.autocast_check_every = _check_interval(autocast_check_every)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -254,6 +275,7 @@ class SmoothGrad(_EngineExplainer):
         autocast: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        autocast_check_every: int = 1,
     ) -> None:
         """:param stdev: noise standard deviation in image units ([0, 1] images).
         :param seed: the noise seed (the same seed gives captum's NoiseTunnel noise)."""
@@ -261,6 +283,7 @@ class SmoothGrad(_EngineExplainer):
             raise DollError("n_samples must be >= 1 and stdev >= 0")
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
+        self.autocast_check_every = _check_interval(autocast_check_every)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions

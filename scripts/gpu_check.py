@@ -1,0 +1,490 @@
+"""The GPU check: engine vs captum on DenseNet-121, then a shortened gpu_scale run.
+
+Made to run inside one device call of at most 9 minutes (see docs/gpu.md):
+
+    python scripts/gpu_check.py --out $OUT            # on the GPU machine
+    python scripts/gpu_check.py --out /tmp/x --smoke  # on a CPU: tiny sizes, same code
+
+Part 1, Integrated Gradients over 14 targets, DenseNet-121 (1 channel, random weights),
+224², batch 8, 50 Gauss-Legendre steps, zero baseline: captum's per-target loop (one
+``attribute`` call per target slot, the whole batch in one internal batch), then DoLL's
+engine in fp32 eager, fp32 compiled and fp16 compiled; images/s, the ratio to captum,
+the relative error against captum (max |difference| / max |captum|) and peak GPU memory.
+Then the compiled engine's rate for 1, 2, 4 and 14 targets per image at 50 and 16 steps,
+from which the CheXpert-scale projection is computed.
+
+Part 2, ``doll run experiments/gpu_scale.toml`` shortened with ``--set`` (fewer images,
+fewer epochs, one seed); per-stage images/s from the run's own records.
+
+Everything is written to ``--out`` as ``gpu_check.json`` (and the run's ``results.json``
+and ``log.txt``); a short table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHEXPERT_TRAIN_IMAGES = 223_414
+CLASSIFIERS_AT_SCALE = 3
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(function: Any, repeats: int) -> tuple[Any, list[float]]:
+    """Run ``function`` once to warm up, then ``repeats`` times; the last result and the
+    seconds of each timed run."""
+    result = function()
+    synchronize()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = function()
+        synchronize()
+        seconds.append(time.perf_counter() - started)
+    return result, seconds
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.float() - reference.float()).abs().max() / reference.float().abs().max())
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(
+            torch.cuda.get_device_properties(device).total_memory / 2**30
+        )
+    for name in ("torchvision", "captum", "zennit", "segmentation_models_pytorch"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception as exc:  # report, do not stop
+            info[name] = f"missing ({exc})"
+    return info
+
+
+def engine_vs_captum(device: torch.device, smoke: bool, log: Any) -> dict[str, Any]:
+    """Part 1 (see the module docstring)."""
+    from captum.attr import IntegratedGradients
+
+    from doll_core.compiling import forget
+    from doll_core.registry import get_registry
+
+    backbone, size, batch, steps, targets_n = (
+        ("tiny_cnn", 32, 2, 4, 14) if smoke else ("densenet121", 224, 8, 50, 14)
+    )
+    repeats = 1 if smoke else 3
+    torch.manual_seed(0)
+    model = get_registry().create("backbone", backbone).build(14, 1).to(device).eval()
+    images = torch.rand(batch, 1, size, size, device=device)
+    targets = torch.arange(targets_n, device=device).repeat(batch, 1)
+    # rows per forward pass, for captum's internal batch and the engine alike: 2 images x 50
+    # steps (DenseNet-121 at 224² keeps about 0.3 GB per row for the backward passes)
+    rows = max(1, batch * steps // 4)
+    result: dict[str, Any] = {
+        "model": backbone,
+        "image_size": size,
+        "batch": batch,
+        "n_steps": steps,
+        "targets_per_image": targets_n,
+        "rows_per_pass": rows,
+        "variants": {},
+    }
+    torch.backends.cudnn.benchmark = True
+
+    def captum_loop() -> torch.Tensor:
+        captum = IntegratedGradients(model)
+        maps = [
+            captum.attribute(
+                images,
+                target=targets[:, j].tolist(),
+                n_steps=steps,
+                internal_batch_size=rows,
+            ).sum(dim=1)
+            for j in range(targets_n)
+        ]
+        return torch.stack(maps, dim=1)
+
+    def record(name: str, seconds: list[float], maps: torch.Tensor, extra: dict[str, Any]) -> None:
+        best = statistics.median(seconds)
+        entry = {
+            "seconds_per_batch": round(best, 4),
+            "images_per_second": round(batch / best, 3),
+            "relative_error_vs_captum": relative_error(maps, reference)
+            if name != "captum"
+            else 0.0,
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device.type == "cuda"
+            else None,
+            **extra,
+        }
+        entry["speedup_vs_captum"] = round(captum_seconds / best, 2)
+        result["variants"][name] = entry
+        log(f"  {name}: {entry}")
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reference, seconds = timed(captum_loop, repeats)
+    captum_seconds = statistics.median(seconds)
+    record("captum", seconds, reference, {})
+
+    def engine(autocast: str | None, compile: bool, rows_per_pass: int = rows) -> tuple[Any, Any]:
+        explainer = get_registry().create(
+            "explainer",
+            "integrated_gradients",
+            n_steps=steps,
+            max_rows=rows_per_pass,
+            autocast=autocast,
+            compile=compile,
+            channels_last=device.type == "cuda",
+            autocast_check_every=1000,  # measured on the first call, then not timed
+        )
+        return explainer, lambda: explainer.attribute(model, images, targets)
+
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    for name, autocast, compile in (
+        ("engine_fp32_eager", None, False),
+        ("engine_fp16_eager", "fp16", False),
+        ("engine_fp32_compiled", None, True),
+        ("engine_fp16_compiled", "fp16", True),
+    ):
+        try:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            if compile:  # a fresh compile per variant, timed on its own
+                torch._dynamo.reset()
+                forget(model)
+            explainer, call = engine(autocast, compile)
+            started = time.perf_counter()
+            call()
+            synchronize()
+            first_call = time.perf_counter() - started
+            maps, seconds = timed(call, repeats)
+            record(
+                name,
+                seconds,
+                maps,
+                {"first_call_seconds": round(first_call, 2), **explainer.performance_report()},
+            )
+        except Exception as exc:  # keep going: report what failed
+            result["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            log(f"  {name} failed: {exc}")
+
+    # the compiled engine's rate by targets per image and steps (for the projection)
+    sweep = []
+    best_variant = max(
+        (
+            n
+            for n in result["variants"]
+            if n.startswith("engine") and "error" not in result["variants"][n]
+        ),
+        key=lambda n: result["variants"][n]["images_per_second"],
+        default=None,
+    )
+    if best_variant is not None:
+        autocast = "fp16" if "fp16" in best_variant else None
+        compile = "compiled" in best_variant
+        # the same rows per pass at both step counts (2 images x 50 steps, 4 x 25), so the
+        # compiled model is not compiled again
+        for n_steps in (steps, steps // 2):
+            explainer = get_registry().create(
+                "explainer",
+                "integrated_gradients",
+                n_steps=n_steps,
+                max_rows=rows,
+                autocast=autocast,
+                compile=compile,
+                channels_last=device.type == "cuda",
+                autocast_check_every=1000,
+            )
+            for count in (1, 2, 4, 14):
+                chosen = torch.full_like(targets, -1)
+                chosen[:, :count] = targets[:, :count]
+                try:
+                    _, seconds = timed(
+                        lambda e=explainer, c=chosen: e.attribute(model, images, c), repeats
+                    )
+                except Exception as exc:
+                    sweep.append({"n_steps": n_steps, "targets": count, "error": str(exc)[:300]})
+                    continue
+                rate = batch / statistics.median(seconds)
+                sweep.append(
+                    {"n_steps": n_steps, "targets": count, "images_per_second": round(rate, 2)}
+                )
+                log(f"  sweep {best_variant} steps {n_steps} targets {count}: {rate:.2f} images/s")
+    result["sweep_variant"] = best_variant
+    result["sweep"] = sweep
+    return result
+
+
+def projection(
+    sweep: list[dict[str, Any]], mean_targets: list[float], derive_steps: int = 16
+) -> list[dict[str, Any]]:
+    """GPU-hours for CheXpert-scale labels (3 classifiers) from a fitted
+    ``seconds_per_image = a + b * targets`` per measured step count; rows for
+    ``derive_steps`` scale the fewest measured steps' fit by the step ratio (rows per image
+    are proportional to steps), marked ``derived``."""
+    rows = []
+    measured = sorted({s["n_steps"] for s in sweep if "images_per_second" in s})
+    for n_steps in measured:
+        points = [
+            (s["targets"], 1.0 / s["images_per_second"])
+            for s in sweep
+            if s["n_steps"] == n_steps and "images_per_second" in s
+        ]
+        if len(points) < 2:
+            continue
+        xs, ys = zip(*points, strict=True)
+        x_mean, y_mean = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - x_mean) * (y - y_mean) for x, y in points) / sum(
+            (x - x_mean) ** 2 for x in xs
+        )
+        intercept = y_mean - slope * x_mean
+        for targets in mean_targets:
+            per_image = intercept + slope * targets
+            hours = CHEXPERT_TRAIN_IMAGES * CLASSIFIERS_AT_SCALE * per_image / 3600
+            rows.append(
+                {
+                    "n_steps": n_steps,
+                    "mean_targets": round(targets, 2),
+                    "seconds_per_image": round(per_image, 5),
+                    "images_per_second": round(1 / per_image, 1),
+                    "gpu_hours_3_classifiers": round(hours, 2),
+                    "fit": {"intercept": intercept, "per_target": slope},
+                    "derived": False,
+                }
+            )
+            if n_steps == measured[0] and derive_steps < n_steps:
+                factor = derive_steps / n_steps
+                rows.append(
+                    {
+                        **rows[-1],
+                        "n_steps": derive_steps,
+                        "seconds_per_image": round(per_image * factor, 5),
+                        "images_per_second": round(1 / (per_image * factor), 1),
+                        "gpu_hours_3_classifiers": round(hours * factor, 2),
+                        "derived": f"from {n_steps} steps x {derive_steps}/{n_steps}",
+                    }
+                )
+    return rows
+
+
+def stage_rates(run: Path) -> dict[str, Any]:
+    """images/s of every stage, from the run's own records."""
+    from doll_core.labels.store import read_shard
+    from doll_core.phantom import layout
+
+    results = json.loads((run / "results.json").read_text())
+    rates: dict[str, Any] = {"stage_seconds": results.get("stage_seconds")}
+    for path in sorted(run.glob(f"stages/phantom-*/phantom/{layout.MANIFEST}")):
+        record = json.loads(path.read_text())
+        rates["phantom_images_per_second"] = record.get("images_per_second")
+    rates["classifiers"] = results.get("classifiers")
+    labels = results.get("labels", {})
+    rates["labels"] = {
+        k: labels.get(k) for k in ("images", "seconds", "images_per_second", "explain")
+    }
+    rates["localization"] = labels.get("localization")
+    rates["pretrain"] = results.get("pretrain")
+    targets = []  # explained (positive) observations per image, per classifier's store
+    for store in run.glob("stages/explain-*/labels"):
+        shards = [read_shard(path) for path in sorted(store.glob("shard-*.pt"))]
+        images = sum(len(shard.ids) for shard in shards)
+        if images:
+            targets.append(sum(int(shard.offsets[-1]) for shard in shards) / images)
+    rates["mean_targets_per_image"] = statistics.fmean(targets) if targets else None
+    finetune = results.get("finetune", {}).get("runs", [])
+    rates["finetune"] = [
+        {k: r.get(k) for k in ("task", "init", "budget", "seed", "test_miou")} for r in finetune
+    ]
+    return rates
+
+
+def gpu_scale_run(out: Path, smoke: bool, seconds_left: float, log: Any) -> dict[str, Any]:
+    """Part 2: the shortened gpu_scale run, as a subprocess with a deadline."""
+    repo = Path(__file__).resolve().parents[1]
+    run = Path("/tmp/gpu-scale-run")
+    overrides = {
+        "data.phantom.n_train": 1500,
+        "data.phantom.n_valid": 200,
+        "data.phantom.n_organs": 120,
+        "data.phantom.n_infection": 200,
+        "training.epochs": 2,
+        "explanation.params.integrated_gradients.compile": "false",
+        "pretrain.epochs": 2,
+        "finetune.budgets": "[8]",
+        "finetune.seeds": "[0]",
+        "finetune.epochs": 10,
+        "report.overlay_images": 4,
+    }
+    if smoke:
+        overrides.update(
+            {
+                "data.phantom.n_train": 60,
+                "data.phantom.n_valid": 20,
+                "data.phantom.n_organs": 12,
+                "data.phantom.n_infection": 20,
+                "data.phantom.size": 64,
+                "data.phantom.workers": 2,
+                "training.image_size": 32,
+                "training.epochs": 1,
+                "training.batch_size": 8,
+                "training.num_workers": 0,
+                "explanation.params.integrated_gradients.n_steps": 2,
+                "explanation.params.integrated_gradients.autocast": "'bf16'",
+                "explanation.workers": 0,
+                "explanation.label_size": 16,
+                "pretrain.image_size": 32,
+                "pretrain.epochs": 1,
+                "pretrain.batch_size": 8,
+                "pretrain.num_workers": 0,
+                "finetune.image_size": 32,
+                "finetune.epochs": 1,
+                "finetune.num_workers": 0,
+                "finetune.inits": '["doll"]',
+                "finetune.tasks": '["organs"]',
+            }
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "doll_core.cli",
+        "run",
+        str(repo / "experiments" / "gpu_scale.toml"),
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    log("part 2: " + " ".join(command))
+    started = time.perf_counter()
+    try:
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=max(seconds_left, 30),
+            cwd=run.parent,  # not the repository: doll is imported as installed
+        )
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timed out after {exc.timeout:.0f} s", "overrides": overrides}
+    finally:
+        for name in ("results.json", "log.txt"):
+            if (run / name).is_file():
+                (out / f"gpu_scale_{name}").write_text((run / name).read_text())
+    wall = time.perf_counter() - started
+    (out / "gpu_scale_output.txt").write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        return {
+            "error": f"exit {completed.returncode}",
+            "tail": (completed.stdout + completed.stderr)[-3000:],
+            "overrides": overrides,
+        }
+    return {"wall_seconds": round(wall, 1), "overrides": overrides, **stage_rates(run)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check)")
+    parser.add_argument(
+        "--budget-seconds", type=float, default=500.0, help="part 2 stops at this total"
+    )
+    parser.add_argument("--skip-run", action="store_true", help="part 1 only")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report: dict[str, Any] = {"environment": environment(device)}
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    def save() -> None:
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    log(f"environment: {report['environment']}")
+    save()
+    log("part 1: engine vs captum")
+    try:
+        report["engine_vs_captum"] = engine_vs_captum(device, args.smoke, log)
+    except Exception as exc:
+        report["engine_vs_captum"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"part 1 failed: {exc}")
+    report["part1_seconds"] = round(time.perf_counter() - started, 1)
+    save()
+    if not args.skip_run:
+        left = args.budget_seconds - (time.perf_counter() - started)
+        report["gpu_scale"] = gpu_scale_run(args.out, args.smoke, left, log)
+        save()
+    sweep = report.get("engine_vs_captum", {}).get("sweep", [])
+    measured = report.get("gpu_scale", {}).get("mean_targets_per_image")
+    means = sorted({2.0, 3.0, *([measured] if measured else [])})
+    report["projection"] = projection(sweep, means)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    save()
+
+    # the short table, last
+    print("\n== engine vs captum ==")
+    for name, entry in report.get("engine_vs_captum", {}).get("variants", {}).items():
+        if "error" in entry:
+            print(f"{name:24s} ERROR {entry['error'][:120]}")
+            continue
+        compile_info = entry.get("compile") or {}
+        print(
+            f"{name:24s} {entry['images_per_second']:9.2f} img/s"
+            f"  x{entry['speedup_vs_captum']:5.2f}"
+            f"  rel.err {entry['relative_error_vs_captum']:.1e}"
+            f"  autocast err {entry.get('autocast_relative_error_max') or 0:.1e}"
+            f"  compile {compile_info.get('compile_seconds')}s  mem {entry['peak_memory_gib']} GiB"
+        )
+    print("== projection (CheXpert train, 3 classifiers) ==")
+    for row in report["projection"]:
+        print(
+            f"steps {row['n_steps']:3d}  mean targets {row['mean_targets']:5.2f}  "
+            f"{row['images_per_second']:8.1f} img/s  {row['gpu_hours_3_classifiers']:7.2f} GPU-h"
+            + ("  (derived)" if row["derived"] else "")
+        )
+    scale = report.get("gpu_scale", {})
+    print("== gpu_scale (shortened) ==")
+    print(
+        json.dumps(
+            {
+                k: scale.get(k)
+                for k in ("error", "wall_seconds", "stage_seconds", "mean_targets_per_image")
+            }
+        )
+    )
+    print(f"total {report['total_seconds']} s")
+    return 0 if math.isfinite(report["total_seconds"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
