@@ -60,7 +60,14 @@ def timed(function: Any, repeats: int) -> tuple[Any, list[float]]:
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |value - reference| / max |reference| (the project's attribution error)."""
     return float((value.float() - reference.float()).abs().max() / reference.float().abs().max())
+
+
+def errors_against(value: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """The max-abs relative error and the relative L2 error ||value - ref|| / ||ref||."""
+    difference = (value.double() - reference.double()).norm() / reference.double().norm()
+    return {"max_abs": relative_error(value, reference), "l2": float(difference)}
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -241,6 +248,65 @@ def engine_vs_captum(device: torch.device, smoke: bool, log: Any) -> dict[str, A
     return result
 
 
+def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any]:
+    """Errors against strict fp32: captum's loop with TF32 off is the reference; then
+    captum and the engine variants run with the default TF32 convolutions (as timed in part
+    1) and the engine's fp32 eager also with TF32 off."""
+    from captum.attr import IntegratedGradients
+
+    from doll_core.registry import get_registry
+
+    backbone, size, batch, steps = ("tiny_cnn", 32, 2, 4) if smoke else ("densenet121", 224, 8, 50)
+    rows = max(1, batch * steps // 4)
+    torch.manual_seed(0)
+    model = get_registry().create("backbone", backbone).build(14, 1).to(device).eval()
+    images = torch.rand(batch, 1, size, size, device=device)
+    targets = torch.arange(14, device=device).repeat(batch, 1)
+    default_tf32 = torch.backends.cudnn.allow_tf32
+
+    def captum_loop() -> torch.Tensor:
+        captum = IntegratedGradients(model)
+        return torch.stack(
+            [
+                captum.attribute(
+                    images, target=targets[:, j].tolist(), n_steps=steps, internal_batch_size=rows
+                ).sum(dim=1)
+                for j in range(14)
+            ],
+            dim=1,
+        )
+
+    def engine(autocast: str | None, compile: bool) -> torch.Tensor:
+        explainer = get_registry().create(
+            "explainer",
+            "integrated_gradients",
+            n_steps=steps,
+            max_rows=rows,
+            autocast=autocast,
+            compile=compile,
+            channels_last=False,
+        )
+        return explainer.attribute(model, images, targets)
+
+    errors: dict[str, Any] = {}
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    reference = captum_loop()
+    errors["engine_fp32_eager_strict"] = errors_against(engine(None, False), reference)
+    log(f"  strict fp32: engine vs captum {errors['engine_fp32_eager_strict']}")
+    torch.backends.cudnn.allow_tf32 = default_tf32
+    errors["captum_tf32"] = errors_against(captum_loop(), reference)
+    errors["engine_fp32_eager_tf32"] = errors_against(engine(None, False), reference)
+    log(f"  tf32 convs: {errors}")
+    for name, autocast in (("engine_fp16_compiled", "fp16"), ("engine_fp16_eager", "fp16")):
+        try:
+            errors[name] = errors_against(engine(autocast, name.endswith("compiled")), reference)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+        log(f"  {name}: {errors[name]}")
+    return {"reference": "captum's per-target loop with TF32 off (strict fp32)", **errors}
+
+
 def projection(
     sweep: list[dict[str, Any]], mean_targets: list[float], derive_steps: int = 16
 ) -> list[dict[str, Any]]:
@@ -416,6 +482,9 @@ def main() -> int:
         "--budget-seconds", type=float, default=500.0, help="part 2 stops at this total"
     )
     parser.add_argument("--skip-run", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--accuracy-only", action="store_true", help="only the errors against strict fp32"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -432,6 +501,12 @@ def main() -> int:
 
     log(f"environment: {report['environment']}")
     save()
+    if args.accuracy_only:
+        report["accuracy"] = accuracy_check(device, args.smoke, log)
+        report["total_seconds"] = round(time.perf_counter() - started, 1)
+        save()
+        print(json.dumps(report["accuracy"], indent=1))
+        return 0
     log("part 1: engine vs captum")
     try:
         report["engine_vs_captum"] = engine_vs_captum(device, args.smoke, log)
