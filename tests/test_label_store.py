@@ -154,6 +154,23 @@ def test_a_corrupted_shard_is_detected_and_regenerated(
     assert _shard_bytes(store) == _shard_bytes(reference_store)
 
 
+def test_a_shard_file_beyond_the_store_is_never_adopted(
+    reference_store: Path, small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    for path in reference_store.iterdir():
+        (store / path.name).write_bytes(path.read_bytes())
+    (store / "shard-00001.pt").unlink()
+    stray = store / "shard-00009.pt"  # a copied shard with this config's hash
+    stray.write_bytes((reference_store / "shard-00000.pt").read_bytes())
+    manifest = generate_labels(_config(small_phantom, tiny_checkpoints), store, resume=True)
+    assert manifest["complete"] and sorted(manifest["shards"]) == ["0", "1", "2", "3"]
+    assert len(manifest["images"]) == 20
+    assert stray.is_file()  # not the store's to delete; left for doll doctor to report
+    assert _shard_bytes(store) == {**_shard_bytes(reference_store), stray.name: stray.read_bytes()}
+
+
 def test_a_missing_manifest_is_rebuilt(reference_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()

@@ -53,9 +53,10 @@ from doll_core.training.loop import resolve_device
 BatchCallback = Callable[[int, int], None]
 
 
-def _valid_existing_shards(store: Path, config_hash: str) -> set[int]:
-    """Shards on disk that match the manifest's checksum (or, when the manifest does not
-    list them, that load and carry this config's hash)."""
+def _valid_existing_shards(store: Path, config_hash: str, total_shards: int) -> set[int]:
+    """Shards ``0 .. total_shards - 1`` on disk that match the manifest's checksum (or, when
+    the manifest does not list them, that load and carry this config's hash). Files with
+    higher numbers are not shards of this store: they are left alone and not adopted."""
     listed: dict[str, Any] = {}
     manifest = store / "manifest.json"
     if manifest.is_file():
@@ -65,6 +66,8 @@ def _valid_existing_shards(store: Path, config_hash: str) -> set[int]:
             listed = {}
     valid = set()
     for index in shard_indices(store):
+        if index >= total_shards:
+            continue
         path = shard_path(store, index)
         entry = listed.get(str(index))
         try:
@@ -331,7 +334,7 @@ def generate_labels(
             atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
         if context.enabled:
             torch.distributed.barrier()
-        done = _valid_existing_shards(out, config_hash) if resume else set()
+        done = _valid_existing_shards(out, config_hash, generator.shards) if resume else set()
         mine = [
             k
             for k in range(generator.shards)

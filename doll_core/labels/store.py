@@ -137,10 +137,14 @@ def shard_indices(store: Path) -> list[int]:
 
 
 def build_manifest(store: Path, config_hash: str, total_shards: int) -> dict[str, Any]:
-    """The manifest of ``store``, built from its shard files (each is read and checked)."""
+    """The manifest of ``store``, built from its shard files (each is read and checked).
+    Files numbered ``total_shards`` or beyond belong to no shard of this store and are left
+    out (``doll doctor`` reports them as orphans)."""
     shards: dict[str, Any] = {}
     images: dict[str, Any] = {}
     for index in shard_indices(store):
+        if index >= total_shards:
+            continue
         path = shard_path(store, index)
         content = read_shard(path, config_hash=config_hash)
         shards[str(index)] = {
