@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from doll_core.checkpoint import load_classifier
 from doll_core.cli import app
 from doll_core.data.chexpert_format import CHEXPERT_HEADER
-from doll_core.data.imageio import ImageReadError
+from doll_core.data.imageio import ImageReadError, write_jsrt_img
 from doll_core.data.paths import contained_path
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
@@ -102,7 +102,11 @@ def test_contained_paths(tmp_path: Path) -> None:
     (root / "link-in").symlink_to(root / "inside")
     assert contained_path(root, "link-in/a.png") == root / "link-in" / "a.png"
     (root / "link-out").symlink_to(tmp_path)
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
     cases = {
+        "inside/a\x00.png": "NUL character",
+        "loop-a/a.png": "cannot resolve",
         "../secret.png": "climbs out",
         "inside/../../secret.png": "climbs out",
         "/etc/passwd": "absolute path",
@@ -172,3 +176,82 @@ def test_a_full_disk_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.Mo
     assert "the disk is full while writing" in result.output and ".png" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "p").exists()  # the phantom is written aside and renamed at the end
+
+
+# -- listed files that are symbolic links out of the dataset root -----------------------
+
+
+def _save_png(path: Path, value: int, size: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(path)
+
+
+def _segfolder_layout(root: Path, stem: str) -> tuple[Path, Path]:
+    return root / "images" / f"{stem}.png", root / "masks" / "lungs" / f"{stem}.png"
+
+
+def _jsrt_layout(root: Path, stem: str) -> tuple[Path, Path]:
+    return (
+        root / "images" / f"{stem}.IMG",
+        root / "scr" / "fold1" / "masks" / "heart" / f"{stem}.gif",
+    )
+
+
+def _covid_layout(root: Path, stem: str) -> tuple[Path, Path]:
+    folder = root / "Infection Segmentation Data" / "Train" / "COVID-19"
+    return folder / "images" / f"{stem}.png", folder / "infection masks" / f"{stem}.png"
+
+
+_LISTING_READERS = {
+    "segfolder": (_segfolder_layout, {}),
+    "jsrt": (_jsrt_layout, {"classes": ["heart"], "image_shape": [8, 8]}),
+    "covid-qu-ex": (_covid_layout, {"categories": ["COVID-19"]}),
+}
+
+
+def _write_pair(image: Path, mask: Path) -> None:
+    if image.suffix == ".IMG":
+        image.parent.mkdir(parents=True, exist_ok=True)
+        write_jsrt_img(image, np.full((8, 8), 1000, dtype=np.uint16))
+    else:
+        _save_png(image, 100)
+    mask.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(mask)
+
+
+@pytest.mark.parametrize("kind", sorted(_LISTING_READERS))
+def test_a_listed_file_linking_out_of_the_root_is_a_skipped_sample(
+    tmp_path: Path, kind: str
+) -> None:
+    """Folder-listing readers: an image or mask that is a symbolic link out of the dataset
+    is skipped with the containment reason (or stops the run); a link inside still works."""
+    layout, options = _LISTING_READERS[kind]
+    root, elsewhere = tmp_path / "data", tmp_path / "private"
+    for stem in ("a", "b", "c", "d"):
+        _write_pair(*layout(root, stem))
+    _write_pair(*layout(elsewhere, "b"))
+    _write_pair(*layout(elsewhere, "c"))
+    image_b, _ = layout(root, "b")
+    _, mask_c = layout(root, "c")
+    image_d, mask_d = layout(root, "d")
+    image_b.unlink()
+    image_b.symlink_to(layout(elsewhere, "b")[0])  # an image out of the root
+    mask_c.unlink()
+    mask_c.symlink_to(layout(elsewhere, "c")[1])  # a mask out of the root
+    for inside, original in ((image_d, layout(root, "a")[0]), (mask_d, layout(root, "a")[1])):
+        inside.unlink()
+        inside.symlink_to(Path("..") / original.relative_to(inside.parent.parent))  # inside
+    reader = get_registry().create("dataset", kind, root=root, **options)
+    results = [reader[i] for i in range(len(reader))]
+    assert [isinstance(r, SkippedSample) for r in results] == [False, True, True, False]
+    assert [s.path for s in reader.skipped] == [
+        str(image_b.relative_to(root)),
+        str(mask_c.relative_to(root)),
+    ]
+    assert all("leads outside" in s.reason and "symbolic link" in s.reason for s in reader.skipped)
+    assert all(str(elsewhere) in s.reason for s in reader.skipped)
+    assert float(results[3]["mask"].min()) == 1.0  # the linked mask inside the root was read
+    strict = get_registry().create("dataset", kind, root=root, on_error="fail", **options)
+    with pytest.raises(ImageReadError, match=r"leads outside .* symbolic link"):
+        strict[1]
+    strict[3]

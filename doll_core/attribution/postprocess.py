@@ -5,7 +5,8 @@ value), Gaussian smoothing, clipping at a percentile and scaling to [0, 1] per m
 sharpening, probability gating (a map whose class probability is below ``gate`` becomes
 zero), and binarisation (fixed threshold, top-k % of pixels, or Otsu). A map with no
 signal (all zero after the sign step, or holding NaN/Inf) is zeroed and counted: nothing
-is ever divided by zero.
+is ever divided by zero. The result does not depend on a map's scale: 1e-30 and 3e38
+attributions give the labels that 1.0 attributions give.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float(best + 1) / bins  # values above the upper edge of the best bin
 
 
+def _unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Each map ``[B, T, H, W]`` times the power of two that brings its largest magnitude
+    into [1, 2): exact, so the result is unchanged, while huge maps cannot overflow (the
+    span of +-3e38 is inf in float32) and tiny ones are not lost to an epsilon."""
+    peak = maps.detach().abs().flatten(2).amax(dim=2).double()
+    exponent = torch.where(peak > 0, torch.floor(torch.log2(peak)), torch.zeros_like(peak))
+    factor = torch.exp2(-exponent)[:, :, None, None]  # float64: 2**149 for subnormal maps
+    return (maps.double() * factor).float()
+
+
 def postprocess(
     maps: torch.Tensor,
     config: PostprocessConfig,
@@ -84,6 +95,7 @@ def postprocess(
         maps = maps.clamp(min=0)
     elif config.sign == "absolute":
         maps = maps.abs()
+    maps = _unit_scale(maps)
     if config.smooth_sigma > 0:
         radius = max(1, math.ceil(3 * config.smooth_sigma))
         size = min(2 * radius + 1, 2 * (min(maps.shape[-2:]) // 2) - 1)
@@ -95,9 +107,12 @@ def postprocess(
     else:
         high = flat.amax(dim=2, keepdim=True)
     low = flat.amin(dim=2, keepdim=True).clamp(max=0) if config.sign == "none" else 0.0
+    # a sparse map (fewer non-zero pixels than 100 - clip_percentile %) has its percentile
+    # at the floor: it is scaled by its maximum rather than dropped as having no signal
+    high = torch.where(high > low, high, flat.amax(dim=2, keepdim=True))
     span = high - low
     signal = (span > 0).squeeze(2) & finite & real
-    scaled = ((flat - low) / span.clamp(min=1e-12)).clamp(0, 1)
+    scaled = ((flat - low) / torch.where(span > 0, span, 1.0)).clamp(0, 1)
     scaled = torch.where(signal[:, :, None], scaled, torch.zeros_like(scaled)).view_as(maps)
     if config.gamma is not None:
         scaled = scaled**config.gamma

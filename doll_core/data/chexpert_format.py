@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
+
 from doll_core.observations import OBSERVATIONS
 
 #: CheXpert's ``train.csv`` / ``valid.csv`` header, column for column.
@@ -19,18 +22,29 @@ CODE_NAMES: dict[int, str] = {
 }
 
 
+#: What a label cell may hold, around its value: ASCII digits in plain decimal notation.
+#: ``float()`` alone would take ``0_1`` or non-ASCII digits (Arabic-Indic, fullwidth).
+_LABEL_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+
+
 def parse_label(cell: str) -> int:
-    """A CSV cell -> label code; raises ValueError for anything but 1, 0, -1 or blank."""
+    """A CSV cell -> label code; raises ValueError for anything but 1, 0, -1 or blank.
+
+    Blank means empty or whitespace only. A value is a plain ASCII decimal number whose
+    value is exactly 1, 0 or -1 (``1``, ``1.0``, ``-1.00``, ``+0``); anything else, such as
+    ``1.0000000000000001``, ``nan``, ``0_1`` or non-ASCII digits, is an error.
+    """
     text = cell.strip()
     if not text:
         return BLANK
-    value = float(text)
-    if value == 1.0:
-        return POSITIVE
-    if value == 0.0:
-        return NEGATIVE
-    if value == -1.0:
-        return UNCERTAIN
+    if _LABEL_NUMBER.fullmatch(text):
+        value = Decimal(text)
+        if value == 1:
+            return POSITIVE
+        if value == 0:
+            return NEGATIVE
+        if value == -1:
+            return UNCERTAIN
     raise ValueError(f"label {cell!r} is none of 1.0, 0.0, -1.0 or blank")
 
 

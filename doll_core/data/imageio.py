@@ -88,9 +88,18 @@ def read_image(
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a binary mask file as ``bool [H, W]``: any non-zero pixel is foreground."""
+    """Read a binary mask file as ``bool [H, W]``: any non-zero pixel is foreground.
+
+    A pixel's value is what it shows, not how it is stored: palette files (GIF, ``P``
+    PNGs) are read through their palette (index 0 may well be white), colour pixels are
+    foreground when any channel is non-zero, and a fully transparent pixel is background.
+    """
     image = _open_fully(Path(path))
+    if image.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB", "LA"):
+        image = image.convert("RGBA")  # palette, CMYK, YCbCr, ...: what the pixels show
     values = np.asarray(image)
+    if image.mode in ("LA", "RGBA"):  # the last channel is opacity, not colour
+        return (values[..., :-1].max(axis=2) > 0) & (values[..., -1] > 0)
     if values.ndim == 3:
         values = values.max(axis=2)
     return values > 0

@@ -18,10 +18,13 @@ def contained_path(root: str | Path, relative: str | Path) -> Path:
     """``root / relative``, checked to stay inside ``root``.
 
     :raises ImageReadError: when ``relative`` is absolute (POSIX or Windows style), has a
-        ``..`` part, or resolves (following symlinks) to a place outside ``root``.
+        ``..`` part or a NUL character, or resolves (following symlinks) to a place outside
+        ``root``.
     """
     root = Path(root)
     text = str(relative)
+    if "\x00" in text:
+        raise ImageReadError(text.replace("\x00", "\\x00"), "path holds a NUL character")
     if (
         PurePosixPath(text).is_absolute()
         or PureWindowsPath(text).is_absolute()
@@ -31,11 +34,23 @@ def contained_path(root: str | Path, relative: str | Path) -> Path:
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if ".." in parts:
         raise ImageReadError(text, f"path climbs out of {root} with '..'")
-    candidate = root.joinpath(*parts)
-    resolved_root = root.resolve()
-    resolved = candidate.resolve()
+    return resolves_inside(root, root.joinpath(*parts), text)
+
+
+def resolves_inside(root: Path, candidate: Path, shown: str | Path) -> Path:
+    """``candidate`` (a path under ``root``) if, with symbolic links followed, it still lies
+    inside ``root``; readers that list folders check each listed file with this.
+
+    :raises ImageReadError: naming ``shown`` when it leads outside ``root`` or cannot be
+        resolved (a symbolic link loop).
+    """
+    try:
+        resolved_root = root.resolve()
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
+        raise ImageReadError(shown, f"cannot resolve the path ({exc})") from None
     if resolved != resolved_root and resolved_root not in resolved.parents:
         raise ImageReadError(
-            text, f"path leads outside {root} (to {resolved}), through a symbolic link"
+            shown, f"path leads outside {root} (to {resolved}), through a symbolic link"
         )
     return candidate

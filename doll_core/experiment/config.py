@@ -36,12 +36,22 @@ commands works here too, except the keys the runner fills in (data paths, checkp
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from doll_core.configuration import validation_problems
 from doll_core.errors import DollError
@@ -228,8 +238,9 @@ class Experiment(_Section):
         settings = dict(self.explanation.model_extra or {})
         explainer = settings.get("explainer", "integrated_gradients")
         specific = self.explanation.params.get(explainer) if isinstance(explainer, str) else None
-        if specific:
-            settings["explainer_params"] = {**settings.get("explainer_params", {}), **specific}
+        general = settings.get("explainer_params", {})
+        if specific and isinstance(general, dict):  # not a table: validation says so
+            settings["explainer_params"] = {**general, **specific}
         return settings
 
     def pretrain_settings(self) -> dict[str, Any]:
@@ -268,7 +279,8 @@ def resolve_relative_paths(document: dict[str, Any], base: Path) -> dict[str, An
         classification = data.get("classification")
         if isinstance(classification, dict) and isinstance(classification.get("root"), str):
             classification["root"] = str(base / Path(classification["root"]).expanduser())
-        for task in (data.get("tasks") or {}).values():
+        tasks = data.get("tasks")
+        for task in tasks.values() if isinstance(tasks, dict) else ():
             if isinstance(task, dict) and isinstance(task.get("root"), str):
                 task["root"] = str(base / Path(task["root"]).expanduser())
     finetune = document.get("finetune")
@@ -284,31 +296,126 @@ def _check_stage(
     settings: Mapping[str, Any],
     filled: Mapping[str, Any],
     problems: list[str],
+    origin: Mapping[str, str] | None = None,
 ) -> None:
-    """Validate ``settings`` as ``model`` with the runner's keys ``filled`` in."""
+    """Validate ``settings`` as ``model`` with the runner's keys ``filled`` in.
+
+    :param origin: the section a key came from when not ``where`` (a classifier's keys
+        from ``[training]``), so that a problem names the key the user wrote.
+    """
     for key in RUNNER_KEYS[stage]:
-        if key in settings:
-            problems.append(f"{where}.{key}: set by the runner from other sections; remove it")
+        problem = f"{(origin or {}).get(key, where)}.{key}: set by the runner from other sections"
+        if key in settings and f"{problem}; remove it" not in problems:
+            problems.append(f"{problem}; remove it")
     values = {**settings, **filled}
     try:
         model.model_validate(values)
     except ValidationError as exc:
-        problems.extend(validation_problems(exc, where))
+        origin = origin or {}
+        for item, line in zip(exc.errors(), validation_problems(exc), strict=True):
+            if item["loc"]:
+                problem = f"{origin.get(str(item['loc'][0]), where)}.{line}"
+            else:  # a check across fields: the section of the first key it names
+                named = [k for k in origin if re.search(rf"\b{re.escape(k)}\b", item["msg"])]
+                problem = f"{origin[named[0]] if named else where}: {item['msg']}"
+            if problem not in problems:  # a [training] key: once, not once per classifier
+                problems.append(problem)
 
 
 def _check_plugin(
-    registry: Registry, kind: str, name: Any, where: str, problems: list[str], params: Any = None
+    registry: Registry,
+    kind: str,
+    name: Any,
+    where: str,
+    problems: list[str],
+    params: Any = None,
+    params_where: str | Mapping[str, str] = "",
 ) -> None:
     """Is ``name`` a plugin of ``kind``; with ``params``, does the plugin accept them
-    (the plugin object is created, which for explainers and fusions is cheap)?"""
+    (their types are checked against the factory's annotations, each bad one named by its
+    key under ``params_where``, then the plugin object is created, which for explainers and
+    fusions is cheap)?"""
     if not isinstance(name, str):
         return  # a wrong type is reported by the stage validation
     try:
-        registry.get(kind, name)
-        if isinstance(params, dict):
-            registry.create(kind, name, **params)
+        info = registry.get(kind, name)
     except DollError as exc:
         problems.append(f"{where}: {exc}")
+        return
+    if not isinstance(params, dict):
+        return
+    if isinstance(params_where, Mapping):
+        tables = {key: params_where.get(key, where) for key in params}
+    else:
+        tables = {key: params_where or where for key in params}
+    found = _parameter_problems(info.factory, params, tables, f"{kind} {name!r}")
+    if found:
+        problems.extend(problem for problem in found if problem not in problems)
+        return
+    try:
+        registry.create(kind, name, **params)
+    except DollError as exc:  # the plugin refused its parameters: name their table
+        table = params_where if isinstance(params_where, str) and params_where and params else where
+        if f"{table}: {exc}" not in problems:
+            problems.append(f"{table}: {exc}")
+
+
+def _parameter_problems(
+    factory: Any, params: Mapping[str, Any], tables: Mapping[str, str], plugin: str
+) -> list[str]:
+    """``params`` checked against the signature of ``factory``: a name it does not take,
+    or a value that no annotated type can take (pydantic's lax mode), each problem named
+    ``TABLE.key`` with the table the user wrote the key in (``tables[key]``). A factory
+    without a signature or with annotations that do not resolve is left to its own checks.
+    """
+    try:
+        signature = inspect.signature(factory, eval_str=True)
+    except Exception:  # a builtin without a signature, or an unresolvable annotation
+        return []
+    parameters = signature.parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        takes = ", ".join(parameters) or "no parameters"
+        unknown = [
+            f"{tables[key]}.{key}: {plugin} has no parameter {key!r}; it takes: {takes}"
+            for key in params
+            if key not in parameters
+        ]
+        if unknown:
+            return unknown
+    fields: dict[str, Any] = {
+        key: (parameter.annotation, ...)
+        for key, parameter in parameters.items()
+        if key in params and parameter.annotation is not inspect.Parameter.empty
+    }
+    if not fields:
+        return []
+    try:
+        model = create_model(
+            "PluginParameters", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+        )
+        model.model_validate({key: params[key] for key in fields})
+    except ValidationError as exc:
+        return [
+            f"{tables[str(item['loc'][0])]}.{line}"
+            for item, line in zip(exc.errors(), validation_problems(exc), strict=True)
+        ]
+    except Exception:  # an annotation pydantic cannot check: leave it to the plugin
+        return []
+    return []
+
+
+def _non_finite_numbers(node: Mapping[str, Any] | list[Any], prefix: str = "") -> list[str]:
+    """``KEY: nan is not a finite number`` for every nan or inf in a document (no setting
+    of any stage or plugin takes one; a learning rate of inf would train on garbage)."""
+    problems = []
+    items = node.items() if isinstance(node, Mapping) else enumerate(node)
+    for key, value in items:
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}: {value} is not a finite number")
+        elif isinstance(value, Mapping | list):
+            problems += _non_finite_numbers(value, where)
+    return problems
 
 
 def validate_experiment(
@@ -318,6 +425,9 @@ def validate_experiment(
 
     :raises DollError: listing every problem, one per line, each naming its key.
     """
+    not_finite = _non_finite_numbers(document)
+    if not_finite:  # nan and inf are valid TOML, and pydantic takes them for any float
+        raise DollError("\n  ".join([f"invalid experiment {source}:", *not_finite]))
     try:
         experiment = Experiment.model_validate(dict(document))
     except ValidationError as exc:
@@ -330,8 +440,15 @@ def validate_experiment(
     for name in experiment.classifiers:
         where = f"classifiers.{name}"
         settings = experiment.classifier_settings(name)
+        shared = {key: "training" for key in experiment.training}
         _check_stage(
-            ClassifierTrainingConfig, "classifier", where, settings, {"data": placeholder}, problems
+            ClassifierTrainingConfig,
+            "classifier",
+            where,
+            settings,
+            {"data": placeholder},
+            problems,
+            origin={**shared, **{key: where for key in experiment.classifiers[name]}},
         )
         _check_plugin(
             registry,
@@ -366,13 +483,22 @@ def validate_experiment(
         {"data": placeholder, "classifiers": [placeholder], "fusion": experiment.fusion.name},
         problems,
     )
+    explainer = explanation.get("explainer", "integrated_gradients")
+    specific = experiment.explanation.params.get(explainer) if isinstance(explainer, str) else None
+    merged = explanation.get("explainer_params", {})
     _check_plugin(
         registry,
         "explainer",
-        explanation.get("explainer", "integrated_gradients"),
+        explainer,
         "explanation.explainer",
         problems,
-        params=explanation.get("explainer_params", {}),
+        params=merged,
+        params_where={  # where the user wrote each key
+            key: f"explanation.params.{explainer}"
+            if key in (specific or {})
+            else "explanation.explainer_params"
+            for key in (merged if isinstance(merged, dict) else {})
+        },
     )
     for name, params in experiment.explanation.params.items():
         where = f"explanation.params.{name}"
@@ -384,6 +510,7 @@ def validate_experiment(
         "fusion.name",
         problems,
         params=experiment.fusion.params,
+        params_where="fusion.params",
     )
 
     pretrain = experiment.pretrain_settings()
@@ -401,7 +528,9 @@ def validate_experiment(
         problems.append("pretrain: give encoder_from = CLASSIFIER or encoder = NAME")
     elif encoder_from is not None:
         backbone = experiment.classifier_settings(encoder_from).get("backbone", "tiny_cnn")
-        _check_encoder(registry, backbone, f"pretrain.encoder_from ({encoder_from})", problems)
+        _check_encoder(
+            registry, backbone, f"pretrain.encoder_from (classifiers.{encoder_from})", problems
+        )
 
     finetune = experiment.finetune
     _check_stage(
@@ -438,7 +567,9 @@ def validate_experiment(
             problems.append(f"finetune.classifier: no classifier named {chosen!r}")
         else:
             backbone = experiment.classifier_settings(chosen).get("backbone", "tiny_cnn")
-            _check_encoder(registry, backbone, f"finetune.classifier ({chosen})", problems)
+            _check_encoder(
+                registry, backbone, f"finetune.classifier (classifiers.{chosen})", problems
+            )
     if "checkpoint" in finetune.inits:
         if finetune.checkpoint is None:
             problems.append("finetune.checkpoint: init 'checkpoint' needs a file")

@@ -16,9 +16,11 @@ def parse_value(raw: str) -> Any:
     anything that is not TOML is taken as a bare string (``gradcam``)."""
     text = raw.strip()
     try:
-        return tomllib.loads(f"value = {text}")["value"]
+        document = tomllib.loads(f"value = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    # "1\nlr = 5" is TOML for two keys; one value was asked for, so it is a bare string
+    return document["value"] if len(document) == 1 else text
 
 
 def split_assignment(item: str, option: str = "--set") -> tuple[str, str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from doll_core.errors import DollError
+
 
 @dataclass
 class SegmentationScores:
@@ -31,7 +33,23 @@ class SegmentationScores:
         self.predicted, self.truth = zeros.clone(), zeros.clone()
 
     def update(self, prediction: torch.Tensor, truth: torch.Tensor) -> None:
-        """:param prediction: / :param truth: bool ``[B, K, H, W]``."""
+        """:param prediction: / :param truth: bool ``[B, K, H, W]``, K = ``len(classes)``.
+
+        :raises DollError: when the shapes differ or are not that: broadcasting one
+            against the other would give scores of the wrong pixels or classes.
+        """
+        expected = f"[B, K={len(self.classes)}, H, W]"
+        for name, tensor in (("prediction", prediction), ("truth", truth)):
+            if tensor.dim() != 4 or tensor.shape[1] != len(self.classes):
+                raise DollError(
+                    f"segmentation scores: {name} has shape {list(tensor.shape)}, "
+                    f"expected {expected} for classes {self.classes}"
+                )
+        if prediction.shape != truth.shape:
+            raise DollError(
+                f"segmentation scores: prediction {list(prediction.shape)} and truth "
+                f"{list(truth.shape)} differ in shape"
+            )
         p, t = prediction.bool(), truth.bool()
         dims = (0, 2, 3)
         self.intersection += (p & t).sum(dim=dims).double().cpu()

@@ -39,6 +39,8 @@ _CODES = (POSITIVE, NEGATIVE, UNCERTAIN, BLANK)
 #: column in ``_CODES`` order of a code, indexed by ``code - BLANK``
 _COLUMN_OF_CODE = np.array([_CODES.index(code) for code in range(BLANK, POSITIVE + 1)])
 _PATIENT = re.compile(r"patient(\d+)")
+#: A byte that was not UTF-8, as ``errors="surrogateescape"`` decodes it.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def find_csv(root: Path, split: str) -> Path:
@@ -83,6 +85,31 @@ def _policy_table(
     return values, counts
 
 
+def _parse_labels(cells: Sequence[str], where: str) -> list[int]:
+    """The 14 label codes of a row; a :class:`DollError` naming the column of a bad cell."""
+    codes = []
+    for name, cell in zip(OBSERVATIONS, cells, strict=True):
+        try:
+            codes.append(parse_label(cell))
+        except ValueError as exc:
+            raise DollError(f"{where}: {exc} (column {name!r})") from None
+    return codes
+
+
+def _check_utf8(row: Sequence[str], where: str) -> None:
+    """A :class:`DollError` naming the column of the first byte that was not UTF-8 (read
+    with ``errors="surrogateescape"``, such a byte is a lone surrogate)."""
+    if not _NOT_UTF8.search("".join(row)):
+        return
+    for k, cell in enumerate(row):
+        if found := _NOT_UTF8.search(cell):
+            column = repr(CHEXPERT_HEADER[k]) if k < len(CHEXPERT_HEADER) else str(k + 1)
+            raise DollError(
+                f"{where}: not UTF-8 text (byte 0x{ord(found.group()) - 0xDC00:02x} in "
+                f"column {column}); save the CSV as UTF-8"
+            )
+
+
 class CheXpert(ImageDataset):
     """CheXpert (train.csv / valid.csv, 14 observations, U-Ones/U-Zeros/U-Ignore)."""
 
@@ -123,35 +150,48 @@ class CheXpert(ImageDataset):
 
     @staticmethod
     def _parse(csv_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Paths, label codes and frontal flags of every row; a :class:`DollError` that
+        names the file, line and column of anything that is not CheXpert's format."""
         paths: list[bytes] = []
         codes: list[list[int]] = []
         frontal: list[bool] = []
-        with csv_path.open(newline="", encoding="utf-8") as handle:
+        line = 1
+        # utf-8-sig: a byte-order mark (as Excel writes) is not part of the first column;
+        # surrogateescape: a byte that is not UTF-8 is found, and named, row by row
+        with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.reader(handle)
-            header = tuple(cell.strip() for cell in next(reader, ()))
-            if header != CHEXPERT_HEADER:
-                missing = [c for c in CHEXPERT_HEADER if c not in header]
-                extra = [c for c in header if c not in CHEXPERT_HEADER]
-                raise DollError(
-                    f"{csv_path} does not have CheXpert's columns"
-                    + (f"; missing {missing}" if missing else "")
-                    + (f"; unexpected {extra}" if extra else "")
-                    + ("; same columns in another order" if not missing and not extra else "")
-                )
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(CHEXPERT_HEADER):
+            try:
+                raw_header = next(reader, [])
+                _check_utf8(raw_header, f"{csv_path}, line 1")
+                header = tuple(cell.strip() for cell in raw_header)
+                if header != CHEXPERT_HEADER:
+                    missing = [c for c in CHEXPERT_HEADER if c not in header]
+                    extra = [c for c in header if c not in CHEXPERT_HEADER]
                     raise DollError(
-                        f"{csv_path}, line {line}: {len(row)} cells, expected "
-                        f"{len(CHEXPERT_HEADER)}"
+                        f"{csv_path} does not have CheXpert's columns"
+                        + (f"; missing {missing}" if missing else "")
+                        + (f"; unexpected {extra}" if extra else "")
+                        + ("; same columns in another order" if not missing and not extra else "")
                     )
-                try:
-                    codes.append([parse_label(cell) for cell in row[5:]])
-                except ValueError as exc:
-                    raise DollError(f"{csv_path}, line {line}: {exc}") from None
-                paths.append(row[0].encode("utf-8"))
-                frontal.append(row[3].strip() == "Frontal")
+                line = reader.line_num + 1
+                for row in reader:
+                    where, line = f"{csv_path}, line {line}", reader.line_num + 1
+                    if not row:
+                        continue
+                    _check_utf8(row, where)
+                    if len(row) != len(CHEXPERT_HEADER):
+                        raise DollError(
+                            f"{where}: {len(row)} cells, expected {len(CHEXPERT_HEADER)}"
+                        )
+                    codes.append(_parse_labels(row[5:], where))
+                    if "\x00" in row[0]:
+                        raise DollError(f"{where}: the path holds a NUL character (column 'Path')")
+                    paths.append(row[0].encode("utf-8"))
+                    frontal.append(row[3].strip() == "Frontal")
+            except csv.Error as exc:
+                raise DollError(
+                    f"{csv_path}, line {line}: not a readable CSV row ({exc})"
+                ) from None
         return (
             np.array(paths, dtype=np.bytes_) if paths else np.array([], dtype="S1"),
             np.array(codes, dtype=np.int8).reshape(-1, NUM_OBSERVATIONS),

@@ -78,10 +78,21 @@ class CovidQuEx(ImageDataset):
     def load(self, index: int) -> dict[str, Any]:
         category, stem = self._items[index]
         mask_path = require_file(
-            self._masks[category], stem, self._mask_dirs[category], TASK_FOLDERS[self.task][:-1]
+            self._masks[category],
+            stem,
+            self._mask_dirs[category],
+            TASK_FOLDERS[self.task][:-1],
+            root=self.root,
+        )
+        image_path = require_file(
+            self._images[category],
+            stem,
+            self._mask_dirs[category].parent / "images",
+            "image",
+            root=self.root,
         )
         sample = load_image_and_masks(
-            self, self._images[category][stem], [read_mask(mask_path)], self.sample_id(index)
+            self, image_path, [read_mask(mask_path)], self.sample_id(index)
         )
         sample["category"] = category
         return sample

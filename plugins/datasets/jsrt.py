@@ -19,7 +19,7 @@ from doll_core.data.imageio import (
 )
 from doll_core.data.samples import ImageDataset, OnError
 from doll_core.errors import DollError
-from doll_plugins.datasets.masks import files_by_stem, pixel_fractions, require_file
+from doll_plugins.datasets.masks import files_by_stem, pixel_fractions, require_file, same_size
 
 #: SCR's organ folder names.
 SCR_ORGANS = ("left lung", "right lung", "heart", "left clavicle", "right clavicle")
@@ -90,14 +90,20 @@ class JSRT(ImageDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         stem = self._stems[index]
-        raw = read_jsrt_img(self._images[stem], self.image_shape)
+        raw = read_jsrt_img(
+            require_file(self._images, stem, self.root, "image", root=self.root), self.image_shape
+        )
         image = resize_image(torch.from_numpy(jsrt_to_display(raw)), self.size)
         if not self.grayscale:
             image = image.repeat(3, 1, 1)
-        organ_masks = {
-            organ: read_mask(require_file(table, stem, self._mask_dirs[organ], f"{organ} mask"))
+        paths = {
+            organ: require_file(
+                table, stem, self._mask_dirs[organ], f"{organ} mask", root=self.root
+            )
             for organ, table in self._masks.items()
         }
+        checked = same_size([(path, read_mask(path)) for path in paths.values()])
+        organ_masks = dict(zip(paths, checked, strict=True))
         stacked = np.stack(
             [
                 np.logical_or.reduce([organ_masks[o] for o in MERGED_CLASSES.get(c, (c,))])

@@ -1,5 +1,11 @@
 """Helpers shared by the segmentation readers: finding files by stem, stacking masks and
-summarising pixel fractions."""
+summarising pixel fractions.
+
+Every file a reader opens goes through :func:`require_file`, which checks it with
+:func:`~doll_core.data.paths.resolves_inside`: a listed file that is a symbolic link out of
+the dataset root is refused with :class:`ImageReadError`, so the sample is skipped with
+that reason (or stops the run with ``on_error="fail"``) like any other unreadable file.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +17,69 @@ import numpy as np
 import torch
 
 from doll_core.data.imageio import ImageReadError, read_image, resize_image, resize_mask
+from doll_core.data.paths import resolves_inside
 from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
 
 def files_by_stem(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
-    """``{stem: path}`` of the image files directly in ``folder`` (one listing, no reads)."""
+    """``{stem: path}`` of the image files directly in ``folder`` (one listing, no reads).
+
+    Symbolic links are listed whatever they point to (even nothing), so that a link out of
+    the dataset or a dangling one is reported when its sample is read, not silently left
+    out of the dataset.
+    """
     if not folder.is_dir():
         return {}
     return {
         p.stem: p
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in extensions
+        if (p.is_symlink() or p.is_file()) and p.suffix.lower() in extensions
     }
 
 
-def require_file(table: dict[str, Path], stem: str, folder: Path, what: str) -> Path:
-    """``table[stem]`` or an :class:`ImageReadError` saying which file is missing."""
+def inside_root(root: Path, path: Path) -> Path:
+    """``path``, a file found by listing a folder under ``root``, checked to resolve inside
+    ``root`` (following symbolic links).
+
+    :raises ImageReadError: naming the file relative to ``root`` when it leads outside.
+    """
     try:
-        return table[stem]
+        relative = path.relative_to(root)
+    except ValueError:
+        raise ImageReadError(path, f"path is not inside the dataset folder {root}") from None
+    return resolves_inside(root, path, relative)
+
+
+def require_file(table: dict[str, Path], stem: str, folder: Path, what: str, *, root: Path) -> Path:
+    """``table[stem]``, checked to stay inside the dataset folder ``root``
+    (:func:`inside_root`).
+
+    :raises ImageReadError: saying which file is missing, or which one leads out of
+        ``root`` through a symbolic link.
+    """
+    try:
+        path = table[stem]
     except KeyError:
         raise ImageReadError(folder / f"{stem}.*", f"no {what} for image {stem!r}") from None
+    return inside_root(root, path)
+
+
+def same_size(masks: Sequence[tuple[Path, np.ndarray]]) -> list[np.ndarray]:
+    """The masks of ``(file, mask)`` pairs, checked to be of one size (they are stacked).
+
+    :raises ImageReadError: naming the first file whose size differs from the first one's.
+    """
+    first_path, first = masks[0]
+    for path, mask in masks[1:]:
+        if mask.shape != first.shape:
+            raise ImageReadError(
+                path,
+                f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, but {first_path} is "
+                f"{first.shape[1]}x{first.shape[0]}: the masks of one image must be one size",
+            )
+    return [mask for _, mask in masks]
 
 
 def load_image_and_masks(

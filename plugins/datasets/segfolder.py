@@ -17,6 +17,7 @@ from doll_plugins.datasets.masks import (
     load_image_and_masks,
     pixel_fractions,
     require_file,
+    same_size,
 )
 
 
@@ -80,11 +81,12 @@ class SegFolder(ImageDataset):
 
     def _read_masks(self, stem: str) -> list[np.ndarray]:
         if not self.index_masks:
-            return [
-                read_mask(require_file(self._masks[c], stem, self.mask_dir / c, f"{c} mask"))
+            paths = [
+                require_file(self._masks[c], stem, self.mask_dir / c, f"{c} mask", root=self.root)
                 for c in self.classes
             ]
-        path = require_file(self._masks[""], stem, self.mask_dir, "index mask")
+            return same_size([(path, read_mask(path)) for path in paths])
+        path = require_file(self._masks[""], stem, self.mask_dir, "index mask", root=self.root)
         values = read_index_mask(path)
         if int(values.max(initial=0)) > len(self.classes):
             raise ImageReadError(
@@ -96,7 +98,8 @@ class SegFolder(ImageDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         stem = self._stems[index]
-        return load_image_and_masks(self, self._images[stem], self._read_masks(stem), stem)
+        image = require_file(self._images, stem, self.image_dir, "image", root=self.root)
+        return load_image_and_masks(self, image, self._read_masks(stem), stem)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,21 @@ from doll_core.errors import DollError
 BASELINES = ("zeros", "blurred", "uniform", "mean")
 
 
+def check_baseline(kind: object) -> str | float:
+    """``kind`` if :func:`make_baseline` takes it (a name of :data:`BASELINES` or a finite
+    number), so that an explainer refuses a bad baseline when it is built, before any work.
+
+    :raises DollError: naming the value and the choices.
+    """
+    if isinstance(kind, int | float) and not isinstance(kind, bool) and math.isfinite(kind):
+        return kind
+    if isinstance(kind, str) and kind in BASELINES:
+        return kind
+    raise DollError(
+        f"unknown baseline {kind!r}; choose {', '.join(BASELINES)} or a (finite) number"
+    )
+
+
 def make_baseline(
     images: torch.Tensor, kind: str | float, *, blur_sigma: float = 0.05, seed: int = 0
 ) -> torch.Tensor:

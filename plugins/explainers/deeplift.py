@@ -8,7 +8,7 @@ from torch import nn
 
 from doll_core.attribution.engine import frozen_eval
 from doll_core.errors import PluginError
-from doll_plugins.explainers.baselines import make_baseline
+from doll_plugins.explainers.baselines import check_baseline, make_baseline
 
 _NONLINEAR = (nn.ReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LeakyReLU, nn.GELU, nn.SiLU)
 
@@ -39,7 +39,8 @@ class DeepLift:
     def __init__(
         self, baseline: str | float = "zeros", blur_sigma: float = 0.05, seed: int = 0
     ) -> None:
-        self.baseline, self.blur_sigma, self.seed = baseline, blur_sigma, seed
+        self.baseline = check_baseline(baseline)
+        self.blur_sigma, self.seed = blur_sigma, seed
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor

@@ -14,7 +14,7 @@ from torch import nn
 from doll_core.attribution.engine import EngineOptions, slot_gradients
 from doll_core.compiling import compiled
 from doll_core.errors import DollError
-from doll_plugins.explainers.baselines import make_baseline
+from doll_plugins.explainers.baselines import check_baseline, make_baseline
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -146,7 +146,8 @@ class IntegratedGradients(_EngineExplainer):
         if n_steps < 1:
             raise DollError(f"n_steps must be >= 1, got {n_steps}")
         self.n_steps, self.method = n_steps, method
-        self.baseline, self.blur_sigma, self.seed = baseline, blur_sigma, seed
+        self.baseline = check_baseline(baseline)
+        self.blur_sigma, self.seed = blur_sigma, seed
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
         self.autocast_check_every = _check_interval(autocast_check_every)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
