@@ -1,4 +1,6 @@
-"""Experiments: validation, overrides, stage keys and reuse, reports, ablation, kill -9."""
+"""Experiments: validation, overrides, stage keys and reuse, reports, ablation, torchrun.
+
+kill -9 and other faults of whole runs are in ``test_faults.py``."""
 
 from __future__ import annotations
 
@@ -6,11 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from experiments_helpers import TINY
 from typer.testing import CliRunner
 
 from doll_core.cli import app
@@ -28,46 +30,6 @@ from doll_core.labels.generate import generate_labels
 from doll_core.labels.store import LabelStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-#: The smallest experiment with every stage: seconds on 2 cores.
-TINY = """
-name = "tiny"
-[data.phantom]
-n_train = 32
-n_valid = 16
-n_organs = 10
-n_infection = 0
-size = 64
-[data.tasks.organs]
-phantom = "organs"
-[training]
-image_size = 32
-epochs = 1
-batch_size = 16
-num_workers = 0
-[classifiers.resnet18]
-backbone = "resnet18"
-[classifiers.tiny]
-backbone = "tiny_cnn"
-[explanation]
-explainer = "saliency"
-label_size = 16
-[pretrain]
-encoder_from = "resnet18"
-image_size = 32
-epochs = 2
-batch_size = 8
-num_workers = 0
-[finetune]
-inits = ["random", "classifier", "doll"]
-budgets = [3]
-seeds = [0]
-image_size = 32
-epochs = 2
-eval_interval = 2
-batch_size = 3
-num_workers = 0
-"""
 
 runner = CliRunner()
 
@@ -167,13 +129,17 @@ def test_the_tiny_and_shipped_experiments_validate(tmp_path: Path) -> None:
         ("finetune.bogus", "1", "finetune.bogus: unknown key"),
         ("bogus", "1", "bogus: unknown key"),
         ("classifiers.tiny.epochs", '"many"', "classifiers.tiny.epochs: Input should be a valid"),
-        ("training.lr", "-1", "classifiers.resnet18.lr: Input should be greater than 0"),
+        ("training.lr", "-1", "training.lr: Input should be greater than 0"),
         ("data.tasks.lungs.root", '"/no/such/folder"', "data.tasks.lungs.root: folder not found"),
         ("explanation.explainer", "gradcamm", "did you mean 'gradcam'"),
         ("fusion.name", "avg", "fusion.name: unknown fusion 'avg'"),
         ("pretrain.head", "unett", "pretrain.head: unknown seg_head"),
         ("classifiers.tiny.backbone", "resnet81", "classifiers.tiny.backbone: unknown backbone"),
-        ("explanation.explainer_params", "{n_stepz = 3}", "does not accept parameters"),
+        (
+            "explanation.explainer_params",
+            "{n_stepz = 3}",
+            "explanation.explainer_params.n_stepz: explainer 'saliency' has no parameter",
+        ),
         ("explanation.data", '"/x"', "explanation.data: set by the runner"),
         ("pretrain.encoder_from", "tiny", "no segmentation-encoder counterpart"),
         ("explanation.classifiers", '["nope"]', "no classifier named 'nope'"),
@@ -378,66 +344,6 @@ def test_fused_single_classifier_stores_match_joint_generation(
             assert int((got.int() - maps.int()).abs().max()) <= 1
     with pytest.raises(DollError, match="several classifiers"):
         fuse_stores([fused, *stores], "mean", tmp_path / "bad")
-
-
-KILL_IN_PRETRAINING = textwrap.dedent(
-    """
-    import os, signal, sys
-    import doll_core.segmentation.pretrain as module
-
-    original = module.pretrain
-
-    def pretrain_then_die(config, out, **options):
-        def kill(epoch, step):
-            if epoch == 1 and step == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return original(config, out, **{**options, "on_step": kill})
-
-    module.pretrain = pretrain_then_die
-    from doll_core.cli import main
-    main(sys.argv[1:])
-    """
-)
-
-
-def test_a_killed_run_resumes_to_the_same_results(
-    tiny_run: tuple[Path, dict[str, Any]], tiny_experiment: Path, tmp_path: Path
-) -> None:
-    _, reference = tiny_run
-    out = tmp_path / "killed"
-    command = ["run", str(tiny_experiment), "--out", str(out), "--device", "cpu", "--quiet"]
-    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL_IN_PRETRAINING, *command],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    assert killed.returncode == -9, killed.stderr
-    unfinished = [p for p in (out / "stages").iterdir() if not (p / "stage.json").exists()]
-    assert [p.name.split("-")[0] for p in unfinished] == ["pretrain"]
-    refused = subprocess.run(
-        [sys.executable, "-m", "doll_core.cli", *command],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    resumed = subprocess.run(
-        [sys.executable, "-m", "doll_core.cli", *command, "--resume"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert results["computed"] == {"pretrain": 1, "finetune": 3}  # the rest was done
-    assert results["finetune"]["summary"] == reference["finetune"]["summary"]
-    assert results["pretrain"]["val_soft_dice"] == reference["pretrain"]["val_soft_dice"]
 
 
 def test_doll_run_under_torchrun_with_two_gloo_processes(

@@ -2,17 +2,20 @@
 
 A :class:`~doll_core.errors.DollError` raised anywhere below a command becomes one line on
 stderr (``error: ...``) and exit code 2; ``doll --debug ...`` shows the traceback instead.
+Failures at run time that the user's command did not cause exit with code 1, also as one
+line: a full disk, and an exception raised inside a plugin's code (named with its
+distribution; finished work is kept, so the same command with ``--resume`` continues).
 """
 
 from __future__ import annotations
 
-import errno
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
 from doll_core._version import __version__
+from doll_core.atomic import disk_full_error
 from doll_core.cli import (
     data_cmd,
     explain_cmd,
@@ -26,7 +29,7 @@ from doll_core.cli import (
 from doll_core.errors import DollError
 
 USER_ERROR_EXIT_CODE = 2
-#: The machine, not the user: a full disk.
+#: The machine or third-party code, not the user: a full disk, a plugin that raised.
 ENVIRONMENT_ERROR_EXIT_CODE = 1
 
 
@@ -42,9 +45,11 @@ class DollGroup(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(USER_ERROR_EXIT_CODE) from None
         except Exception as exc:
-            full = disk_full_error(exc)
-            if full is None or (isinstance(ctx.obj, dict) and ctx.obj.get("debug")):
+            if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
                 raise
+            full = disk_full_error(exc)
+            if full is None:
+                _raise_naming_the_plugin(exc)
             where = f" while writing {full.filename}" if full.filename else ""
             typer.echo(
                 f"error: the disk is full{where} ({full.strerror}). Files are written "
@@ -55,17 +60,22 @@ class DollGroup(TyperGroup):
             raise typer.Exit(ENVIRONMENT_ERROR_EXIT_CODE) from None
 
 
-def disk_full_error(exc: BaseException) -> OSError | None:
-    """The out-of-space ``OSError`` behind ``exc`` (itself, or one it was raised while
-    handling or from, as ``torch.save`` does), or ``None``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+def _raise_naming_the_plugin(exc: Exception) -> NoReturn:
+    """One line and exit code 1 when ``exc`` came from a plugin's code; otherwise re-raise
+    (a bug of DoLL itself keeps its traceback)."""
+    from doll_core.blame import plugin_behind
+    from doll_core.registry import get_registry
+
+    blame = plugin_behind(exc, get_registry())
+    if blame is None:
+        raise exc
+    typer.echo(
+        f"error: {blame.describe(exc)}. The run stopped; finished work is kept: fix, "
+        "update or replace the plugin, then run the same command again (with --resume "
+        "where it has one). doll --debug ... shows the traceback.",
+        err=True,
+    )
+    raise typer.Exit(ENVIRONMENT_ERROR_EXIT_CODE) from None
 
 
 app = typer.Typer(

@@ -3,8 +3,14 @@
 A stage's key is a hash of its kind, its settings (without what cannot change the result:
 device, DataLoader workers) and the keys of the stages it reads. Its folder is
 ``STAGES/<kind>-<label>-<key>``; a ``stage.json`` written last (atomically) marks it done.
-A folder without ``stage.json`` is an interrupted stage: it is continued with ``resume``,
-and refused otherwise, so that nothing half-written is ever taken for a result.
+A folder without ``stage.json`` is an interrupted stage: it is continued with ``resume``
+(after the leftovers of writes the kill cut short are removed), and refused otherwise, so
+that nothing half-written is ever taken for a result.
+
+``stage.json`` also records the SHA-256 of every file the stage wrote next to it
+(checkpoints, metrics); a finished stage whose files no longer match (a truncated, zeroed
+or garbled checkpoint, which ``torch.load`` may read without complaint) is never reused:
+it is refused with the file's name, and recomputed with ``resume``.
 """
 
 from __future__ import annotations
@@ -19,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from doll_core._version import __version__
-from doll_core.atomic import atomic_write_text
+from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.errors import DollError
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
 #: Bump when a stage's output format or meaning changes, so old folders are not reused.
 STAGE_FORMAT = 1
 DONE = "stage.json"
-#: Settings that do not change a stage's result; left out of its key.
-NOT_IN_KEY = frozenset({"device", "num_workers", "workers", "batch_size_eval"})
+#: Settings that do not change a stage's result (beyond rounding, as the device does); left
+#: out of its key, so that adding one of them does not invalidate finished stages.
+NOT_IN_KEY = frozenset({"device", "num_workers", "workers", "batch_size_eval", "compile"})
 
 
 def stage_key(kind: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
@@ -52,6 +59,30 @@ def drop_resume_state(folder: Path) -> None:
     grid of hundreds of fine-tunings does not fill the disk."""
     for name in RESUME_ONLY:
         (folder / name).unlink(missing_ok=True)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of the files directly in a stage folder, except ``stage.json``, the resume
+    state and hidden files (leftovers of interrupted writes)."""
+    digests = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name not in (DONE, *RESUME_ONLY) and path.name[0] != ".":
+            with path.open("rb") as handle:
+                digests[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digests
+
+
+def changed_file(folder: Path, recorded: dict[str, str]) -> str | None:
+    """The first file whose SHA-256 is not the one ``stage.json`` recorded (or that is
+    missing), or ``None``."""
+    for name, digest in sorted(recorded.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        with path.open("rb") as handle:
+            if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
+                return f"{path} does not match the checksum in {DONE}"
+    return None
 
 
 def _slug(text: str) -> str:
@@ -106,14 +137,27 @@ class StageCache:
         interrupted stage without ``resume`` is refused. The folder exists afterwards."""
         done = folder / DONE
         if done.is_file():
-            return "done", json.loads(done.read_text())
+            try:
+                saved = json.loads(done.read_text())
+                problem = changed_file(folder, dict(saved.get("files") or {}))
+            except (ValueError, AttributeError, TypeError):  # garbled stage.json
+                problem = f"{done} is not readable"
+            if problem is None:
+                return "done", saved
+            if not self.resume:
+                raise DollError(
+                    f"{problem} (changed or corrupted since its stage finished), so the "
+                    f"stage {folder.name} is not reused; pass --resume to recompute the stage"
+                )
+            self.log(f"{folder.name}: {problem}; recomputing the stage")
+            done.unlink()
         if folder.exists():
             if not self.resume:
                 raise DollError(
                     f"stage folder {folder} holds an interrupted stage; "
                     "pass --resume to continue it"
                 )
-            folder.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(folder)
             return "interrupted", {}
         folder.mkdir(parents=True, exist_ok=True)
         return "new", {}
@@ -172,6 +216,7 @@ class StageCache:
                         "resumed": resuming,
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "info": info,
+                        "files": file_digests(folder),
                     },
                     indent=2,
                     default=str,

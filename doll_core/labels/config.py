@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from doll_core.attribution.postprocess import PostprocessConfig
 
+#: the version of the maps a given config produces (see ``content_hash``)
+LABELS_VERSION = 2
+
 
 class LabelGenerationConfig(BaseModel):
     """Everything that determines a label store's content."""
@@ -46,4 +49,8 @@ class LabelGenerationConfig(BaseModel):
             hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.classifiers
         ]
         payload["data"] = None  # the same data may move; its ids are in the shards
+        # bumped when post-processing changes labels for the same settings (2: maps scaled
+        # by a power of two, sparse maps by their maximum), so that a store begun by an
+        # older DoLL is never completed with labels made another way
+        payload["labels_version"] = LABELS_VERSION
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

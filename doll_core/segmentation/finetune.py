@@ -316,7 +316,8 @@ def finetune(
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Fine-tune into ``out``; returns (and writes to ``test.json``) the best model's test
-    scores with the validation curve."""
+    scores with the validation curve and the test images that could not be read
+    (``skipped``; training and validation ones are in ``skipped.jsonl``)."""
     out = Path(out).expanduser()
     registry = registry or get_registry()
     trainer = cast(
@@ -329,9 +330,10 @@ def finetune(
     trainer.context = DistributedContext()  # the process group is gone: test locally
     best, _ = load_segmenter(out / "best.pt", registry)
     best = best.to(trainer.device)
-    test, _ = trainer.evaluate(trainer.test_set, best)
+    test, test_skipped = trainer.evaluate(trainer.test_set, best)
     result = {
         "test": test,
+        "skipped": [s.__dict__ for s in test_skipped],  # unreadable test images
         "best_epoch": trainer.best_epoch,
         "curve": [
             {"step": e["step"], "val_miou": e["val_miou"], "val_mdice": e["val_mdice"]}
