@@ -18,6 +18,7 @@ from doll_core._version import __version__
 from doll_core.atomic import disk_full_error
 from doll_core.cli import (
     data_cmd,
+    doctor_cmd,
     explain_cmd,
     info_cmd,
     labels_cmd,
@@ -125,6 +126,7 @@ app.command("convert-weights")(segment_cmd.convert_weights_command)
 app.command("run")(run_cmd.run_command)
 app.command("ablate")(run_cmd.ablate_command)
 app.command("report")(run_cmd.report_command)
+app.command("doctor")(doctor_cmd.doctor_command)
 
 
 def main(argv: list[str] | None = None) -> None:
