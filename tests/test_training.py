@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,44 @@ def test_an_existing_run_is_not_overwritten_and_resumes_only_alike(
         train_classifier(_config(small_phantom, epochs=2, lr=0.01), out, resume=True)
     longer = train_classifier(_config(small_phantom, epochs=2), out, resume=True)
     assert [e["epoch"] for e in longer.history] == [1, 2]
+
+
+def _flip_a_weight_byte(state: Path) -> None:
+    """Flip one byte inside the largest tensor record of a torch zip file: it still loads,
+    with one weight changed."""
+    with zipfile.ZipFile(state) as archive:
+        record = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    data = bytearray(state.read_bytes())
+    header = record.header_offset
+    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
+    start = header + 30 + name_length + extra_length
+    data[start + record.file_size // 2] ^= 0x40
+    state.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_training_state_is_refused_on_resume_with_how_to_recover(
+    small_phantom: Path, tmp_path: Path, damage: str
+) -> None:
+    out = tmp_path / "run"
+    train_classifier(_config(small_phantom, epochs=1), out)
+    state = out / "state.pt"
+    if damage == "flipped":
+        _flip_a_weight_byte(state)
+        torch.load(state, weights_only=True)  # the damage alone does not stop a load
+        expected = "is corrupted: its weights no longer match the checksum"
+    else:
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        expected = "is not a readable DoLL training state"
+    with pytest.raises(DollError, match=expected) as caught:
+        train_classifier(_config(small_phantom, epochs=2), out, resume=True)
+    assert f"delete {state} to train this stage again" in str(caught.value)
+    state.unlink()
+    again = train_classifier(_config(small_phantom, epochs=2), out, resume=True)
+    assert [e["epoch"] for e in again.history] == [1, 2]
 
 
 KILLER = textwrap.dedent(

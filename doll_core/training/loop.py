@@ -16,6 +16,7 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -241,6 +242,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
+        state = self._state_without_digest()
+        state["digest"] = tensor_digest(state["model"], state["optimizer"])
+        return state
+
+    def _state_without_digest(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "format_version": STATE_VERSION,
@@ -264,9 +270,24 @@ class Trainer:
         }
 
     def restore(self, path: Path) -> None:
-        state = safe_torch_load(path, "training state")
+        restart = (
+            f"delete {path} to train this stage again from its first epoch "
+            "(or put back a good copy)"
+        )
+        try:
+            state = safe_torch_load(path, "training state")
+        except DollError as exc:
+            raise DollError(f"{exc}; {restart}") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DollError(f"{path} is not a DoLL training state")
+            raise DollError(f"{path} is not a DoLL training state; {restart}")
+        saved_digest = state.get("digest")  # states written before 0.1 carry none
+        if saved_digest is not None and saved_digest != tensor_digest(
+            state["model"], state["optimizer"]
+        ):
+            raise DollError(
+                f"{path} is corrupted: its weights no longer match the checksum saved "
+                f"with them; {restart}"
+            )
         saved, current = dict(state["config"]), self.config.to_json_dict()
         changed = sorted(
             k
@@ -409,6 +430,32 @@ class Trainer:
                 self.write_outputs(improved)
                 if bar is not None:
                     bar.console.print(self.describe(record))
+
+
+def tensor_digest(*trees: Any) -> str:
+    """SHA-256 of every tensor in ``trees`` (nested dicts, lists and tuples, in key order)
+    with its dtype and shape: a training state's weights and optimizer moments carry it,
+    so that flipped bytes that still load are caught on resume."""
+    digest = hashlib.sha256()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            flat = node.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(node.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(node, dict):
+            for key in sorted(node, key=str):
+                digest.update(str(key).encode())
+                visit(node[key])
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(item)
+        else:
+            digest.update(repr(node).encode())
+
+    for tree in trees:
+        visit(tree)
+    return digest.hexdigest()
 
 
 def run_training(
