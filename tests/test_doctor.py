@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from experiments_helpers import TINY
 from typer.testing import CliRunner
 
 from doll_core.cli import app
@@ -19,51 +20,16 @@ from doll_core.errors import DollError
 from doll_core.experiment.config import load_experiment, validate_experiment
 from doll_core.experiment.runner import run_experiment
 
-#: The tiny experiment of test_experiment.py, with 4 shards per label store, one
-#: fine-tuning and no figures but the curves: phantom, 2 classifiers, 2 explain stages,
-#: labels, pretrain, finetune.
-SMALL = """
-name = "small"
-[data.phantom]
-n_train = 32
-n_valid = 16
-n_organs = 10
-n_infection = 0
-size = 64
-[data.tasks.organs]
-phantom = "organs"
-[training]
-image_size = 32
-epochs = 1
-batch_size = 16
-num_workers = 0
-[classifiers.resnet18]
-backbone = "resnet18"
-[classifiers.tiny]
-backbone = "tiny_cnn"
-[explanation]
-explainer = "saliency"
-label_size = 16
-shard_size = 8
-[pretrain]
-encoder_from = "resnet18"
-image_size = 32
-epochs = 2
-batch_size = 8
-num_workers = 0
-[finetune]
-inits = ["doll"]
-budgets = [3]
-seeds = [0]
-image_size = 32
-epochs = 2
-eval_interval = 2
-batch_size = 3
-num_workers = 0
-[report]
-overlay_images = 0
-localization = false
-"""
+#: The tiny experiment of the fault suite with 4 shards per label store, one fine-tuning
+#: and no figures but the curves: phantom, 2 classifiers, 2 explain stages, labels,
+#: pretrain, finetune.
+SMALL_OVERRIDES = [
+    'name="small"',
+    "explanation.shard_size=8",
+    'finetune.inits=["doll"]',
+    "report.overlay_images=0",
+    "report.localization=false",
+]
 
 cli = CliRunner()
 
@@ -76,8 +42,8 @@ class Interrupted(Exception):
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished run, shared by every test (each works on its own copy)."""
     folder = tmp_path_factory.mktemp("doctor")
-    (folder / "small.toml").write_text(SMALL)
-    experiment, document = load_experiment(folder / "small.toml")
+    (folder / "small.toml").write_text(TINY)
+    experiment, document = load_experiment(folder / "small.toml", SMALL_OVERRIDES)
     run_experiment(experiment, document, folder / "run", device="cpu")
     return folder / "run"
 
