@@ -69,3 +69,35 @@ def test_bench_engine_vs_captum_integrated_gradients(
         f"\n{backbone} {size}px: engine {benchmark.stats.stats.min:.3f} s, captum "
         f"{min(captum_seconds):.3f} s per batch: {ratio:.2f}x, relative error {error:.1e}"
     )
+
+
+def test_bench_compiled_engine_vs_eager(benchmark: Any) -> None:
+    """``compile=True`` against the eager engine, same IG work (resnet18, 64 px, batch 4,
+    14 targets): the compile is done in the warm-up round; the ratio and the compile time
+    go to ``extra_info``. On a GPU, see docs/gpu.md."""
+    torch.manual_seed(0)
+    model = get_registry().create("backbone", "resnet18").build(TARGETS, 1).eval()
+    images = torch.rand(4, 1, 64, 64)
+    targets = torch.arange(TARGETS).repeat(4, 1)
+    compiled = get_registry().create(
+        "explainer", "integrated_gradients", n_steps=STEPS, max_rows=64, compile=True
+    )
+    ours = benchmark.pedantic(
+        lambda: compiled.attribute(model, images, targets), rounds=3, iterations=1, warmup_rounds=1
+    )
+    eager_seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        reference = doll_core.explain(model, images, targets, n_steps=STEPS, max_rows=64)
+        eager_seconds.append(time.perf_counter() - started)
+    error = float((ours - reference).abs().max() / reference.abs().max())
+    assert error <= 1e-4
+    ratio = min(eager_seconds) / benchmark.stats.stats.min
+    report = compiled.performance_report()["compile"]
+    benchmark.extra_info.update(
+        {"speedup_vs_eager": round(ratio, 2), "relative_error": error, "compile": report}
+    )
+    print(
+        f"\ncompiled {benchmark.stats.stats.min:.3f} s, eager {min(eager_seconds):.3f} s: "
+        f"{ratio:.2f}x, compile {report['compile_seconds']} s, relative error {error:.1e}"
+    )
