@@ -196,6 +196,7 @@ def test_orphan_and_temporary_files_are_warnings(run: Path) -> None:
     shutil.copy(store / "shard-00000.pt", store / "shard-00007.pt")
     (store / ".shard-00002.pt.tmp-4242").write_bytes(b"half a shard")
     (stage(run, "pretrain") / ".best.pt.tmp-4242").write_bytes(b"")
+    (stage(run, "phantom") / ".phantom.partial-4242").mkdir()  # a killed phantom's staging
     result = cli.invoke(app, ["doctor", str(run)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -203,11 +204,12 @@ def test_orphan_and_temporary_files_are_warnings(run: Path) -> None:
         (store / "shard-00007.pt", "orphan shard"),
         (store / ".shard-00002.pt.tmp-4242", "temporary file"),
         (stage(run, "pretrain") / ".best.pt.tmp-4242", "temporary file"),
+        (stage(run, "phantom") / ".phantom.partial-4242", "temporary file or folder"),
     ):
         (line,) = [x for x in lines if str(path.relative_to(run)) in x]
         assert "warning" in line and words in line
     assert "--resume would redo: nothing" in result.output
-    assert "healthy: no problems, 3 warning(s)" in result.output
+    assert "healthy: no problems, 4 warning(s)" in result.output
 
 
 def test_a_manifest_without_checksums_says_so(run: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from doll_core._version import __version__
-from doll_core.doctor.files import TEMPORARY, VERSION_KEYS, current_versions, read_json
+from doll_core.doctor.files import LEFTOVER, TEMPORARY, VERSION_KEYS, current_versions, read_json
 from doll_core.doctor.findings import DoctorReport, Finding, Severity, Step
 from doll_core.doctor.plan import (
     PlannedStage,
@@ -118,7 +118,7 @@ class _Doctor:
             states[folder.name] = state
         for path in sorted(root.iterdir()):
             if TEMPORARY.match(path.name):
-                self.add("warning", path, "temporary file of an interrupted write; safe to delete")
+                self.add("warning", path, LEFTOVER)
         return states
 
     def versions(self, run: Path) -> None:

@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from doll_core._version import __version__
+from doll_core.atomic import TEMPORARY_NAME
 from doll_core.errors import DollError
 from doll_core.payloads import safe_torch_load
 
-#: What :func:`doll_core.atomic.atomic_write` leaves when it is killed mid-write.
-TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
+#: What a killed write leaves: ``.NAME.tmp-PID`` files of
+#: :func:`doll_core.atomic.atomic_write` and the phantom's ``.NAME.partial-PID`` staging
+#: folders (``--resume`` removes both).
+TEMPORARY = TEMPORARY_NAME
+#: The finding for such a leftover.
+LEFTOVER = "temporary file or folder of an interrupted write; safe to delete (--resume removes it)"
 #: Versions ``results.json`` records that matter for reproducing a stage.
 VERSION_KEYS = (
     "doll",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doll_core.doctor.files import TEMPORARY, check_torch_file, read_json
+from doll_core.doctor.files import LEFTOVER, TEMPORARY, check_torch_file, read_json
 from doll_core.doctor.findings import Action, Finding, Severity
 from doll_core.doctor.store import check_label_store
 from doll_core.experiment.stages import DONE, RESUME_ONLY
@@ -146,7 +146,7 @@ def check_stage(folder: Path, name: Callable[[Path], str]) -> tuple[StageState, 
     redo = state.resume is not None and state.resume[0] == "redo"
     for path in sorted(folder.iterdir()):
         if TEMPORARY.match(path.name):
-            add("warning", path, "temporary file of an interrupted write; safe to delete")
+            add("warning", path, LEFTOVER)
         elif path.suffix == ".pt" and path.is_file():
             if path.name == "state.pt" and not finished:
                 continue  # checked by _interrupted

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from doll_core.data.paths import contained_path
-from doll_core.doctor.files import TEMPORARY, load_failure, read_json
+from doll_core.doctor.files import LEFTOVER, TEMPORARY, load_failure, read_json
 from doll_core.doctor.findings import Finding, Severity
 from doll_core.errors import DollError
 from doll_core.labels.store import (
@@ -102,7 +102,7 @@ def check_label_store(
     on_disk = {index: shard_path(store, index) for index in shard_indices(store)}
     for path in sorted(store.iterdir()):
         if TEMPORARY.match(path.name):
-            add("warning", path, "temporary file of an interrupted write; safe to delete")
+            add("warning", path, LEFTOVER)
 
     valid: set[int] = set()
     bad: dict[int, str] = {}
