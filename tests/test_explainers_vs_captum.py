@@ -106,6 +106,34 @@ def test_integrated_gradients_records_a_small_completeness_delta() -> None:
     assert delta.abs().max() <= 0.01 * gain.abs().max()
 
 
+def test_completeness_is_reported_over_calls_and_falls_with_more_steps() -> None:
+    model = _model(1)
+    images = torch.rand(4, 1, 16, 16)
+    explained = TARGETS >= 0
+    relative = {}
+    for steps in (2, 64):
+        plugin = doll_core.get_registry().create(
+            "explainer", "integrated_gradients", n_steps=steps, method="riemann_left"
+        )
+        deltas, gains = [], []
+        for half in (slice(0, 2), slice(2, 4)):  # two calls: the report sums over both
+            maps = plugin.attribute(model, images[half], TARGETS[half])
+            deltas.append(plugin.last_delta[explained[half]].abs())
+            gains.append((maps.sum(dim=(2, 3)) - plugin.last_delta)[explained[half]].abs())
+        report = plugin.performance_report()["completeness"]
+        delta, gain = torch.cat(deltas), torch.cat(gains)
+        assert report["maps"] == int(explained.sum()) == len(delta)
+        assert report["mean_abs_delta"] == pytest.approx(float(delta.mean()), rel=1e-5)
+        assert report["mean_abs_gain"] == pytest.approx(float(gain.mean()), rel=1e-4)
+        relative[steps] = report["relative_delta"]
+    assert relative[64] < relative[2] / 4
+    quiet = doll_core.get_registry().create(
+        "explainer", "integrated_gradients", n_steps=4, completeness=False
+    )
+    quiet.attribute(model, images, TARGETS)
+    assert quiet.last_delta is None and quiet.performance_report()["completeness"] is None
+
+
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_saliency_and_input_x_gradient(in_channels: int) -> None:
     model = _model(in_channels)

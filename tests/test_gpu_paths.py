@@ -22,6 +22,7 @@ from doll_core.compiling import CompiledModule, compiled
 from doll_core.configuration import parse_config
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.generate import generate_labels
+from doll_core.labels.store import LabelStore
 from doll_core.registry import get_registry
 from doll_core.training.classifier import train_classifier
 from doll_core.training.config import ClassifierTrainingConfig
@@ -174,6 +175,10 @@ def test_label_generation_workers_give_the_same_shards_and_time_the_data(
         performance["autocast"] == "bf16" and performance["autocast_checks"] == 2 * 5
     )  # 2 models x (2+2+1) batches
     assert 0 < performance["autocast_relative_error_max"] < 1
+    store = LabelStore(tmp_path / "workers")
+    explained = sum(len(store.labels(image)[0]) for image in store.ids)
+    # completeness is summed over both classifiers' maps
+    assert performance["completeness"]["maps"] == 2 * explained > 0
 
 
 def test_training_with_compile_records_the_compile_time(

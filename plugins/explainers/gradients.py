@@ -132,6 +132,7 @@ class IntegratedGradients(_EngineExplainer):
         compile: bool = False,
         channels_last: bool = False,
         autocast_check_every: int = 1,
+        completeness: bool = True,
     ) -> None:
         """:param n_steps: integration points. :param method: ``gausslegendre`` or a
         Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
@@ -140,7 +141,9 @@ class IntegratedGradients(_EngineExplainer):
         :param autocast: ``fp16``/``bf16`` (report its error against fp32).
         :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
         fallback). :param channels_last: channels-last rows (GPU).
-        :param autocast_check_every: measure the autocast error on every N-th call."""
+        :param autocast_check_every: measure the autocast error on every N-th call.
+        :param completeness: measure the completeness delta (two forward passes of the
+        batch) into ``last_delta`` and :meth:`performance_report`; off saves them."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
@@ -150,9 +153,12 @@ class IntegratedGradients(_EngineExplainer):
         self.blur_sigma, self.seed = blur_sigma, seed
         self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
         self.autocast_check_every = _check_interval(autocast_check_every)
+        self.completeness = bool(completeness)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
         self.last_delta: torch.Tensor | None = None
+        #: running sums over every explained target: |delta|, |gain| and the count
+        self._completeness_sums = [0.0, 0.0, 0]
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
@@ -160,9 +166,33 @@ class IntegratedGradients(_EngineExplainer):
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``;
         records the completeness delta in ``last_delta``."""
         maps = super().attribute(model, images, targets)
+        if not self.completeness:
+            return maps
         baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
-        self.last_delta = self._delta(model, images, baseline, targets, maps)
+        self.last_delta, gain = self._delta(model, images, baseline, targets, maps)
+        explained = targets >= 0
+        self._completeness_sums[0] += float(self.last_delta.abs()[explained].sum())
+        self._completeness_sums[1] += float(gain.abs()[explained].sum())
+        self._completeness_sums[2] += int(explained.sum())
         return maps
+
+    def performance_report(self) -> dict[str, Any]:
+        """The engine's report plus the completeness of the maps so far: mean |delta| and
+        mean |logit(image) - logit(baseline)| over every explained target, and their ratio
+        (how far the integral is from exact: more steps lower it)."""
+        report = super().performance_report()
+        delta, gain, count = self._completeness_sums
+        report["completeness"] = (
+            {
+                "maps": count,
+                "mean_abs_delta": delta / count,
+                "mean_abs_gain": gain / count,
+                "relative_delta": delta / gain if gain > 0 else None,
+            }
+            if count
+            else None
+        )
+        return report
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -197,7 +227,9 @@ class IntegratedGradients(_EngineExplainer):
         baseline: torch.Tensor,
         targets: torch.Tensor,
         maps: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (delta, gain), both ``[B, T]``: the attribution's sum minus the logit gain,
+        and the gain itself; 0 where the target is -1."""
         was_training = model.training
         model.eval()
         try:
@@ -205,7 +237,7 @@ class IntegratedGradients(_EngineExplainer):
         finally:
             model.train(was_training)
         expected = gain.gather(1, targets.clamp(min=0)) * (targets >= 0)
-        return maps.sum(dim=(2, 3)) - expected
+        return maps.sum(dim=(2, 3)) - expected, expected
 
 
 class Saliency(_EngineExplainer):
