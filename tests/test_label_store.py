@@ -49,6 +49,14 @@ def _shard_bytes(store: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(store.glob("shard-*.pt"))}
 
 
+def _copy_store(source: Path, target: Path) -> Path:
+    """A byte copy of the store ``source`` (a flat folder) at ``target``."""
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
 @pytest.fixture(scope="module")
 def reference_store(
     small_phantom: Path, tiny_checkpoints: list[Path], tmp_path_factory: pytest.TempPathFactory
@@ -140,10 +148,7 @@ def test_kill_9_then_resume_gives_the_same_bytes(
 def test_a_corrupted_shard_is_detected_and_regenerated(
     reference_store: Path, small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
 ) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    for path in reference_store.iterdir():
-        (store / path.name).write_bytes(path.read_bytes())
+    store = _copy_store(reference_store, tmp_path / "store")
     shard = store / "shard-00001.pt"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -157,10 +162,7 @@ def test_a_corrupted_shard_is_detected_and_regenerated(
 def test_a_shard_file_beyond_the_store_is_never_adopted(
     reference_store: Path, small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
 ) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    for path in reference_store.iterdir():
-        (store / path.name).write_bytes(path.read_bytes())
+    store = _copy_store(reference_store, tmp_path / "store")
     (store / "shard-00001.pt").unlink()
     stray = store / "shard-00009.pt"  # a copied shard with this config's hash
     stray.write_bytes((reference_store / "shard-00000.pt").read_bytes())
