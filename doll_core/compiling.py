@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
+
+
+def _synchronize(output: Any) -> None:
+    if torch.cuda.is_available() and isinstance(output, torch.Tensor) and output.is_cuda:
+        torch.cuda.synchronize(output.device)
 
 
 class CompiledModule(nn.Module):
@@ -24,6 +32,12 @@ class CompiledModule(nn.Module):
 
     The wrapped module is the only registered child, so ``state_dict``, ``train()`` and
     ``eval()`` act on it; the compiled callable shares its parameters.
+
+    A failure counts as a *compile* failure, and switches to eager for good, only when the
+    same call then succeeds eagerly: a genuine error of the model (or a CUDA out-of-memory
+    error) is raised as it is, and compiled code stays in use. The backward pass is
+    compiled lazily by torch, at the first backward: callers run it through
+    :meth:`guarded_backward`, which falls back the same way.
 
     :param module: the module to compile (inputs and outputs as its own).
     :param mode: ``torch.compile`` mode (``None``, ``"reduce-overhead"``,
@@ -36,18 +50,39 @@ class CompiledModule(nn.Module):
         super().__init__()
         self.module = module
         self.mode = mode
-        # not registered as a child: its parameters are the module's own
-        self.__dict__["_compiled"] = torch.compile(module, mode=mode, dynamic=dynamic)
-        #: seconds of the first call (compile included); ``None`` before it
+        #: seconds of the first forward and the first backward (compiles included)
         self.compile_seconds: float | None = None
         #: why compiling failed (the module then runs eagerly); ``None`` when it did not
         self.fallback: str | None = None
         self.calls = 0
+        self.backward_done = False
+        try:
+            # not registered as a child: its parameters are the module's own
+            self.__dict__["_compiled"] = torch.compile(module, mode=mode, dynamic=dynamic)
+        except Exception as exc:  # torch.compile unsupported here (old torch, new Python)
+            self._fall_back(exc)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        """Copies of a model do not share its compiled code: :func:`compiled` makes a fresh
+        wrapper for the copy when it is needed."""
+        return None
 
     @property
     def compiled(self) -> bool:
         """Whether calls run compiled code (False after a fallback)."""
         return self.fallback is None
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        warnings.warn(
+            f"torch.compile failed for {type(self.module).__name__} ({self.fallback}); "
+            "running eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _add_seconds(self, seconds: float) -> None:
+        self.compile_seconds = (self.compile_seconds or 0.0) + seconds
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.fallback is not None:
@@ -56,21 +91,47 @@ class CompiledModule(nn.Module):
         started = time.perf_counter()
         try:
             output = self.__dict__["_compiled"](*args, **kwargs)
-        except Exception as exc:  # any compile failure: run eagerly from now on
-            self.fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            warnings.warn(
-                f"torch.compile failed for {type(self.module).__name__} ({self.fallback}); "
-                "running eagerly",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return self.module(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            output = self.module(*args, **kwargs)  # raises if the model itself is at fault
+            self._fall_back(exc)
+            return output
         self.calls += 1
         if first:
-            if torch.cuda.is_available() and isinstance(output, torch.Tensor) and output.is_cuda:
-                torch.cuda.synchronize(output.device)
-            self.compile_seconds = time.perf_counter() - started
+            _synchronize(output)
+            self._add_seconds(time.perf_counter() - started)
         return output
+
+    def guarded_backward(self, backward: Callable[[], T], redo: Callable[[], T]) -> T:
+        """``backward()``; the first time, timed (torch compiles the backward graph then)
+        and, if it fails, switched to eager: ``redo()`` must then repeat the step from its
+        forward pass (which now runs eagerly)."""
+        if self.fallback is not None or self.backward_done:
+            return backward()
+        forward_compiled_inside = self.calls == 0
+        started = time.perf_counter()
+        try:
+            result = backward()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            self.fallback = "pending"  # the redo runs eagerly; a failure there is genuine
+            try:
+                result = redo()
+            except BaseException:
+                self.fallback = None
+                raise
+            self.fallback = None
+            self._fall_back(exc)
+            return result
+        self.backward_done = True
+        seconds = time.perf_counter() - started
+        if forward_compiled_inside:  # the first forward is part of this call: count it once
+            self.compile_seconds = seconds
+        else:
+            self._add_seconds(seconds)
+        return result
 
     def report(self) -> dict[str, Any]:
         """``{"compiled", "compile_seconds", "fallback", "mode"}`` for a run's metrics."""

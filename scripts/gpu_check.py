@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -397,6 +398,7 @@ def gpu_scale_run(out: Path, smoke: bool, seconds_left: float, log: Any) -> dict
     """Part 2: the shortened gpu_scale run, as a subprocess with a deadline."""
     repo = Path(__file__).resolve().parents[1]
     run = Path("/tmp/gpu-scale-run")
+    shutil.rmtree(run, ignore_errors=True)  # a rerun on the same machine starts afresh
     # sized from the 2026-11-27 H200 runs: part 1 takes about 330 s, and 600 images with
     # one epoch per stage leave the whole script inside a 9-minute call
     overrides = {

@@ -5,6 +5,7 @@ compute time recorded)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -209,3 +210,101 @@ def test_training_with_compile_records_the_compile_time(
     )
     saved = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)
     assert not any("_orig_mod" in key or key.startswith("module.") for key in saved["state_dict"])
+
+
+def test_a_failing_compiled_backward_falls_back_but_a_genuine_error_is_raised() -> None:
+    wrapper = CompiledModule(_tiny_model())
+    calls: list[str] = []
+
+    def broken_then_fine() -> str:
+        calls.append("compiled" if wrapper.fallback is None else "eager")
+        if len(calls) == 1:
+            raise RuntimeError("inductor could not compile the backward")
+        return "gradients"
+
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        assert wrapper.guarded_backward(broken_then_fine, broken_then_fine) == "gradients"
+    assert calls == ["compiled", "eager"]
+    assert wrapper.report()["fallback"] == "RuntimeError: inductor could not compile the backward"
+
+    healthy = CompiledModule(_tiny_model())
+
+    def always_broken() -> None:
+        raise ValueError("the model's own bug")
+
+    with pytest.raises(ValueError, match="own bug"):
+        healthy.guarded_backward(always_broken, always_broken)
+    assert healthy.compiled and healthy.report()["fallback"] is None
+
+
+def test_a_genuine_forward_error_is_not_taken_for_a_compile_failure() -> None:
+    class Faulty(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("wrong input for this model")
+
+    wrapper = CompiledModule(Faulty())
+    with pytest.raises(ValueError, match="wrong input"):
+        wrapper(torch.rand(2, 3))
+    assert wrapper.compiled and wrapper.fallback is None
+
+
+def test_a_model_with_compiled_code_can_still_be_deep_copied() -> None:
+    model = _tiny_model()
+    first = compiled(model)
+    clone = copy.deepcopy(model)
+    x = torch.rand(1, 1, 16, 16)
+    torch.testing.assert_close(clone(x), model(x))
+    assert compiled(clone) is not first and compiled(model) is first
+
+
+def test_fp16_overflow_falls_back_to_an_unscaled_gradient() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.fill_(100.0)  # d logit / d pixel = 100: x1024 overflows fp16
+    images = torch.rand(2, 1, 4, 4)
+    targets = torch.tensor([[0, 1], [2, -1]])
+    reference = slot_gradients(model, images, targets, 1, _identity_rows)
+    half = slot_gradients(
+        model, images, targets, 1, _identity_rows, options=EngineOptions(autocast="fp16")
+    )
+    assert bool(torch.isfinite(half).all())
+    torch.testing.assert_close(half, reference, rtol=1e-2, atol=1e-2)
+
+
+def test_every_classifier_gets_its_autocast_check() -> None:
+    models = {"a": _tiny_model(), "b": _tiny_model()}
+    explainer = get_registry().create(
+        "explainer", "integrated_gradients", n_steps=2, autocast="bf16", autocast_check_every=2
+    )
+    measured: list[str] = []
+    images = torch.rand(2, 1, 16, 16)
+    targets = torch.tensor([[-1, -1], [0, 3]])  # the first image has no target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(4):  # label generation's order: a, b, a, b, ...
+            for name, model in models.items():
+                before = len(explainer.autocast_errors)
+                explainer.attribute(model, images, targets)
+                if len(explainer.autocast_errors) > before:
+                    measured.append(name)
+    assert measured == ["a", "b", "a", "b"]  # calls 1 and 3 of each model
+    assert all(error > 0 for error in explainer.autocast_errors)  # on the explained image
+
+
+def test_speed_and_reporting_switches_do_not_change_a_store_hash(
+    small_phantom: Path, tiny_checkpoints: list[Path]
+) -> None:
+    def config(**params: Any) -> LabelGenerationConfig:
+        return parse_config(
+            LabelGenerationConfig,
+            {
+                "data": str(small_phantom),
+                "classifiers": [str(p) for p in tiny_checkpoints],
+                "explainer_params": {"n_steps": 4, **params},
+            },
+        )
+
+    plain = config().content_hash()
+    assert plain == config(compile=True, channels_last=True, completeness=False).content_hash()
+    assert plain == config(autocast_check_every=8).content_hash()
+    assert plain != config(autocast="fp16").content_hash()  # this one changes the maps

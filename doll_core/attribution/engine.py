@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from doll_core.compiling import compiled
+from doll_core.compiling import CompiledModule, compiled
 
 #: ``make_rows(images_chunk [k, C, H, W], image_index [k], samples slice) -> rows [k*s, C, H, W]``
 #: (image-major: the rows of image 0 first).
@@ -165,24 +165,48 @@ def slot_gradients(
                 if options.channels_last and rows.dim() == 4:
                     rows = rows.contiguous(memory_format=torch.channels_last)
                 rows.requires_grad_(True)
-                with torch.enable_grad(), _autocast(images.device, options.autocast):
-                    logits = forward(rows)
-                logits = logits.float()
                 w = weights[samples].repeat(len(index)).view(-1, *([1] * (rows.dim() - 1)))
-                for position, j in enumerate(live):
-                    wanted = row_targets[:, j] >= 0
-                    picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
-                    (grad,) = torch.autograd.grad(
-                        (picked * wanted).sum() * scale,
-                        rows,
-                        retain_graph=position < len(live) - 1,
-                    )
-                    grad = grad[:used].float()
-                    if scale != 1.0:
-                        grad = grad / scale
-                    if transform is not None:
-                        grad = transform(grad)
-                    summed = (grad * w).view(len(index), per_image, *grad.shape[1:]).sum(1)
+
+                def one_pass(
+                    rows: torch.Tensor = rows,
+                    row_targets: torch.Tensor = row_targets,
+                    used: int = used,
+                    per_image: int = per_image,
+                    w: torch.Tensor = w,
+                    live: list[int] = live,
+                    chunk: int = len(index),
+                ) -> list[torch.Tensor]:
+                    """The weighted per-image gradient sums of every live slot."""
+                    with torch.enable_grad(), _autocast(images.device, options.autocast):
+                        logits = forward(rows).float()
+                    sums = []
+                    for position, j in enumerate(live):
+                        wanted = row_targets[:, j] >= 0
+                        picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
+                        last = position == len(live) - 1
+                        objective = (picked * wanted).sum()
+                        (grad,) = torch.autograd.grad(
+                            objective * scale, rows, retain_graph=not last or scale != 1.0
+                        )
+                        if scale != 1.0:
+                            if not bool(torch.isfinite(grad).all()):  # overflow: unscaled
+                                (grad,) = torch.autograd.grad(
+                                    objective, rows, retain_graph=not last
+                                )
+                            else:
+                                grad = grad / scale
+                        grad = grad[:used].float()
+                        if transform is not None:
+                            grad = transform(grad)
+                        sums.append((grad * w).view(chunk, per_image, *grad.shape[1:]).sum(1))
+                    return sums
+
+                if isinstance(forward, CompiledModule):
+                    # torch compiles the backward at the first one: fall back there too
+                    sums = forward.guarded_backward(one_pass, one_pass)
+                else:
+                    sums = one_pass()
+                for j, summed in zip(live, sums, strict=True):
                     result[index, j] += summed
     result *= (targets >= 0).view(batch, slots, *([1] * (images.dim() - 1)))
     return result

@@ -221,8 +221,8 @@ class ExperimentRunner:
     def explain(self, name: str, classifier: StageRecord, sources: DataSources) -> StageRecord:
         """One classifier's labels (no fusion), reused by every fusion of an ablation."""
         config = self._label_config([classifier.folder / "best.pt"], sources, "mean", {})
-        key_settings = config.model_dump(
-            mode="json", exclude={"data", "classifiers", "fusion", "fusion_params"}
+        key_settings = config.result_settings(
+            exclude={"data", "classifiers", "fusion", "fusion_params"}
         )
         inputs = {"data": sources.key, "classifier": classifier.key}
 
@@ -299,7 +299,7 @@ class ExperimentRunner:
                 )
                 return describe(store, manifest, _explained_images(explained))
         else:
-            key_settings = config.model_dump(mode="json", exclude={"data", "classifiers"})
+            key_settings = config.result_settings(exclude={"data", "classifiers"})
             inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
 
             def work(folder: Path, resuming: bool) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from doll_core.attribution.postprocess import PostprocessConfig
 
 #: the version of the maps a given config produces (see ``content_hash``)
 LABELS_VERSION = 2
+#: explainer parameters that change speed or reporting, not the maps (beyond rounding, as
+#: the device does): left out of a store's hash and of stage keys
+EXECUTION_PARAMS = frozenset({"compile", "channels_last", "autocast_check_every", "completeness"})
 
 
 class LabelGenerationConfig(BaseModel):
@@ -42,9 +45,21 @@ class LabelGenerationConfig(BaseModel):
     on_error: Literal["skip", "fail"] = "skip"
     limit: int | None = Field(None, ge=1, description="label only the first N images")
 
+    def result_settings(self, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The settings as JSON without device and workers, and without the explainer
+        parameters that only change how fast the maps are made or what is reported about
+        them (:data:`EXECUTION_PARAMS`); ``exclude`` drops more fields."""
+        payload = self.model_dump(mode="json", exclude={"device", "workers", *(exclude or set())})
+        if "explainer_params" in payload:
+            payload["explainer_params"] = {
+                k: v for k, v in payload["explainer_params"].items() if k not in EXECUTION_PARAMS
+            }
+        return payload
+
     def content_hash(self) -> str:
-        """A hash of everything that changes the labels (not device, batch size or workers)."""
-        payload = self.model_dump(mode="json", exclude={"device", "batch_size", "workers"})
+        """A hash of everything that changes the labels (:meth:`result_settings`, without
+        the batch size either)."""
+        payload = self.result_settings(exclude={"batch_size"})
         payload["classifiers"] = [
             hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.classifiers
         ]

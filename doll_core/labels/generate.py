@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,7 +85,8 @@ def _valid_existing_shards(store: Path, config_hash: str, total_shards: int) -> 
 class _Generator:
     def __init__(self, config: LabelGenerationConfig, registry: Registry) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        # under torchrun each rank computes on its own GPU
+        self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         loaded = [
             load_classifier(p, device=self.device, registry=registry) for p in config.classifiers
         ]

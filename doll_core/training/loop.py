@@ -90,7 +90,7 @@ class Trainer:
 
     #: config fields that may change when a run is resumed
     resumable_changes: frozenset[str] = frozenset(
-        {"data", "epochs", "num_workers", "device", "early_stopping_patience"}
+        {"data", "epochs", "num_workers", "device", "early_stopping_patience", "compile"}
     )
     #: the validation record key that selects the best epoch (higher is better)
     score_key = "score"
@@ -216,6 +216,20 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- helpers
+    def forward_backward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Loss and gradients of one batch; with ``compile``, the first backward (which
+        torch compiles) falls back to eager if it fails, repeating the step."""
+
+        def step() -> tuple[torch.Tensor, int]:
+            loss, count = self.training_loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            return loss, count
+
+        if self.compiled is not None:
+            return self.compiled.guarded_backward(step, step)
+        return step()
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -342,9 +356,7 @@ class Trainer:
             data_seconds += time.perf_counter() - waited
             if batch is None:
                 break
-            loss, count = self.training_loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            loss, count = self.forward_backward(batch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()

@@ -61,17 +61,24 @@ class _EngineExplainer:
     options: EngineOptions
     autocast_error: float | None = None
     autocast_check_every = 1
-    _model: nn.Module | None = None
-    _calls = 0
 
     @property
     def autocast_errors(self) -> list[float]:
-        """The measured relative error of every call so far (empty without autocast)."""
+        """The measured relative error of every check so far, all models together (empty
+        without autocast)."""
         return self.__dict__.setdefault("_autocast_errors", [])
+
+    @property
+    def _models(self) -> dict[int, tuple[nn.Module, int]]:
+        """Per model explained (by id): the model and its number of calls. Label generation
+        calls one explainer for several classifiers in turn, so the every-N-th-call check
+        and the compile report are kept per model."""
+        return self.__dict__.setdefault("_seen_models", {})
 
     def performance_report(self) -> dict[str, Any]:
         """How the maps were computed, for a run's metrics: autocast mode and its measured
-        error against fp32 (max and mean over calls), compile time or fallback, channels_last."""
+        error against fp32 (max and mean over checks), compile time or fallback of each
+        model explained, channels_last."""
         errors = self.autocast_errors
         report: dict[str, Any] = {
             "autocast": self.options.autocast,
@@ -81,8 +88,9 @@ class _EngineExplainer:
             "channels_last": self.options.channels_last,
             "compile": None,
         }
-        if self.options.compile and self._model is not None:
-            report["compile"] = compiled(self._model).report()
+        if self.options.compile and self._models:
+            reports = [compiled(model).report() for model, _ in self._models.values()]
+            report["compile"] = reports[0] if len(reports) == 1 else reports
         return report
 
     def _maps(
@@ -94,22 +102,28 @@ class _EngineExplainer:
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
-        self._model = model
+        _, calls = self._models.get(id(model), (model, 0))
+        self._models[id(model)] = (model, calls + 1)
         maps = self._maps(model, images, targets, self.options)
-        check = self._calls % self.autocast_check_every == 0
-        self._calls += 1
-        if self.options.autocast is not None and check:
+        explained = torch.nonzero((targets >= 0).any(dim=1)).flatten()
+        if (
+            self.options.autocast is not None
+            and calls % self.autocast_check_every == 0
+            and len(explained)  # measured on the first image that has a target
+        ):
+            first = int(explained[0])
+            picked = slice(first, first + 1)
             full = dataclasses.replace(self.options, autocast=None, compile=False)
-            reference = self._maps(model, images[:1], targets[:1], full)
+            reference = self._maps(model, images[picked], targets[picked], full)
             scale = float(reference.abs().max())
-            error = float((maps[:1] - reference).abs().max()) / scale if scale > 0 else 0.0
+            error = float((maps[picked] - reference).abs().max()) / scale if scale > 0 else 0.0
             self.autocast_error = error
             self.autocast_errors.append(error)
             if len(self.autocast_errors) == 1:
                 warnings.warn(
                     f"{type(self).__name__} with {self.options.autocast} autocast: relative "
-                    f"error {error:.2e} against fp32 (measured on the first image of each "
-                    "batch; see the run's metrics)",
+                    f"error {error:.2e} against fp32 (measured on the first explained image "
+                    "of each batch; see the run's metrics)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
