@@ -88,3 +88,34 @@ def test_masks_are_binary_and_stay_binary_when_resized(tmp_path: Path) -> None:
     big = resize_mask(torch.from_numpy(read[None].astype(np.float32)), (16, 16))
     assert set(big.unique().tolist()) == {0.0, 1.0}
     assert big.sum() == 64
+
+
+def _mask_files(folder: Path, shape: np.ndarray) -> dict[str, Path]:
+    """The same 0/1 shape in encodings real mask files use."""
+    files = {}
+    files["L 0/255"] = folder / "grey.png"
+    Image.fromarray(shape * 255, "L").save(files["L 0/255"])
+    files["P, indices past a 1-colour palette"] = folder / "short-palette.png"
+    Image.fromarray(shape, "P").save(files["P, indices past a 1-colour palette"])
+    files["GIF, foreground index transparent"] = folder / "transparent.gif"
+    Image.fromarray(shape, "L").convert("P").save(
+        files["GIF, foreground index transparent"], transparency=1
+    )
+    files["black shape drawn by opacity"] = folder / "alpha.png"
+    rgba = np.zeros((*shape.shape, 4), np.uint8)
+    rgba[..., 3] = shape * 255
+    Image.fromarray(rgba, "RGBA").save(files["black shape drawn by opacity"])
+    files["palette with index 0 white"] = folder / "white-zero.png"
+    inverted = Image.fromarray(1 - shape, "P")
+    inverted.putpalette([255, 255, 255, 0, 0, 0])
+    inverted.save(files["palette with index 0 white"])
+    return files
+
+
+def test_masks_read_by_what_they_show_or_by_what_they_store(tmp_path: Path) -> None:
+    shape = np.zeros((20, 24), np.uint8)
+    shape[4:12, 6:18] = 1
+    for encoding, path in _mask_files(tmp_path, shape).items():
+        mask = read_mask(path)
+        assert mask.dtype == bool and int(mask.sum()) == int(shape.sum()), encoding
+        assert bool((mask == shape.astype(bool)).all()), encoding

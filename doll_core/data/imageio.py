@@ -93,16 +93,31 @@ def read_mask(path: str | Path) -> np.ndarray:
     A pixel's value is what it shows, not how it is stored: palette files (GIF, ``P``
     PNGs) are read through their palette (index 0 may well be white), colour pixels are
     foreground when any channel is non-zero, and a fully transparent pixel is background.
+    Two common encodings show nothing and are read by what they store instead: a palette
+    file whose indices run past its palette, or whose shown image is empty while its
+    indices are not (the foreground index made transparent), is read by index; an image
+    whose colour is all black and whose opacity draws the shape is read by opacity.
     """
     image = _open_fully(Path(path))
+    indices = np.asarray(image) if image.mode == "P" else None
+    if indices is not None:
+        colours = len(image.getpalette() or []) // 3
+        if indices.size and int(indices.max()) >= colours:
+            return indices > 0
     if image.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB", "LA"):
         image = image.convert("RGBA")  # palette, CMYK, YCbCr, ...: what the pixels show
     values = np.asarray(image)
     if image.mode in ("LA", "RGBA"):  # the last channel is opacity, not colour
-        return (values[..., :-1].max(axis=2) > 0) & (values[..., -1] > 0)
-    if values.ndim == 3:
-        values = values.max(axis=2)
-    return values > 0
+        colour, opaque = values[..., :-1].max(axis=2) > 0, values[..., -1] > 0
+        if not colour.any() and opaque.any() and not opaque.all():
+            shown = opaque  # black shapes drawn by their opacity
+        else:
+            shown = colour & opaque
+    else:
+        shown = (values.max(axis=2) if values.ndim == 3 else values) > 0
+    if indices is not None and not shown.any() and bool((indices > 0).any()):
+        return indices > 0
+    return shown
 
 
 def read_index_mask(path: str | Path) -> np.ndarray:
