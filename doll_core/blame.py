@@ -9,9 +9,14 @@ built by a plugin factory (a class registered as a plugin), or the factory funct
 
 from __future__ import annotations
 
+import inspect
+import os
+import sys
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
+
+import torch
 
 from doll_core.registry import PluginInfo, Registry
 
@@ -44,8 +49,38 @@ def _frames(tb: TracebackType | None) -> list[TracebackType]:
     return frames
 
 
+def _folder_of(obj: object) -> str | None:
+    try:
+        return os.path.dirname(os.path.abspath(inspect.getfile(obj)))  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        return None
+
+
+def _innermost_own_frame_is_plugin_code(frames: list[TracebackType], registry: Registry) -> bool:
+    """Whether the innermost frame of DoLL or plugin code (library and standard-library
+    frames skipped) lies in a plugin's own folder rather than in ``doll_core``: an error
+    that core code raised, or met in a library it called, is DoLL's, even when a plugin
+    method is further out (explainers call the core engine, datasets the core readers)."""
+    core = _folder_of(sys.modules["doll_core"])
+    plugin_folders = {
+        folder for info in registry.plugins() if (folder := _folder_of(info.factory)) is not None
+    }
+    for tb in reversed(frames):
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if core is not None and filename.startswith(core + os.sep):
+            return False
+        if any(filename.startswith(folder + os.sep) for folder in plugin_folders):
+            return True
+    return False
+
+
 def plugin_behind(exc: BaseException, registry: Registry) -> Blame | None:
-    """The plugin in whose code ``exc`` was raised, or ``None`` (core or library code)."""
+    """The plugin in whose code ``exc`` was raised, or ``None``: core or library code, or
+    a lack of memory (no plugin's fault; its traceback is kept)."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return None
+    if not _innermost_own_frame_is_plugin_code(_frames(exc.__traceback__), registry):
+        return None
     plugins = registry.plugins()
     classes = [(info, info.factory) for info in plugins if isinstance(info.factory, type)]
     functions = {

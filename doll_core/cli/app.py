@@ -64,10 +64,13 @@ class DollGroup(TyperGroup):
 def _raise_naming_the_plugin(exc: Exception) -> NoReturn:
     """One line and exit code 1 when ``exc`` came from a plugin's code; otherwise re-raise
     (a bug of DoLL itself keeps its traceback)."""
-    from doll_core.blame import plugin_behind
-    from doll_core.registry import get_registry
+    from doll_core import registry as registry_module
 
-    blame = plugin_behind(exc, get_registry())
+    if registry_module._default is None:  # no plugin was loaded, so none ran: --help, usage
+        raise exc
+    from doll_core.blame import plugin_behind
+
+    blame = plugin_behind(exc, registry_module.get_registry())
     if blame is None:
         raise exc
     typer.echo(
