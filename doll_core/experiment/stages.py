@@ -61,14 +61,30 @@ def drop_resume_state(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+#: ``(path, size, mtime_ns, inode) -> SHA-256`` of files this process has hashed: the
+#: points of an ablation share stage folders, and each reuse would hash them again.
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of ``path``, remembered while the file's size, mtime and inode stay."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        _DIGESTS[key] = digest
+    return digest
+
+
 def file_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of the files directly in a stage folder, except ``stage.json``, the resume
     state and hidden files (leftovers of interrupted writes)."""
     digests = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name not in (DONE, *RESUME_ONLY) and path.name[0] != ".":
-            with path.open("rb") as handle:
-                digests[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+            digests[path.name] = sha256_file(path)
     return digests
 
 
@@ -79,9 +95,8 @@ def changed_file(folder: Path, recorded: dict[str, str]) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
-        with path.open("rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
-                return f"{path} does not match the checksum in {DONE}"
+        if sha256_file(path) != digest:
+            return f"{path} does not match the checksum in {DONE}"
     return None
 
 
