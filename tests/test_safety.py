@@ -251,7 +251,11 @@ def test_a_listed_file_linking_out_of_the_root_is_a_skipped_sample(
     assert all("leads outside" in s.reason and "symbolic link" in s.reason for s in reader.skipped)
     assert all(str(elsewhere) in s.reason for s in reader.skipped)
     assert float(results[3]["mask"].min()) == 1.0  # the linked mask inside the root was read
+    assert all("follow_links = true" in s.reason for s in reader.skipped)  # how to allow it
     strict = get_registry().create("dataset", kind, root=root, on_error="fail", **options)
     with pytest.raises(ImageReadError, match=r"leads outside .* symbolic link"):
         strict[1]
     strict[3]
+    # a dataset whose folders link to another disk on purpose: the option reads them all
+    trusting = get_registry().create("dataset", kind, root=root, follow_links=True, **options)
+    assert not any(isinstance(trusting[i], SkippedSample) for i in range(len(trusting)))

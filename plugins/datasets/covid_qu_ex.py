@@ -36,13 +36,17 @@ class CovidQuEx(ImageDataset):
         size: int | Sequence[int] | None = None,
         grayscale: bool = True,
         on_error: OnError = "skip",
+        follow_links: bool = False,
     ) -> None:
-        """:param root: the folder holding ``Infection Segmentation Data`` or that folder.
+        """:param follow_links: read files that symbolic links lead to outside ``root``.
+        :param root: the folder holding ``Infection Segmentation Data`` or that folder.
         :param split: ``Train``, ``Val`` or ``Test`` (any case).
         :param task: ``infection`` (infection masks) or ``lungs`` (lung masks).
         :param categories: which of ``COVID-19``, ``Non-COVID``, ``Normal`` to read.
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        #: where listed files must stay (None: symbolic links are followed anywhere)
+        self.contained_in: Path | None = None if follow_links else self.root
         by_lower = {s.lower(): s for s in SPLITS}
         self.split = by_lower.get(str(split).lower(), "")
         check_choice("split", self.split or split, SPLITS)
@@ -82,14 +86,14 @@ class CovidQuEx(ImageDataset):
             stem,
             self._mask_dirs[category],
             TASK_FOLDERS[self.task][:-1],
-            root=self.root,
+            root=self.contained_in,
         )
         image_path = require_file(
             self._images[category],
             stem,
             self._mask_dirs[category].parent / "images",
             "image",
-            root=self.root,
+            root=self.contained_in,
         )
         sample = load_image_and_masks(
             self, image_path, [read_mask(mask_path)], self.sample_id(index)

@@ -43,8 +43,10 @@ class JSRT(ImageDataset):
         grayscale: bool = True,
         on_error: OnError = "skip",
         image_shape: Sequence[int] = JSRT_SHAPE,
+        follow_links: bool = False,
     ) -> None:
-        """:param root: a folder holding the ``.IMG`` files and the SCR ``masks`` folders
+        """:param follow_links: read files that symbolic links lead to outside ``root``.
+        :param root: a folder holding the ``.IMG`` files and the SCR ``masks`` folders
             (searched recursively, e.g. ``All247images/`` and ``scr/fold1/masks/``).
         :param classes: SCR organs (``left lung``, ``right lung``, ``heart``,
             ``left clavicle``, ``right clavicle``) or merged ones (``lungs``, ``clavicles``).
@@ -52,6 +54,8 @@ class JSRT(ImageDataset):
         :param image_shape: raw image shape; JSRT's is 2048 x 2048.
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        #: where listed files must stay (None: symbolic links are followed anywhere)
+        self.contained_in: Path | None = None if follow_links else self.root
         known = (*SCR_ORGANS, *MERGED_CLASSES)
         unknown = [c for c in classes if c not in known]
         if unknown or not classes:
@@ -91,14 +95,15 @@ class JSRT(ImageDataset):
     def load(self, index: int) -> dict[str, Any]:
         stem = self._stems[index]
         raw = read_jsrt_img(
-            require_file(self._images, stem, self.root, "image", root=self.root), self.image_shape
+            require_file(self._images, stem, self.root, "image", root=self.contained_in),
+            self.image_shape,
         )
         image = resize_image(torch.from_numpy(jsrt_to_display(raw)), self.size)
         if not self.grayscale:
             image = image.repeat(3, 1, 1)
         paths = {
             organ: require_file(
-                table, stem, self._mask_dirs[organ], f"{organ} mask", root=self.root
+                table, stem, self._mask_dirs[organ], f"{organ} mask", root=self.contained_in
             )
             for organ, table in self._masks.items()
         }

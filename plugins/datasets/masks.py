@@ -52,18 +52,30 @@ def inside_root(root: Path, path: Path) -> Path:
     return resolves_inside(root, path, relative)
 
 
-def require_file(table: dict[str, Path], stem: str, folder: Path, what: str, *, root: Path) -> Path:
+def require_file(
+    table: dict[str, Path], stem: str, folder: Path, what: str, *, root: Path | None
+) -> Path:
     """``table[stem]``, checked to stay inside the dataset folder ``root``
-    (:func:`inside_root`).
+    (:func:`inside_root`); ``root=None`` follows links anywhere (the readers'
+    ``follow_links`` option, for datasets whose folders link to another disk).
 
     :raises ImageReadError: saying which file is missing, or which one leads out of
-        ``root`` through a symbolic link.
+        ``root`` through a symbolic link (and how to allow it).
     """
     try:
         path = table[stem]
     except KeyError:
         raise ImageReadError(folder / f"{stem}.*", f"no {what} for image {stem!r}") from None
-    return inside_root(root, path)
+    if root is None:
+        return path
+    try:
+        return inside_root(root, path)
+    except ImageReadError as exc:
+        raise ImageReadError(
+            exc.path,
+            f"{exc.reason} (if the dataset's folders link elsewhere on purpose, set the "
+            "dataset option follow_links = true)",
+        ) from None
 
 
 def same_size(masks: Sequence[tuple[Path, np.ndarray]]) -> list[np.ndarray]:

@@ -34,8 +34,11 @@ class SegFolder(ImageDataset):
         size: int | Sequence[int] | None = None,
         grayscale: bool = True,
         on_error: OnError = "skip",
+        follow_links: bool = False,
     ) -> None:
-        """:param images: image folder, relative to ``root``.
+        """:param follow_links: read files that symbolic links lead to outside ``root``
+            (refused by default, like paths that climb out of it).
+        :param images: image folder, relative to ``root``.
         :param masks: mask folder, relative to ``root``. If it has sub-folders, each is a
             class of binary masks (any non-zero pixel is foreground); otherwise it holds
             index masks, pixel value ``v`` in ``1..K`` meaning ``classes[v - 1]`` and 0
@@ -44,6 +47,8 @@ class SegFolder(ImageDataset):
             sub-folders (default: all, sorted). Index masks: required.
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        #: where listed files must stay (None: symbolic links are followed anywhere)
+        self.contained_in: Path | None = None if follow_links else self.root
         self.image_dir = self.root / images
         self.mask_dir = self.root / masks
         for folder, what in ((self.image_dir, "image"), (self.mask_dir, "mask")):
@@ -82,11 +87,15 @@ class SegFolder(ImageDataset):
     def _read_masks(self, stem: str) -> list[np.ndarray]:
         if not self.index_masks:
             paths = [
-                require_file(self._masks[c], stem, self.mask_dir / c, f"{c} mask", root=self.root)
+                require_file(
+                    self._masks[c], stem, self.mask_dir / c, f"{c} mask", root=self.contained_in
+                )
                 for c in self.classes
             ]
             return same_size([(path, read_mask(path)) for path in paths])
-        path = require_file(self._masks[""], stem, self.mask_dir, "index mask", root=self.root)
+        path = require_file(
+            self._masks[""], stem, self.mask_dir, "index mask", root=self.contained_in
+        )
         values = read_index_mask(path)
         if int(values.max(initial=0)) > len(self.classes):
             raise ImageReadError(
@@ -98,7 +107,7 @@ class SegFolder(ImageDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         stem = self._stems[index]
-        image = require_file(self._images, stem, self.image_dir, "image", root=self.root)
+        image = require_file(self._images, stem, self.image_dir, "image", root=self.contained_in)
         return load_image_and_masks(self, image, self._read_masks(stem), stem)
 
     def summary(self) -> dict[str, Any]:
