@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from doll_core import compiling
 from doll_core.attribution.engine import EngineOptions, slot_gradients
 from doll_core.compiling import CompiledModule, compiled
 from doll_core.configuration import parse_config
+from doll_core.errors import DollError
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.generate import generate_labels
 from doll_core.labels.store import LabelStore
@@ -308,3 +310,31 @@ def test_speed_and_reporting_switches_do_not_change_a_store_hash(
     assert plain == config(compile=True, channels_last=True, completeness=False).content_hash()
     assert plain == config(autocast_check_every=8).content_hash()
     assert plain != config(autocast="fp16").content_hash()  # this one changes the maps
+
+
+def test_an_unreadable_image_in_a_worker_stops_with_one_clear_line(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "phantom"
+    shutil.copytree(small_phantom, data)
+    csv_rows = (data / "CheXpert-v1.0-small" / "train.csv").read_text().splitlines()
+    broken = data / csv_rows[1].split(",")[0]  # the first training image
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    config = parse_config(
+        LabelGenerationConfig,
+        {
+            "data": str(data),
+            "classifiers": [str(tiny_checkpoints[0])],
+            "explainer_params": {"n_steps": 2},
+            "limit": 4,
+            "batch_size": 2,
+            "device": "cpu",
+            "workers": 2,
+            "on_error": "fail",
+        },
+    )
+    with pytest.raises(DollError) as caught:
+        generate_labels(config, tmp_path / "store")
+    message = str(caught.value)
+    assert message.startswith("cannot read") and broken.name in message
+    assert "Traceback" not in message and "\n" not in message

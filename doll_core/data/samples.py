@@ -16,10 +16,10 @@ Sample dicts:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from torch.utils.data import Dataset, default_collate
 
 from doll_core.data.imageio import ImageReadError
 from doll_core.errors import DollError
+
+T = TypeVar("T")
 
 OnError = Literal["skip", "fail"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "fail")
@@ -134,3 +136,31 @@ def collate_samples(batch: Sequence[dict[str, Any] | SkippedSample]) -> dict[str
     collated: dict[str, Any] = default_collate(good) if good else {}
     collated["skipped"] = [sample for sample in batch if isinstance(sample, SkippedSample)]
     return collated
+
+
+_WORKER = "in DataLoader worker process"
+
+
+def batches_from(loader: Iterable[T]) -> Iterator[T]:
+    """The batches of ``loader``, with a :class:`DollError` raised in a DataLoader worker
+    (an unreadable image with ``on_error="fail"``) given back as the same one-line
+    :class:`DollError`. torch re-raises a worker's exception by rebuilding it from its
+    traceback text, which for :class:`ImageReadError` (two arguments) becomes a
+    ``RuntimeError`` holding the whole traceback: the CLI would print that, not the
+    message."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (RuntimeError, DollError) as exc:
+            text = str(exc)
+            if _WORKER not in text or "Error: " not in text:
+                raise
+            last = text.strip().splitlines()[-1]  # "package.module.ClassName: message"
+            kind, _, message = last.partition(": ")
+            if not kind.endswith(("DollError", "ImageReadError", "PluginError")):
+                raise
+            raise DollError(message) from None
+        yield batch

@@ -28,7 +28,7 @@ from doll_core.attribution.api import check_attributions
 from doll_core.attribution.postprocess import postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.checkpoint import ClassifierMeta, load_classifier
-from doll_core.data.samples import SkippedSample
+from doll_core.data.samples import SkippedSample, batches_from
 from doll_core.errors import DollError
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.fusion import fuse_maps
@@ -367,7 +367,7 @@ def generate_labels(
                     bar.update(task, advance=count, info=f"{rate:.1f} images/s")
 
             timing = {"data_seconds": 0.0, "compute_seconds": 0.0}
-            batches = iter(generator.loader(mine))
+            batches = batches_from(generator.loader(mine))
             for index in mine:
                 shard = generator.make_shard(index, batches, config_hash, on_batch, advance, timing)
                 write_shard(out, shard)

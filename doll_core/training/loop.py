@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from doll_core.atomic import atomic_torch_save, atomic_write_text
 from doll_core.compiling import CompiledModule
-from doll_core.data.samples import SkippedSample, collate_samples
+from doll_core.data.samples import SkippedSample, batches_from, collate_samples
 from doll_core.errors import DollError
 from doll_core.payloads import safe_torch_load
 from doll_core.progress import progress_bar
@@ -250,7 +250,7 @@ class Trainer:
         self, loader: DataLoader[Any], skipped: list[SkippedSample]
     ) -> Iterator[dict[str, Any]]:
         """Batches, recording skipped samples; an all-skipped batch yields ``{}``."""
-        for batch in loader:
+        for batch in batches_from(loader):
             skipped.extend(batch["skipped"])
             yield batch if "image" in batch else {}
 
