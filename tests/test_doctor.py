@@ -140,7 +140,7 @@ def _flipped_byte(store: Path) -> Path:
 def _other_shard(store: Path) -> Path:
     """Another shard's file under this one's name, its manifest entry made to match: only
     reading it tells."""
-    from doll_core.labels.store import sha256_of
+    from doll_core.digests import sha256_of
 
     path = store / "shard-00003.pt"
     replace(path, (store / "shard-00000.pt").read_bytes())

@@ -59,9 +59,10 @@ from typer.testing import CliRunner
 import doll_core.atomic
 from doll_core.cli import app
 from doll_core.configuration import parse_config
+from doll_core.digests import sha256_of
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.generate import generate_labels
-from doll_core.labels.store import LabelStore, sha256_of
+from doll_core.labels.store import LabelStore
 from doll_core.payloads import safe_torch_load
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.finetune import SPLIT_SEED

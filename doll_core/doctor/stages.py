@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from doll_core.digests import sha256_of
 from doll_core.doctor.files import LEFTOVER, TEMPORARY, check_torch_file, read_json
 from doll_core.doctor.findings import Action, Finding, Severity
 from doll_core.doctor.store import check_label_store
 from doll_core.experiment.stages import DONE, RESUME_ONLY
-from doll_core.labels.store import CONFIG, sha256_of
+from doll_core.labels.store import CONFIG
 
 #: ``<kind>-<label>-<key>``: how :class:`StageCache` names a stage folder.
 STAGE_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<label>.+)-(?P<key>[0-9a-f]{16})$")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from doll_core.data.paths import contained_path
+from doll_core.digests import sha256_of
 from doll_core.doctor.files import LEFTOVER, TEMPORARY, load_failure, read_json
 from doll_core.doctor.findings import Finding, Severity
 from doll_core.errors import DollError
@@ -16,7 +17,6 @@ from doll_core.labels.store import (
     CONFIG,
     MANIFEST,
     read_shard,
-    sha256_of,
     shard_indices,
     shard_path,
 )

@@ -29,6 +29,7 @@ import torch
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
+from doll_core.digests import sha256_of
 from doll_core.experiment.config import PHANTOM_TASKS, Experiment
 from doll_core.experiment.stages import StageCache, StageRecord
 from doll_core.labels.config import LabelGenerationConfig
@@ -482,13 +483,7 @@ def stage_seconds(records: list[StageRecord]) -> dict[str, float]:
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_of(path)[:16]
 
 
 def run_experiment(

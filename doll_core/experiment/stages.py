@@ -26,6 +26,7 @@ from typing import Any
 
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
+from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
@@ -72,9 +73,7 @@ def sha256_file(path: Path) -> str:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     digest = _DIGESTS.get(key)
     if digest is None:
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        _DIGESTS[key] = digest
+        digest = _DIGESTS[key] = sha256_of(path)
     return digest
 
 

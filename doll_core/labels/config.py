@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from doll_core.attribution.postprocess import PostprocessConfig
+from doll_core.digests import sha256_of
 
 #: the version of the maps a given config produces (see ``content_hash``)
 LABELS_VERSION = 2
@@ -60,9 +61,7 @@ class LabelGenerationConfig(BaseModel):
         """A hash of everything that changes the labels (:meth:`result_settings`, without
         the batch size either)."""
         payload = self.result_settings(exclude={"batch_size"})
-        payload["classifiers"] = [
-            hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.classifiers
-        ]
+        payload["classifiers"] = [sha256_of(p) for p in self.classifiers]
         payload["data"] = None  # the same data may move; its ids are in the shards
         # bumped when post-processing changes labels for the same settings (2: maps scaled
         # by a power of two, sparse maps by their maximum), so that a store begun by an

@@ -29,6 +29,7 @@ from doll_core.attribution.postprocess import postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.checkpoint import ClassifierMeta, load_classifier
 from doll_core.data.samples import SkippedSample, batches_from
+from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.fusion import fuse_maps
@@ -38,7 +39,6 @@ from doll_core.labels.store import (
     build_manifest,
     map_statistics,
     read_shard,
-    sha256_of,
     shard_indices,
     shard_path,
     write_manifest,

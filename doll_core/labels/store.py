@@ -17,7 +17,6 @@ the manifest records each shard's SHA-256, so a corrupted shard is detected, nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import torch
 from doll_core.atomic import atomic_torch_save, atomic_write_text
 from doll_core.data.imageio import ImageReadError
 from doll_core.data.paths import contained_path
+from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
 from doll_core.payloads import safe_torch_load
@@ -43,14 +43,6 @@ _SHARD_NAME = re.compile(r"^shard-(\d{5})\.pt$")
 
 def shard_path(store: Path, index: int) -> Path:
     return store / f"shard-{index:05d}.pt"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
