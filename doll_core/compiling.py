@@ -103,22 +103,22 @@ class CompiledModule(nn.Module):
             self._add_seconds(time.perf_counter() - started)
         return output
 
-    def guarded_backward(self, backward: Callable[[], T], redo: Callable[[], T]) -> T:
-        """``backward()``; the first time, timed (torch compiles the backward graph then)
-        and, if it fails, switched to eager: ``redo()`` must then repeat the step from its
-        forward pass (which now runs eagerly)."""
+    def guarded_backward(self, step: Callable[[], T]) -> T:
+        """``step()``, a forward and backward pass through this module. The first time it
+        is timed (torch compiles the backward graph then) and, if it fails, run again
+        eagerly: a compile failure when that succeeds, the step's own error when not."""
         if self.fallback is not None or self.backward_done:
-            return backward()
+            return step()
         forward_compiled_inside = self.calls == 0
         started = time.perf_counter()
         try:
-            result = backward()
+            result = step()
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
-            self.fallback = "pending"  # the redo runs eagerly; a failure there is genuine
+            self.fallback = "pending"  # the rerun goes eagerly; a failure there is genuine
             try:
-                result = redo()
+                result = step()
             except BaseException:
                 self.fallback = None
                 raise

@@ -225,7 +225,7 @@ def test_a_failing_compiled_backward_falls_back_but_a_genuine_error_is_raised() 
         return "gradients"
 
     with pytest.warns(RuntimeWarning, match="running eagerly"):
-        assert wrapper.guarded_backward(broken_then_fine, broken_then_fine) == "gradients"
+        assert wrapper.guarded_backward(broken_then_fine) == "gradients"
     assert calls == ["compiled", "eager"]
     assert wrapper.report()["fallback"] == "RuntimeError: inductor could not compile the backward"
 
@@ -235,7 +235,7 @@ def test_a_failing_compiled_backward_falls_back_but_a_genuine_error_is_raised() 
         raise ValueError("the model's own bug")
 
     with pytest.raises(ValueError, match="own bug"):
-        healthy.guarded_backward(always_broken, always_broken)
+        healthy.guarded_backward(always_broken)
     assert healthy.compiled and healthy.report()["fallback"] is None
 
 

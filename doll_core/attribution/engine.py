@@ -203,7 +203,7 @@ def slot_gradients(
 
                 if isinstance(forward, CompiledModule):
                     # torch compiles the backward at the first one: fall back there too
-                    sums = forward.guarded_backward(one_pass, one_pass)
+                    sums = forward.guarded_backward(one_pass)
                 else:
                     sums = one_pass()
                 for j, summed in zip(live, sums, strict=True):

@@ -227,7 +227,7 @@ class Trainer:
             return loss, count
 
         if self.compiled is not None:
-            return self.compiled.guarded_backward(step, step)
+            return self.compiled.guarded_backward(step)
         return step()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
