@@ -19,33 +19,6 @@ from doll_plugins.explainers.baselines import check_baseline, make_baseline
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
-def _options(
-    max_rows: int | None,
-    memory_budget_mb: float | None,
-    autocast: str | None,
-    compile: bool = False,
-    channels_last: bool = False,
-) -> EngineOptions:
-    if autocast not in (None, "fp16", "bf16"):
-        raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
-    return EngineOptions(
-        max_rows=max_rows,
-        memory_budget_mb=memory_budget_mb,
-        autocast=autocast,
-        compile=bool(compile),
-        channels_last=bool(channels_last),
-    )
-
-
-def _check_interval(every: int) -> int:
-    if int(every) < 1:
-        raise DollError(
-            f"autocast_check_every must be >= 1 (reduced precision is never left unmeasured), "
-            f"got {every}"
-        )
-    return int(every)
-
-
 class _EngineExplainer:
     """Shared by the engine's explainers: reduced precision only with its error measured.
 
@@ -58,22 +31,38 @@ class _EngineExplainer:
     any fallback to eager are in :meth:`performance_report` too.
     """
 
-    options: EngineOptions
-    autocast_error: float | None = None
-    autocast_check_every = 1
-
-    @property
-    def autocast_errors(self) -> list[float]:
-        """The measured relative error of every check so far, all models together (empty
-        without autocast)."""
-        return self.__dict__.setdefault("_autocast_errors", [])
-
-    @property
-    def _models(self) -> dict[int, tuple[nn.Module, int]]:
-        """Per model explained (by id): the model and its number of calls. Label generation
-        calls one explainer for several classifiers in turn, so the every-N-th-call check
-        and the compile report are kept per model."""
-        return self.__dict__.setdefault("_seen_models", {})
+    def __init__(
+        self,
+        max_rows: int | None,
+        memory_budget_mb: float | None,
+        autocast: str | None,
+        compile: bool,
+        channels_last: bool,
+        autocast_check_every: int,
+    ) -> None:
+        """The engine options every engine explainer takes (see its own docstring)."""
+        if autocast not in (None, "fp16", "bf16"):
+            raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+        if int(autocast_check_every) < 1:
+            raise DollError(
+                "autocast_check_every must be >= 1 (reduced precision is never left "
+                f"unmeasured), got {autocast_check_every}"
+            )
+        self.options = EngineOptions(
+            max_rows=max_rows,
+            memory_budget_mb=memory_budget_mb,
+            autocast=autocast,
+            compile=bool(compile),
+            channels_last=bool(channels_last),
+        )
+        self.autocast_check_every = int(autocast_check_every)
+        #: the relative error of the last check, and of every check (all models together)
+        self.autocast_error: float | None = None
+        self.autocast_errors: list[float] = []
+        #: per model explained (by id): the model and its number of calls. Label generation
+        #: calls one explainer for several classifiers in turn, so the every-N-th-call
+        #: check and the compile report are kept per model
+        self._models: dict[int, tuple[nn.Module, int]] = {}
 
     def performance_report(self) -> dict[str, Any]:
         """How the maps were computed, for a run's metrics: autocast mode and its measured
@@ -165,8 +154,9 @@ class IntegratedGradients(_EngineExplainer):
         self.n_steps, self.method = n_steps, method
         self.baseline = check_baseline(baseline)
         self.blur_sigma, self.seed = blur_sigma, seed
-        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
-        self.autocast_check_every = _check_interval(autocast_check_every)
+        super().__init__(
+            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+        )
         self.completeness = bool(completeness)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
@@ -268,8 +258,9 @@ class Saliency(_EngineExplainer):
         autocast_check_every: int = 1,
     ) -> None:
         self.abs = abs
-        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
-        self.autocast_check_every = _check_interval(autocast_check_every)
+        super().__init__(
+            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+        )
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -298,8 +289,9 @@ class InputXGradient(_EngineExplainer):
         channels_last: bool = False,
         autocast_check_every: int = 1,
     ) -> None:
-        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
-        self.autocast_check_every = _check_interval(autocast_check_every)
+        super().__init__(
+            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+        )
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -329,8 +321,9 @@ class SmoothGrad(_EngineExplainer):
         if n_samples < 1 or stdev < 0:
             raise DollError("n_samples must be >= 1 and stdev >= 0")
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
-        self.options = _options(max_rows, memory_budget_mb, autocast, compile, channels_last)
-        self.autocast_check_every = _check_interval(autocast_check_every)
+        super().__init__(
+            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+        )
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
