@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -99,25 +98,21 @@ def integrated_gradients(
 
 
 def environment(device: torch.device) -> dict[str, Any]:
+    """What a run records (versions, device, GPU name), plus the date, the CPU count, the
+    TF32 switches and the GPU's memory."""
+    from doll_core.experiment.runner import environment as run_environment
+
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(device),
+        **run_environment(str(device)),
         "cpu_count": os.cpu_count(),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_memory_gib"] = round(
             torch.cuda.get_device_properties(device).total_memory / 2**30
         )
-    for name in ("torchvision", "captum", "zennit", "segmentation_models_pytorch"):
-        try:
-            info[name] = __import__(name).__version__
-        except Exception as exc:  # report, do not stop
-            info[name] = f"missing ({exc})"
     return info
 
 
