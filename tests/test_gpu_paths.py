@@ -338,3 +338,82 @@ def test_an_unreadable_image_in_a_worker_stops_with_one_clear_line(
     message = str(caught.value)
     assert message.startswith("cannot read") and broken.name in message
     assert "Traceback" not in message and "\n" not in message
+
+
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count ``bool(tensor)``, ``.item()`` and ``.tolist()``: on a GPU each reads a CUDA
+    tensor back to the host, which waits for every pass queued before it."""
+    counter = {"reads": 0}
+    for name in ("__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self: torch.Tensor, *args: Any, _original: Any = original) -> Any:
+            counter["reads"] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counter
+
+
+@pytest.mark.parametrize("autocast", [None, "fp16"])
+def test_host_reads_do_not_grow_with_the_number_of_targets(
+    monkeypatch: pytest.MonkeyPatch, autocast: str | None
+) -> None:
+    """The engine plans its passes on the host and checks fp16 overflow once per pass, so
+    a GPU can run every target slot's backward pass without the host waiting in between."""
+    model = _tiny_model()
+    images = torch.rand(4, 1, 16, 16)
+    options = EngineOptions(max_rows=16, autocast=autocast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16 autocast on a CPU
+        expected = [
+            slot_gradients(
+                model, images, torch.arange(t).repeat(4, 1), 8, _steps_rows(8), options=options
+            )
+            for t in (1, 6)
+        ]
+    counter = _count_host_reads(monkeypatch)
+    reads = []
+    for t, reference in zip((1, 6), expected, strict=True):
+        counter["reads"] = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = slot_gradients(
+                model, images, torch.arange(t).repeat(4, 1), 8, _steps_rows(8), options=options
+            )
+        reads.append(counter["reads"])
+        torch.testing.assert_close(maps, reference, rtol=0, atol=0)
+    # 4 images x 8 rows, 16 rows per pass: 2 passes; 1 read per chunk plan, 1 per fp16 pass
+    assert reads[0] == reads[1] <= 1 + 2 + (2 if autocast else 0)
+
+
+def _steps_rows(n: int) -> Any:
+    def rows(chunk: torch.Tensor, index: torch.Tensor, samples: slice) -> torch.Tensor:
+        count = samples.stop - samples.start
+        scaled = chunk[:, None] * torch.linspace(0.1, 1.0, n)[samples].view(1, -1, 1, 1, 1)
+        return scaled.reshape(chunk.shape[0] * count, *chunk.shape[1:])
+
+    return rows
+
+
+def test_a_memory_budget_is_measured_once_per_model_and_gives_the_same_maps() -> None:
+    model = _tiny_model()
+    images = torch.rand(3, 1, 16, 16)
+    targets = torch.tensor([[0, 2], [1, -1], [3, 4]])
+    per_row = engine.activation_bytes_per_row(model, images[:1])
+    budget_mb = 5 * 3 * per_row / 2**20  # room for 5 rows (x3 for gradients and slack)
+    options = EngineOptions(max_rows=None, memory_budget_mb=budget_mb)
+    forwards = {"n": 0}
+    model.register_forward_pre_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
+    assert engine.rows_per_chunk(model, images[:1], options) == 5
+    budgeted = [
+        slot_gradients(model, images, targets, 4, _steps_rows(4), options=options) for _ in range(2)
+    ]
+    # the activation measurement (one 1-row forward) is made once, then 3 images x 4 rows
+    # at 5 rows per pass (1 image each) are 3 passes per call
+    assert forwards["n"] == 1 + 3 + 3
+    by_rows = slot_gradients(
+        model, images, targets, 4, _steps_rows(4), options=EngineOptions(max_rows=4)
+    )
+    torch.testing.assert_close(budgeted[0], by_rows)
+    torch.testing.assert_close(budgeted[1], by_rows)

@@ -92,10 +92,25 @@ def activation_bytes_per_row(model: nn.Module, row: torch.Tensor) -> int:
     return total + row[:1].numel() * row.element_size()
 
 
+_ROW_BYTES = "_doll_activation_bytes_per_row"
+
+
+def cached_activation_bytes_per_row(model: nn.Module, row: torch.Tensor) -> int:
+    """:func:`activation_bytes_per_row`, measured once per model and row shape and dtype
+    (kept in the model's ``__dict__``), so that every batch does not pay an extra
+    forward pass with a hook on every module."""
+    cache: dict[tuple[object, ...], int] = model.__dict__.setdefault(_ROW_BYTES, {})
+    key = (tuple(row.shape[1:]), row.dtype)
+    if key not in cache:
+        cache[key] = activation_bytes_per_row(model, row)
+    return cache[key]
+
+
 def rows_per_chunk(model: nn.Module, example: torch.Tensor, options: EngineOptions) -> int:
     """The number of rows per forward pass that ``options`` allows."""
     if options.memory_budget_mb is not None:
-        per_row = 3 * activation_bytes_per_row(model, example)  # activations, grads, slack
+        # activations, gradients, slack
+        per_row = 3 * cached_activation_bytes_per_row(model, example)
         return max(1, int(options.memory_budget_mb * 2**20 // max(per_row, 1)))
     return max(1, int(options.max_rows or 64))
 
@@ -132,13 +147,19 @@ def slot_gradients(
     scale = FP16_GRADIENT_SCALE if options.autocast == "fp16" else 1.0
     batch, slots = targets.shape
     result = torch.zeros(batch, slots, *images.shape[1:], dtype=torch.float32, device=images.device)
-    if batch == 0 or slots == 0 or not (targets >= 0).any():
+    # the chunk plan is made on the host from one copy of the (small) targets, so that the
+    # passes below are queued without waiting on the GPU (a host read of a CUDA tensor
+    # waits for every pass queued before it)
+    host_targets = targets.detach().cpu()
+    if batch == 0 or slots == 0 or not bool((host_targets >= 0).any()):
         return result
     weights = (sample_weights if sample_weights is not None else torch.ones(n_samples)).to(
         images.device, torch.float32
     )
-    counts = (targets >= 0).sum(dim=1)
-    order = torch.argsort(counts, descending=True, stable=True)
+    # images with most targets first; the same stable sort on the host and on the device
+    # gives the same order, so a chunk's images are indexed without a host-to-device copy
+    host_order = torch.argsort((host_targets >= 0).sum(dim=1), descending=True, stable=True)
+    order = torch.argsort((targets >= 0).sum(dim=1), descending=True, stable=True)
     with frozen_eval(model):
         limit = rows_per_chunk(model, images[:1], options)
         images_per_chunk = max(1, limit // n_samples)
@@ -146,11 +167,12 @@ def slot_gradients(
         # compiled code is specialised on shapes: pad every pass to one row count
         fixed_rows = images_per_chunk * samples_per_chunk if options.compile else 0
         for start in range(0, batch, images_per_chunk):
-            index = order[start : start + images_per_chunk]
-            chunk_targets = targets[index]
-            live = [j for j in range(slots) if bool((chunk_targets[:, j] >= 0).any())]
+            host_index = host_order[start : start + images_per_chunk]
+            live = (host_targets[host_index] >= 0).any(dim=0).nonzero().flatten().tolist()
             if not live:
                 continue
+            index = order[start : start + images_per_chunk]
+            chunk_targets = targets[index]
             for s0 in range(0, n_samples, samples_per_chunk):
                 samples = slice(s0, min(n_samples, s0 + samples_per_chunk))
                 per_image = samples.stop - samples.start
@@ -179,26 +201,35 @@ def slot_gradients(
                     """The weighted per-image gradient sums of every live slot."""
                     with torch.enable_grad(), _autocast(images.device, options.autocast):
                         logits = forward(rows).float()
-                    sums = []
-                    for position, j in enumerate(live):
+                    objectives = []
+                    for j in live:
                         wanted = row_targets[:, j] >= 0
                         picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
-                        last = position == len(live) - 1
-                        objective = (picked * wanted).sum()
-                        (grad,) = torch.autograd.grad(
-                            objective * scale, rows, retain_graph=not last or scale != 1.0
-                        )
-                        if scale != 1.0:
-                            if not bool(torch.isfinite(grad).all()):  # overflow: unscaled
-                                (grad,) = torch.autograd.grad(
-                                    objective, rows, retain_graph=not last
-                                )
-                            else:
-                                grad = grad / scale
+                        objectives.append((picked * wanted).sum())
+
+                    def summed(grad: torch.Tensor) -> torch.Tensor:
                         grad = grad[:used].float()
                         if transform is not None:
                             grad = transform(grad)
-                        sums.append((grad * w).view(chunk, per_image, *grad.shape[1:]).sum(1))
+                        return (grad * w).view(chunk, per_image, *grad.shape[1:]).sum(1)
+
+                    sums, finite = [], []
+                    for position, objective in enumerate(objectives):
+                        # the scaled graph is kept to the end: an overflow is redone below
+                        keep = position < len(objectives) - 1 or scale != 1.0
+                        (grad,) = torch.autograd.grad(objective * scale, rows, retain_graph=keep)
+                        if scale != 1.0:
+                            finite.append(torch.isfinite(grad).all())
+                            grad = grad / scale
+                        sums.append(summed(grad))
+                    # one host read per pass (not per slot): did any fp16 gradient overflow?
+                    if finite and not bool(torch.stack(finite).all()):
+                        redo = [p for p, ok in enumerate(torch.stack(finite).tolist()) if not ok]
+                        for count, position in enumerate(redo):  # unscaled fp16 gradients
+                            (grad,) = torch.autograd.grad(
+                                objectives[position], rows, retain_graph=count < len(redo) - 1
+                            )
+                            sums[position] = summed(grad)
                     return sums
 
                 if isinstance(forward, CompiledModule):
@@ -206,7 +237,7 @@ def slot_gradients(
                     sums = forward.guarded_backward(one_pass)
                 else:
                     sums = one_pass()
-                for j, summed in zip(live, sums, strict=True):
-                    result[index, j] += summed
+                for j, summed_slot in zip(live, sums, strict=True):
+                    result[index, j] += summed_slot
     result *= (targets >= 0).view(batch, slots, *([1] * (images.dim() - 1)))
     return result
