@@ -101,3 +101,28 @@ def test_bench_compiled_engine_vs_eager(benchmark: Any) -> None:
         f"\ncompiled {benchmark.stats.stats.min:.3f} s, eager {min(eager_seconds):.3f} s: "
         f"{ratio:.2f}x, compile {report['compile_seconds']} s, relative error {error:.1e}"
     )
+
+
+@pytest.mark.parametrize("targets_per_image", [1, 14])
+def test_bench_engine_host_overhead(benchmark: Any, targets_per_image: int) -> None:
+    """The engine's own host work, with a model that costs next to nothing (one linear
+    layer on 8x8 images): IG at 50 steps, batch 8, 100 rows per pass (4 passes, one backward
+    pass per target slot). What remains is the engine's Python and the small tensor ops
+    around each pass; on a GPU it is the floor under the per-image cost (docs/gpu.md)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, TARGETS)).eval()
+    images = torch.rand(8, 1, 8, 8)
+    targets = torch.full((8, TARGETS), -1)
+    targets[:, :targets_per_image] = torch.arange(targets_per_image)
+    explainer = get_registry().create(
+        "explainer", "integrated_gradients", n_steps=50, max_rows=100, completeness=False
+    )
+    benchmark.pedantic(
+        lambda: explainer.attribute(model, images, targets),
+        rounds=20,
+        iterations=1,
+        warmup_rounds=2,
+    )
+    per_image_ms = benchmark.stats.stats.median / 8 * 1e3
+    benchmark.extra_info["median_ms_per_image"] = round(per_image_ms, 3)
+    print(f"\n{targets_per_image} targets: {per_image_ms:.3f} ms per image of host work")
