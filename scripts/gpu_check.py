@@ -1,17 +1,24 @@
 """The GPU check: engine vs captum on DenseNet-121, then a shortened gpu_scale run.
 
-Made to run inside one device call of at most 9 minutes (see docs/gpu.md):
+Made for a device session of 15 minutes (see docs/gpu.md). Part 1 is estimated at 6 to 8
+minutes on an H100 since the strict fp32 pair and the overhead diagnosis joined it, so
+the two parts go in two calls on the same warm machine:
 
-    python scripts/gpu_check.py --out $OUT            # on the GPU machine
-    python scripts/gpu_check.py --out /tmp/x --smoke  # on a CPU: tiny sizes, same code
+    python scripts/gpu_check.py --out $OUT --skip-run   # call 1 (timeout 590 s)
+    python scripts/gpu_check.py --out $OUT --run-only   # call 2, within 30 s of call 1
+    python scripts/gpu_check.py --out /tmp/x --smoke    # on a CPU: tiny sizes, same code
 
 Part 1, Integrated Gradients over 14 targets, DenseNet-121 (1 channel, random weights),
 224², batch 8, 50 Gauss-Legendre steps, zero baseline: captum's per-target loop (one
-``attribute`` call per target slot, the whole batch in one internal batch), then DoLL's
-engine in fp32 eager, fp32 compiled and fp16 compiled; images/s, the ratio to captum,
-the relative error against captum (max |difference| / max |captum|) and peak GPU memory.
-Then the compiled engine's rate for 1, 2, 4 and 14 targets per image at 50 and 16 steps,
-from which the CheXpert-scale projection is computed.
+``attribute`` call per target slot, the whole batch in one internal batch), with PyTorch's
+default TF32 convolutions and in strict fp32 (TF32 off, the accuracy reference); then
+DoLL's engine in fp32 eager and fp32 compiled (each also in strict fp32, timed against
+strict captum) and fp16 compiled; images/s, the ratio to captum at the same precision,
+the relative error against that captum (max |difference| / max |captum|) and against
+strict fp32 (max-abs and L2), and peak GPU memory. Then the fastest variant's rate for 1,
+2, 4 and 14 targets per image at 50 and 25 steps, from which the CheXpert-scale
+projection is computed, and where one call's time goes (GPU busy time against wall time,
+host syncs, the top kernels, one forward pass alone).
 
 Part 2, ``doll run experiments/gpu_scale.toml`` shortened with ``--set`` (fewer images,
 fewer epochs, one seed); per-stage images/s from the run's own records.
@@ -23,6 +30,7 @@ and ``log.txt``); a short table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,6 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +126,35 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def engine_vs_captum(device: torch.device, smoke: bool, log: Any) -> dict[str, Any]:
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """TF32 off for cuDNN convolutions and matmuls for the duration (PyTorch's default
+    allows TF32 convolutions on Ampere and later GPUs)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+#: part 1's engine variants: (name, autocast, compile, strict fp32). The strict compiled
+#: variant follows the TF32 one without a fresh compile: its first call shows whether torch
+#: recompiles for the TF32 switch. ``engine_fp16_eager`` runs only with --all-variants.
+VARIANTS = (
+    ("engine_fp32_eager", None, False, False),
+    ("engine_fp32_eager_strict", None, False, True),
+    ("engine_fp32_compiled", None, True, False),
+    ("engine_fp32_compiled_strict", None, True, True),
+    ("engine_fp16_compiled", "fp16", True, False),
+    ("engine_fp16_eager", "fp16", False, False),
+)
+
+
+def engine_vs_captum(
+    device: torch.device, smoke: bool, log: Any, all_variants: bool = False
+) -> dict[str, Any]:
     """Part 1 (see the module docstring)."""
     from captum.attr import IntegratedGradients
 
@@ -158,70 +196,81 @@ def engine_vs_captum(device: torch.device, smoke: bool, log: Any) -> dict[str, A
         ]
         return torch.stack(maps, dim=1)
 
-    def record(name: str, seconds: list[float], maps: torch.Tensor, extra: dict[str, Any]) -> None:
+    def record(
+        name: str, seconds: list[float], maps: torch.Tensor, strict: bool, extra: dict[str, Any]
+    ) -> None:
+        """A variant's rate, its ratio to captum at the same precision (TF32 or strict),
+        its error against that captum and against strict fp32 (max-abs and L2)."""
         best = statistics.median(seconds)
+        baseline_seconds, baseline_maps = captum_strict if strict else captum_tf32
         entry = {
+            "strict_fp32": strict,
             "seconds_per_batch": round(best, 4),
             "images_per_second": round(batch / best, 3),
-            "relative_error_vs_captum": relative_error(maps, reference)
-            if name != "captum"
-            else 0.0,
+            "speedup_vs_captum": round(baseline_seconds / best, 2),
+            "relative_error_vs_captum": relative_error(maps, baseline_maps),
+            "errors_vs_strict_fp32": errors_against(maps, captum_strict[1]),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if device.type == "cuda"
             else None,
             **extra,
         }
-        entry["speedup_vs_captum"] = round(captum_seconds / best, 2)
         result["variants"][name] = entry
         log(f"  {name}: {entry}")
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    reference, seconds = timed(captum_loop, repeats)
-    captum_seconds = statistics.median(seconds)
-    record("captum", seconds, reference, {})
+    def reset_peak() -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
-    def engine(autocast: str | None, compile: bool) -> tuple[Any, Any]:
-        explainer = integrated_gradients(steps, rows, autocast, compile, device.type == "cuda")
-        return explainer, lambda: explainer.attribute(model, images, targets)
+    reset_peak()
+    maps, seconds = timed(captum_loop, repeats)
+    captum_tf32 = (statistics.median(seconds), maps)
+    reset_peak()
+    with strict_fp32():  # the reference: captum in strict fp32, timed too (fewer repeats)
+        maps, seconds_strict = timed(captum_loop, 1)
+    captum_strict = (statistics.median(seconds_strict), maps)
+    record("captum", seconds, captum_tf32[1], False, {})
+    record("captum_strict", seconds_strict, captum_strict[1], True, {})
 
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    for name, autocast, compile in (
-        ("engine_fp32_eager", None, False),
-        ("engine_fp16_eager", "fp16", False),
-        ("engine_fp32_compiled", None, True),
-        ("engine_fp16_compiled", "fp16", True),
-    ):
+    for name, autocast, compile, strict in VARIANTS:
+        if name == "engine_fp16_eager" and not all_variants:
+            continue
         try:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            if compile:  # a fresh compile per variant, timed on its own
+            reset_peak()
+            if compile and not strict:  # a fresh compile per variant, timed on its own
                 torch._dynamo.reset()
                 forget(model)
-            explainer, call = engine(autocast, compile)
-            started = time.perf_counter()
-            call()
-            synchronize()
-            first_call = time.perf_counter() - started
-            maps, seconds = timed(call, repeats)
+            explainer = integrated_gradients(steps, rows, autocast, compile, device.type == "cuda")
+
+            def call(e: Any = explainer) -> torch.Tensor:
+                return e.attribute(model, images, targets)
+
+            with strict_fp32() if strict else contextlib.nullcontext():
+                started = time.perf_counter()
+                call()
+                synchronize()
+                first_call = time.perf_counter() - started
+                maps, seconds = timed(call, 1 if strict else repeats)
             record(
                 name,
                 seconds,
                 maps,
+                strict,
                 {"first_call_seconds": round(first_call, 2), **explainer.performance_report()},
             )
         except Exception as exc:  # keep going: report what failed
             result["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             log(f"  {name} failed: {exc}")
 
-    # the compiled engine's rate by targets per image and steps (for the projection)
+    # the fastest engine variant's rate by targets per image and steps (for the projection)
     sweep = []
     best_variant = max(
         (
             n
-            for n in result["variants"]
-            if n.startswith("engine") and "error" not in result["variants"][n]
+            for n, entry in result["variants"].items()
+            if n.startswith("engine") and "error" not in entry and not entry["strict_fp32"]
         ),
         key=lambda n: result["variants"][n]["images_per_second"],
         default=None,
@@ -250,9 +299,119 @@ def engine_vs_captum(device: torch.device, smoke: bool, log: Any) -> dict[str, A
                     {"n_steps": n_steps, "targets": count, "images_per_second": round(rate, 2)}
                 )
                 log(f"  sweep {best_variant} steps {n_steps} targets {count}: {rate:.2f} images/s")
+        try:
+            result["overhead"] = overhead_diagnosis(
+                model,
+                images,
+                targets,
+                integrated_gradients(steps, rows, autocast, compile, device.type == "cuda"),
+                rows,
+                autocast,
+                repeats,
+                log,
+            )
+        except Exception as exc:
+            result["overhead"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            log(f"  overhead diagnosis failed: {exc}")
     result["sweep_variant"] = best_variant
     result["sweep"] = sweep
     return result
+
+
+def overhead_diagnosis(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    explainer: Any,
+    rows: int,
+    autocast: str | None,
+    repeats: int,
+    log: Any,
+) -> dict[str, Any]:
+    """Where a call's time goes, for 1 and all targets per image, with the sweep's
+    variant: the wall time; the GPU's busy time (the sum of kernel times in a profile of
+    one call) and so the share the GPU waits on the host; the host syncs the call makes
+    (``torch.cuda.set_sync_debug_mode``); the kernels that take the most GPU time; and the
+    time of one forward pass of ``rows`` rows alone (inputs requiring grad, as the engine
+    runs it), against which the per-target backward cost is read."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from doll_core.attribution.engine import _autocast
+    from doll_core.compiling import compiled
+
+    cuda = images.is_cuda
+    forward = compiled(model) if explainer.options.compile else model
+    row_batch = images[:1].repeat(rows, 1, 1, 1)
+    if explainer.options.channels_last:
+        row_batch = row_batch.contiguous(memory_format=torch.channels_last)
+    row_batch.requires_grad_(True)
+
+    def forward_only() -> torch.Tensor:
+        with torch.enable_grad(), _autocast(images.device, autocast):
+            return forward(row_batch).float()
+
+    _, forward_seconds = timed(forward_only, repeats)
+    report: dict[str, Any] = {
+        "forward_pass_seconds": round(statistics.median(forward_seconds), 5),
+        "rows_per_pass": rows,
+        "by_targets": {},
+    }
+    for count in (1, targets.shape[1]):
+        chosen = torch.full_like(targets, -1)
+        chosen[:, :count] = targets[:, :count]
+        call = lambda c=chosen: explainer.attribute(model, images, c)  # noqa: E731
+        call()  # warm
+        synchronize()
+        syncs = None
+        if cuda:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    call()
+                    synchronize()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as profiled:
+            started = time.perf_counter()
+            call()
+            synchronize()
+            wall = time.perf_counter() - started
+        events = profiled.key_averages()
+
+        def on_device(event: Any) -> bool:
+            """A kernel or copy on the GPU (not a host op, nor a user range)."""
+            kind = getattr(event, "device_type", DeviceType.CPU)
+            return kind != DeviceType.CPU and not getattr(event, "is_user_annotation", False)
+
+        def device_us(event: Any) -> float:
+            for name in ("self_device_time_total", "self_cuda_time_total"):
+                if hasattr(event, name):
+                    return float(getattr(event, name))
+            return 0.0
+
+        kernels = [e for e in events if on_device(e)]
+        busy = sum(device_us(e) for e in kernels) / 1e6
+        top = sorted(kernels, key=device_us, reverse=True)[:8]
+        entry = {
+            "wall_seconds_profiled": round(wall, 4),
+            "gpu_busy_seconds": round(busy, 4),
+            "gpu_busy_fraction": round(busy / wall, 3) if cuda and wall > 0 else None,
+            "host_syncs": syncs,
+            "top_kernels": [
+                {"name": e.key[:120], "seconds": round(device_us(e) / 1e6, 4), "calls": e.count}
+                for e in top
+            ],
+        }
+        report["by_targets"][str(count)] = entry
+        log(
+            f"  overhead, {count} targets: wall {wall:.3f} s, GPU busy {busy:.3f} s, "
+            f"{syncs} host syncs, forward pass alone {report['forward_pass_seconds']:.4f} s"
+        )
+    return report
 
 
 def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any]:
@@ -389,10 +548,14 @@ def stage_rates(run: Path) -> dict[str, Any]:
     return rates
 
 
-def gpu_scale_run(out: Path, smoke: bool, seconds_left: float, log: Any) -> dict[str, Any]:
-    """Part 2: the shortened gpu_scale run, as a subprocess with a deadline."""
+def gpu_scale_run(
+    out: Path, smoke: bool, seconds_left: float, log: Any, run: Path
+) -> dict[str, Any]:
+    """Part 2: the shortened gpu_scale run in the folder ``run``, as a subprocess with a
+    deadline."""
     repo = Path(__file__).resolve().parents[1]
-    run = Path("/tmp/gpu-scale-run")
+    if run.exists() and any(run.iterdir()) and not (run / "experiment.json").is_file():
+        return {"error": f"--run-dir {run} holds files but no doll run: not emptied"}
     shutil.rmtree(run, ignore_errors=True)  # a rerun on the same machine starts afresh
     # sized from the 2026-11-27 H200 runs: part 1 takes about 330 s, and 600 images with
     # one epoch per stage leave the whole script inside a 9-minute call
@@ -483,9 +646,22 @@ def main() -> int:
     parser.add_argument(
         "--budget-seconds", type=float, default=510.0, help="part 2 stops at this total"
     )
-    parser.add_argument("--skip-run", action="store_true", help="part 1 only")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--skip-run", action="store_true", help="part 1 only")
+    parts.add_argument(
+        "--run-only", action="store_true", help="part 2 only (a second call after --skip-run)"
+    )
+    parts.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="only the errors against strict fp32 (part 1 measures them too)",
+    )
+    parser.add_argument("--all-variants", action="store_true", help="part 1 also times fp16 eager")
     parser.add_argument(
-        "--accuracy-only", action="store_true", help="only the errors against strict fp32"
+        "--run-dir",
+        type=Path,
+        default=Path("/tmp/gpu-scale-run"),
+        help="part 2's run folder, emptied first (keep it out of --out: only 8 files return)",
     )
     args = parser.parse_args()
     started = time.perf_counter()
@@ -509,17 +685,20 @@ def main() -> int:
         save()
         print(json.dumps(report["accuracy"], indent=1))
         return 0
-    log("part 1: engine vs captum")
-    try:
-        report["engine_vs_captum"] = engine_vs_captum(device, args.smoke, log)
-    except Exception as exc:
-        report["engine_vs_captum"] = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"part 1 failed: {exc}")
-    report["part1_seconds"] = round(time.perf_counter() - started, 1)
-    save()
+    if not args.run_only:
+        log("part 1: engine vs captum")
+        try:
+            report["engine_vs_captum"] = engine_vs_captum(
+                device, args.smoke, log, all_variants=args.all_variants
+            )
+        except Exception as exc:
+            report["engine_vs_captum"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"part 1 failed: {exc}")
+        report["part1_seconds"] = round(time.perf_counter() - started, 1)
+        save()
     if not args.skip_run:
         left = args.budget_seconds - (time.perf_counter() - started)
-        report["gpu_scale"] = gpu_scale_run(args.out, args.smoke, left, log)
+        report["gpu_scale"] = gpu_scale_run(args.out, args.smoke, left, log, args.run_dir)
         save()
     sweep = report.get("engine_vs_captum", {}).get("sweep", [])
     measured = report.get("gpu_scale", {}).get("mean_targets_per_image")
@@ -535,12 +714,20 @@ def main() -> int:
             print(f"{name:24s} ERROR {entry['error'][:120]}")
             continue
         compile_info = entry.get("compile") or {}
+        strict_errors = entry["errors_vs_strict_fp32"]
         print(
-            f"{name:24s} {entry['images_per_second']:9.2f} img/s"
+            f"{name:28s} {entry['images_per_second']:9.2f} img/s"
             f"  x{entry['speedup_vs_captum']:5.2f}"
-            f"  rel.err {entry['relative_error_vs_captum']:.1e}"
-            f"  autocast err {entry.get('autocast_relative_error_max') or 0:.1e}"
+            f"  err vs captum {entry['relative_error_vs_captum']:.1e}"
+            f"  vs strict max {strict_errors['max_abs']:.1e} L2 {strict_errors['l2']:.1e}"
             f"  compile {compile_info.get('compile_seconds')}s  mem {entry['peak_memory_gib']} GiB"
+        )
+    overhead = report.get("engine_vs_captum", {}).get("overhead", {})
+    for count, entry in overhead.get("by_targets", {}).items():
+        print(
+            f"overhead {count:>2s} targets: wall {entry['wall_seconds_profiled']} s, GPU busy "
+            f"{entry['gpu_busy_seconds']} s, {entry['host_syncs']} host syncs; forward pass "
+            f"alone {overhead.get('forward_pass_seconds')} s"
         )
     print("== projection (CheXpert train, 3 classifiers) ==")
     for row in report["projection"]:

@@ -1,0 +1,68 @@
+"""scripts/gpu_check.py, the prepared device check, runs whole on a CPU with tiny sizes
+(``--smoke``), so that the script a device session relies on does not rot between the
+sessions that are lent a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_whole_on_a_cpu_and_records_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--out",
+            str(out),
+            "--smoke",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    part1 = report["engine_vs_captum"]
+    variants = part1["variants"]
+    assert set(variants) == {
+        "captum",
+        "captum_strict",
+        "engine_fp32_eager",
+        "engine_fp32_eager_strict",
+        "engine_fp32_compiled",
+        "engine_fp32_compiled_strict",
+        "engine_fp16_compiled",
+    }
+    assert not [name for name, entry in variants.items() if "error" in entry]
+    for name in ("engine_fp32_eager", "engine_fp32_eager_strict", "engine_fp32_compiled"):
+        assert variants[name]["errors_vs_strict_fp32"]["max_abs"] < 1e-4  # captum's result
+    assert variants["engine_fp16_compiled"]["autocast_checks"] >= 1
+    assert {row["targets"] for row in part1["sweep"]} == {1, 2, 4, 14}
+    assert set(part1["overhead"]["by_targets"]) == {"1", "14"}
+    assert part1["overhead"]["forward_pass_seconds"] > 0
+    assert report["projection"] and all(
+        r["gpu_hours_3_classifiers"] > 0 for r in report["projection"]
+    )
+    scale = report["gpu_scale"]
+    assert "error" not in scale, scale
+    assert set(scale["stage_seconds"]) >= {
+        "phantom",
+        "classifier",
+        "explain",
+        "labels",
+        "pretrain",
+        "finetune",
+    }
+    assert scale["mean_targets_per_image"] > 0
