@@ -127,10 +127,14 @@ def test_autocast_error_is_measured_per_call_and_reported() -> None:
     assert len([w for w in caught if "relative error" in str(w.message)]) == 1  # once
     fp32 = doll_core.explain(model, images[:1], targets[:1], n_steps=4)
     expected = float((maps[:1] - fp32).abs().max() / fp32.abs().max())
+    expected_l2 = float((maps[:1] - fp32).norm() / fp32.norm())
     report = explainer.performance_report()
     assert report["autocast"] == "bf16" and report["autocast_checks"] == 2
     assert report["autocast_relative_error_max"] >= expected * 0.999
     assert explainer.autocast_errors[0] == pytest.approx(expected, rel=1e-5)
+    assert explainer.autocast_l2_errors[0] == pytest.approx(expected_l2, rel=1e-4)
+    assert report["autocast_relative_l2_max"] >= expected_l2 * 0.999 > 0
+    assert len(explainer.autocast_l2_errors) == 2
 
 
 def test_channels_last_rows_give_the_same_maps() -> None:

@@ -27,7 +27,9 @@ class _EngineExplainer:
     (eagerly) and the relative error (max |difference| / max |fp32 map|) is stored in
     ``autocast_error`` (the last call) and ``autocast_errors`` (every call), reported in a
     warning on the first call and in :meth:`performance_report`, so that a
-    reduced-precision result never goes unqualified. With ``compile``, the compile time and
+    reduced-precision result never goes unqualified. The relative L2 error
+    (||difference|| / ||fp32 map||, less sensitive to a single pixel) is kept alongside in
+    ``autocast_l2_errors``. With ``compile``, the compile time and
     any fallback to eager are in :meth:`performance_report` too.
     """
 
@@ -59,6 +61,8 @@ class _EngineExplainer:
         #: the relative error of the last check, and of every check (all models together)
         self.autocast_error: float | None = None
         self.autocast_errors: list[float] = []
+        #: the relative L2 error of every check
+        self.autocast_l2_errors: list[float] = []
         #: per model explained (by id): the model and its number of calls. Label generation
         #: calls one explainer for several classifiers in turn, so the every-N-th-call
         #: check and the compile report are kept per model
@@ -66,13 +70,15 @@ class _EngineExplainer:
 
     def performance_report(self) -> dict[str, Any]:
         """How the maps were computed, for a run's metrics: autocast mode and its measured
-        error against fp32 (max and mean over checks), compile time or fallback of each
-        model explained, channels_last."""
-        errors = self.autocast_errors
+        error against fp32 (max and mean over checks, max-abs and L2), compile time or
+        fallback of each model explained, channels_last."""
+        errors, l2_errors = self.autocast_errors, self.autocast_l2_errors
         report: dict[str, Any] = {
             "autocast": self.options.autocast,
             "autocast_relative_error_max": max(errors) if errors else None,
             "autocast_relative_error_mean": sum(errors) / len(errors) if errors else None,
+            "autocast_relative_l2_max": max(l2_errors) if l2_errors else None,
+            "autocast_relative_l2_mean": sum(l2_errors) / len(l2_errors) if l2_errors else None,
             "autocast_checks": len(errors),
             "channels_last": self.options.channels_last,
             "compile": None,
@@ -104,10 +110,13 @@ class _EngineExplainer:
             picked = slice(first, first + 1)
             full = dataclasses.replace(self.options, autocast=None, compile=False)
             reference = self._maps(model, images[picked], targets[picked], full)
+            difference = maps[picked].double() - reference.double()
             scale = float(reference.abs().max())
-            error = float((maps[picked] - reference).abs().max()) / scale if scale > 0 else 0.0
+            error = float(difference.abs().max()) / scale if scale > 0 else 0.0
+            norm = float(reference.double().norm())
             self.autocast_error = error
             self.autocast_errors.append(error)
+            self.autocast_l2_errors.append(float(difference.norm()) / norm if norm > 0 else 0.0)
             if len(self.autocast_errors) == 1:
                 warnings.warn(
                     f"{type(self).__name__} with {self.options.autocast} autocast: relative "
