@@ -421,3 +421,43 @@ def test_a_memory_budget_is_measured_once_per_model_and_gives_the_same_maps() ->
     )
     torch.testing.assert_close(budgeted[0], by_rows)
     torch.testing.assert_close(budgeted[1], by_rows)
+
+
+def test_compiled_passes_have_one_shape_for_any_batch_and_step_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``compile``, every pass is padded to ``max_rows`` rows, so one compiled graph
+    serves every batch size and step count (a new shape would compile again, for about a
+    minute on a GPU)."""
+    model = _tiny_model()
+    shapes: set[tuple[int, ...]] = set()
+
+    def recording(module: nn.Module) -> Any:
+        def forward(rows: torch.Tensor) -> torch.Tensor:
+            shapes.add(tuple(rows.shape))
+            return module(rows)
+
+        return forward
+
+    monkeypatch.setattr(engine, "compiled", recording)
+    images = torch.rand(5, 1, 16, 16)
+    targets = torch.tensor([[0, 3], [1, -1], [2, 5], [4, -1], [6, 8]])
+    for n_steps, batch in ((4, 5), (5, 5), (3, 2), (16, 1)):
+        padded = slot_gradients(
+            model,
+            images[:batch],
+            targets[:batch],
+            n_steps,
+            _steps_rows(n_steps),
+            options=EngineOptions(max_rows=12, compile=True),
+        )
+        plain = slot_gradients(
+            model,
+            images[:batch],
+            targets[:batch],
+            n_steps,
+            _steps_rows(n_steps),
+            options=EngineOptions(max_rows=12),
+        )
+        torch.testing.assert_close(padded, plain)
+    assert shapes == {(12, 1, 16, 16)}

@@ -10,8 +10,8 @@ their number of targets so that chunks of few-target images need few backward pa
 Chunks are sized by a row count or a memory budget.
 
 On a GPU three options speed the passes up (see :class:`EngineOptions`): ``compile``
-(``torch.compile``; chunks are then padded to one fixed row count, so the model compiles
-once), ``autocast="fp16"`` (with the gradient scaled by :data:`FP16_GRADIENT_SCALE` so that
+(``torch.compile``; every pass is then padded to the row limit, so the model compiles
+once, whatever the batch size or step count), ``autocast="fp16"`` (with the gradient scaled by :data:`FP16_GRADIENT_SCALE` so that
 small gradients do not underflow in half precision) and ``channels_last``.
 """
 
@@ -164,8 +164,9 @@ def slot_gradients(
         limit = rows_per_chunk(model, images[:1], options)
         images_per_chunk = max(1, limit // n_samples)
         samples_per_chunk = min(n_samples, limit)
-        # compiled code is specialised on shapes: pad every pass to one row count
-        fixed_rows = images_per_chunk * samples_per_chunk if options.compile else 0
+        # compiled code is specialised on shapes: pad every pass to the row limit, the same
+        # for every batch size and step count, so that a model compiles once
+        fixed_rows = limit if options.compile else 0
         for start in range(0, batch, images_per_chunk):
             host_index = host_order[start : start + images_per_chunk]
             live = (host_targets[host_index] >= 0).any(dim=0).nonzero().flatten().tolist()
