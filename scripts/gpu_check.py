@@ -16,8 +16,9 @@ DoLL's engine in fp32 eager and fp32 compiled (each also in strict fp32, timed a
 strict captum) and fp16 compiled; images/s, the ratio to captum at the same precision,
 the relative error against that captum (max |difference| / max |captum|) and against
 strict fp32 (max-abs and L2), and peak GPU memory. Then the fastest variant's rate for 1,
-2, 4 and 14 targets per image at 50 and 25 steps, from which the CheXpert-scale
-projection is computed, and where one call's time goes (GPU busy time against wall time,
+2, 4 and 14 targets per image at 50 and 25 steps (batch 8), and for 1 to 4 targets at
+gpu_scale.toml's 16 steps in batches of 64, from which the CheXpert-scale projection is
+computed, and where one call's time goes (GPU busy time against wall time,
 host syncs, the top kernels, one forward pass alone).
 
 Part 2, ``doll run experiments/gpu_scale.toml`` shortened with ``--set`` (fewer images,
@@ -278,27 +279,37 @@ def engine_vs_captum(
     if best_variant is not None:
         autocast = "fp16" if "fp16" in best_variant else None
         compile = "compiled" in best_variant
-        # the same rows per pass at both step counts (2 images x 50 steps, 4 x 25), so the
+        # the benchmark's batch at its step count and at half of it, then gpu_scale.toml's
+        # setting (16 steps, batches of 64); every pass is padded to the same rows, so the
         # compiled model is not compiled again
-        for n_steps in (steps, steps // 2):
+        plan = [
+            (steps, batch, (1, 2, 4, 14)),
+            (steps // 2, batch, (1, 2, 4, 14)),
+            (2 if smoke else 16, 8 if smoke else 64, (1, 2, 3, 4)),
+        ]
+        for n_steps, images_n, counts in plan:
             explainer = integrated_gradients(
                 n_steps, rows, autocast, compile, device.type == "cuda"
             )
-            for count in (1, 2, 4, 14):
-                chosen = torch.full_like(targets, -1)
-                chosen[:, :count] = targets[:, :count]
+            sweep_images = (
+                images if images_n == batch else torch.rand(images_n, 1, size, size, device=device)
+            )
+            all_targets = torch.arange(targets_n, device=device).repeat(images_n, 1)
+            for count in counts:
+                chosen = torch.full_like(all_targets, -1)
+                chosen[:, :count] = all_targets[:, :count]
+                point = {"n_steps": n_steps, "batch": images_n, "targets": count}
                 try:
                     _, seconds = timed(
-                        lambda e=explainer, c=chosen: e.attribute(model, images, c), repeats
+                        lambda e=explainer, x=sweep_images, c=chosen: e.attribute(model, x, c),
+                        repeats,
                     )
                 except Exception as exc:
-                    sweep.append({"n_steps": n_steps, "targets": count, "error": str(exc)[:300]})
+                    sweep.append({**point, "error": str(exc)[:300]})
                     continue
-                rate = batch / statistics.median(seconds)
-                sweep.append(
-                    {"n_steps": n_steps, "targets": count, "images_per_second": round(rate, 2)}
-                )
-                log(f"  sweep {best_variant} steps {n_steps} targets {count}: {rate:.2f} images/s")
+                rate = images_n / statistics.median(seconds)
+                sweep.append({**point, "images_per_second": round(rate, 2)})
+                log(f"  sweep {best_variant} {point}: {rate:.2f} images/s")
         try:
             result["overhead"] = overhead_diagnosis(
                 model,
@@ -465,20 +476,20 @@ def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any
     return {"reference": "captum's per-target loop with TF32 off (strict fp32)", **errors}
 
 
-def projection(
-    sweep: list[dict[str, Any]], mean_targets: list[float], derive_steps: int = 16
-) -> list[dict[str, Any]]:
-    """GPU-hours for CheXpert-scale labels (3 classifiers) from a fitted
-    ``seconds_per_image = a + b * targets`` per measured step count; rows for
-    ``derive_steps`` scale the fewest measured steps' fit by the step ratio (rows per image
-    are proportional to steps), marked ``derived``."""
+def projection(sweep: list[dict[str, Any]], mean_targets: list[float]) -> list[dict[str, Any]]:
+    """GPU-hours for CheXpert-scale labels (3 classifiers), from a linear fit of
+    ``seconds_per_image = a + b * targets`` to each measured (steps, batch) group of the
+    sweep, at each mean number of targets per image."""
     rows = []
-    measured = sorted({s["n_steps"] for s in sweep if "images_per_second" in s})
-    for n_steps in measured:
+    groups = sorted(
+        {(s["n_steps"], s.get("batch", 8)) for s in sweep if "images_per_second" in s},
+        key=lambda group: (-group[0], group[1]),
+    )
+    for n_steps, batch in groups:
         points = [
             (s["targets"], 1.0 / s["images_per_second"])
             for s in sweep
-            if s["n_steps"] == n_steps and "images_per_second" in s
+            if (s["n_steps"], s.get("batch", 8)) == (n_steps, batch) and "images_per_second" in s
         ]
         if len(points) < 2:
             continue
@@ -494,26 +505,14 @@ def projection(
             rows.append(
                 {
                     "n_steps": n_steps,
+                    "batch": batch,
                     "mean_targets": round(targets, 2),
                     "seconds_per_image": round(per_image, 5),
                     "images_per_second": round(1 / per_image, 1),
                     "gpu_hours_3_classifiers": round(hours, 2),
                     "fit": {"intercept": intercept, "per_target": slope},
-                    "derived": False,
                 }
             )
-            if n_steps == measured[0] and derive_steps < n_steps:
-                factor = derive_steps / n_steps
-                rows.append(
-                    {
-                        **rows[-1],
-                        "n_steps": derive_steps,
-                        "seconds_per_image": round(per_image * factor, 5),
-                        "images_per_second": round(1 / (per_image * factor), 1),
-                        "gpu_hours_3_classifiers": round(hours * factor, 2),
-                        "derived": f"from {n_steps} steps x {derive_steps}/{n_steps}",
-                    }
-                )
     return rows
 
 
@@ -732,9 +731,9 @@ def main() -> int:
     print("== projection (CheXpert train, 3 classifiers) ==")
     for row in report["projection"]:
         print(
-            f"steps {row['n_steps']:3d}  mean targets {row['mean_targets']:5.2f}  "
+            f"steps {row['n_steps']:3d}  batch {row['batch']:3d}  "
+            f"mean targets {row['mean_targets']:5.2f}  "
             f"{row['images_per_second']:8.1f} img/s  {row['gpu_hours_3_classifiers']:7.2f} GPU-h"
-            + ("  (derived)" if row["derived"] else "")
         )
     scale = report.get("gpu_scale", {})
     print("== gpu_scale (shortened) ==")

@@ -49,7 +49,10 @@ def test_the_gpu_check_runs_whole_on_a_cpu_and_records_every_part(tmp_path: Path
     for name in ("engine_fp32_eager", "engine_fp32_eager_strict", "engine_fp32_compiled"):
         assert variants[name]["errors_vs_strict_fp32"]["max_abs"] < 1e-4  # captum's result
     assert variants["engine_fp16_compiled"]["autocast_checks"] >= 1
-    assert {row["targets"] for row in part1["sweep"]} == {1, 2, 4, 14}
+    assert not [point for point in part1["sweep"] if "error" in point]
+    groups = {(point["n_steps"], point["batch"]) for point in part1["sweep"]}
+    assert groups == {(4, 2), (2, 2), (2, 8)}  # smoke sizes of (50, 8), (25, 8), (16, 64)
+    assert {(row["n_steps"], row["batch"]) for row in report["projection"]} == groups
     assert set(part1["overhead"]["by_targets"]) == {"1", "14"}
     assert part1["overhead"]["forward_pass_seconds"] > 0
     assert report["projection"] and all(
