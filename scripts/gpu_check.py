@@ -56,11 +56,13 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed(function: Any, repeats: int) -> tuple[Any, list[float]]:
-    """Run ``function`` once to warm up, then ``repeats`` times; the last result and the
-    seconds of each timed run."""
-    result = function()
-    synchronize()
+def timed(function: Any, repeats: int, warm_up: bool = True) -> tuple[Any, list[float]]:
+    """Run ``function`` once to warm up (unless ``warm_up`` is False: the caller did), then
+    ``repeats`` times; the last result and the seconds of each timed run."""
+    if warm_up:
+        function()
+        synchronize()
+    result = None
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -253,7 +255,7 @@ def engine_vs_captum(
                 call()
                 synchronize()
                 first_call = time.perf_counter() - started
-                maps, seconds = timed(call, 1 if strict else repeats)
+                maps, seconds = timed(call, 1 if strict else repeats, warm_up=False)
             record(
                 name,
                 seconds,
