@@ -11,8 +11,9 @@ Chunks are sized by a row count or a memory budget.
 
 On a GPU three options speed the passes up (see :class:`EngineOptions`): ``compile``
 (``torch.compile``; every pass is then padded to the row limit, so the model compiles
-once, whatever the batch size or step count), ``autocast="fp16"`` (with the gradient scaled by :data:`FP16_GRADIENT_SCALE` so that
-small gradients do not underflow in half precision) and ``channels_last``.
+once, whatever the batch size or step count), ``autocast="fp16"`` (with the gradient
+scaled by :data:`FP16_GRADIENT_SCALE` so that small gradients do not underflow in half
+precision) and ``channels_last``.
 """
 
 from __future__ import annotations
