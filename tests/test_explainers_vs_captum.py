@@ -134,6 +134,24 @@ def test_completeness_is_reported_over_calls_and_falls_with_more_steps() -> None
     assert quiet.last_delta is None and quiet.performance_report()["completeness"] is None
 
 
+def test_completeness_every_measures_every_nth_call_per_model() -> None:
+    models = [_model(1), _model(1)]
+    images = torch.rand(2, 1, 16, 16)
+    plugin = doll_core.get_registry().create(
+        "explainer", "integrated_gradients", n_steps=4, completeness_every=3
+    )
+    measured = []
+    for call in range(7):
+        for m, model in enumerate(models):  # label generation's order: a, b, a, b, ...
+            plugin.last_delta = None
+            plugin.attribute(model, images, TARGETS[:2])
+            if plugin.last_delta is not None:
+                measured.append((call, m))
+    assert measured == [(c, m) for c in (0, 3, 6) for m in (0, 1)]
+    explained = int((TARGETS[:2] >= 0).sum())
+    assert plugin.performance_report()["completeness"]["maps"] == 6 * explained
+
+
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_saliency_and_input_x_gradient(in_channels: int) -> None:
     model = _model(in_channels)

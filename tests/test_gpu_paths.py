@@ -312,7 +312,7 @@ def test_speed_and_reporting_switches_do_not_change_a_store_hash(
 
     plain = config().content_hash()
     assert plain == config(compile=True, channels_last=True, completeness=False).content_hash()
-    assert plain == config(autocast_check_every=8).content_hash()
+    assert plain == config(autocast_check_every=8, completeness_every=8).content_hash()
     assert plain != config(autocast="fp16").content_hash()  # this one changes the maps
 
 
@@ -416,6 +416,11 @@ def test_a_memory_budget_is_measured_once_per_model_and_gives_the_same_maps() ->
     # the activation measurement (one 1-row forward) is made once, then 3 images x 4 rows
     # at 5 rows per pass (1 image each) are 3 passes per call
     assert forwards["n"] == 1 + 3 + 3
+    explainer = get_registry().create(
+        "explainer", "saliency", max_rows=None, memory_budget_mb=budget_mb
+    )
+    explainer.attribute(model, images, targets)
+    assert explainer.performance_report()["row_limit"] == 5
     by_rows = slot_gradients(
         model, images, targets, 4, _steps_rows(4), options=EngineOptions(max_rows=4)
     )
@@ -423,18 +428,18 @@ def test_a_memory_budget_is_measured_once_per_model_and_gives_the_same_maps() ->
     torch.testing.assert_close(budgeted[1], by_rows)
 
 
-def test_compiled_passes_have_one_shape_for_any_batch_and_step_count(
+def test_compiled_passes_have_one_shape_per_step_count_and_pad_rows_shares_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With ``compile``, every pass is padded to ``max_rows`` rows, so one compiled graph
-    serves every batch size and step count (a new shape would compile again, for about a
-    minute on a GPU)."""
+    """With ``compile``, every pass of one step count has the same rows, whatever the batch
+    size (a new shape would compile again, for about a minute on a GPU); ``pad_rows``
+    gives several step counts one shape."""
     model = _tiny_model()
-    shapes: set[tuple[int, ...]] = set()
+    shapes: list[tuple[int, ...]] = []
 
     def recording(module: nn.Module) -> Any:
         def forward(rows: torch.Tensor) -> torch.Tensor:
-            shapes.add(tuple(rows.shape))
+            shapes.append(tuple(rows.shape))
             return module(rows)
 
         return forward
@@ -442,14 +447,16 @@ def test_compiled_passes_have_one_shape_for_any_batch_and_step_count(
     monkeypatch.setattr(engine, "compiled", recording)
     images = torch.rand(5, 1, 16, 16)
     targets = torch.tensor([[0, 3], [1, -1], [2, 5], [4, -1], [6, 8]])
-    for n_steps, batch in ((4, 5), (5, 5), (3, 2), (16, 1)):
+
+    def run(n_steps: int, batch: int, pad_rows: int | None) -> set[tuple[int, ...]]:
+        shapes.clear()
         padded = slot_gradients(
             model,
             images[:batch],
             targets[:batch],
             n_steps,
             _steps_rows(n_steps),
-            options=EngineOptions(max_rows=12, compile=True),
+            options=EngineOptions(max_rows=12, compile=True, pad_rows=pad_rows),
         )
         plain = slot_gradients(
             model,
@@ -460,4 +467,9 @@ def test_compiled_passes_have_one_shape_for_any_batch_and_step_count(
             options=EngineOptions(max_rows=12),
         )
         torch.testing.assert_close(padded, plain)
-    assert shapes == {(12, 1, 16, 16)}
+        return {shape[:1] for shape in shapes}
+
+    # 5 steps: 2 images (10 rows) per pass, for 5, 3 and 1 images
+    assert run(5, 5, None) | run(5, 3, None) | run(5, 1, None) == {(10,)}
+    assert run(4, 5, None) == {(12,)}  # 3 images x 4 steps
+    assert run(5, 5, 12) | run(4, 2, 12) | run(16, 1, 12) == {(12,)}

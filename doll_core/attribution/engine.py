@@ -10,8 +10,8 @@ their number of targets so that chunks of few-target images need few backward pa
 Chunks are sized by a row count or a memory budget.
 
 On a GPU three options speed the passes up (see :class:`EngineOptions`): ``compile``
-(``torch.compile``; every pass is then padded to the row limit, so the model compiles
-once, whatever the batch size or step count), ``autocast="fp16"`` (with the gradient
+(``torch.compile``; every pass is then padded to one row count, so the model compiles
+once, whatever the batch size), ``autocast="fp16"`` (with the gradient
 scaled by :data:`FP16_GRADIENT_SCALE` so that small gradients do not underflow in half
 precision) and ``channels_last``.
 """
@@ -42,7 +42,9 @@ class EngineOptions:
     ``compile``: run the model through :func:`doll_core.compiling.compiled` (opt-in; its
     compile time is reported and a model that does not compile runs eagerly);
     ``channels_last``: rows in the channels-last memory format (give the model the same
-    format; pays on GPUs with tensor cores).
+    format; pays on GPUs with tensor cores); ``pad_rows``: with ``compile``, pad passes to
+    at least this many rows (default: a full chunk), so that runs at several step counts
+    share one compiled graph (benchmarks; the padding rows are wasted work).
     """
 
     max_rows: int | None = 64
@@ -50,6 +52,7 @@ class EngineOptions:
     autocast: str | None = None
     compile: bool = False
     channels_last: bool = False
+    pad_rows: int | None = None
 
 
 #: fp16 backward passes multiply the target logit by this and divide the gradient by it
@@ -148,26 +151,28 @@ def slot_gradients(
     scale = FP16_GRADIENT_SCALE if options.autocast == "fp16" else 1.0
     batch, slots = targets.shape
     result = torch.zeros(batch, slots, *images.shape[1:], dtype=torch.float32, device=images.device)
-    # the chunk plan is made on the host from one copy of the (small) targets, so that the
-    # passes below are queued without waiting on the GPU (a host read of a CUDA tensor
-    # waits for every pass queued before it)
-    host_targets = targets.detach().cpu()
-    if batch == 0 or slots == 0 or not bool((host_targets >= 0).any()):
-        return result
     weights = (sample_weights if sample_weights is not None else torch.ones(n_samples)).to(
         images.device, torch.float32
     )
-    # images with most targets first; the same stable sort on the host and on the device
-    # gives the same order, so a chunk's images are indexed without a host-to-device copy
-    host_order = torch.argsort((host_targets >= 0).sum(dim=1), descending=True, stable=True)
+    # images with most targets first. The chunk plan is made on the host, from one copy of
+    # the (small) targets and of the order, both taken here at the start of the call, so
+    # that the passes below are queued without waiting on the GPU (a host read of a CUDA
+    # tensor waits for every pass queued before it)
     order = torch.argsort((targets >= 0).sum(dim=1), descending=True, stable=True)
+    host_targets, host_order = targets.detach().cpu(), order.cpu()
+    if batch == 0 or slots == 0 or not bool((host_targets >= 0).any()):
+        return result
     with frozen_eval(model):
         limit = rows_per_chunk(model, images[:1], options)
         images_per_chunk = max(1, limit // n_samples)
         samples_per_chunk = min(n_samples, limit)
-        # compiled code is specialised on shapes: pad every pass to the row limit, the same
-        # for every batch size and step count, so that a model compiles once
-        fixed_rows = limit if options.compile else 0
+        # compiled code is specialised on shapes: every pass is padded to one row count (the
+        # same for every batch size), so that a model compiles once
+        fixed_rows = (
+            max(images_per_chunk * samples_per_chunk, options.pad_rows or 0)
+            if options.compile
+            else 0
+        )
         for start in range(0, batch, images_per_chunk):
             host_index = host_order[start : start + images_per_chunk]
             live = (host_targets[host_index] >= 0).any(dim=0).nonzero().flatten().tolist()

@@ -16,7 +16,9 @@ from doll_core.digests import sha256_of
 LABELS_VERSION = 2
 #: explainer parameters that change speed or reporting, not the maps (beyond rounding, as
 #: the device does): left out of a store's hash and of stage keys
-EXECUTION_PARAMS = frozenset({"compile", "channels_last", "autocast_check_every", "completeness"})
+EXECUTION_PARAMS = frozenset(
+    {"compile", "channels_last", "autocast_check_every", "completeness", "completeness_every"}
+)
 
 
 class LabelGenerationConfig(BaseModel):

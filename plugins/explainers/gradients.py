@@ -11,7 +11,7 @@ import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
-from doll_core.attribution.engine import EngineOptions, slot_gradients
+from doll_core.attribution.engine import EngineOptions, rows_per_chunk, slot_gradients
 from doll_core.compiling import compiled
 from doll_core.errors import DollError
 from doll_plugins.explainers.baselines import check_baseline, make_baseline
@@ -67,11 +67,14 @@ class _EngineExplainer:
         #: calls one explainer for several classifiers in turn, so the every-N-th-call
         #: check and the compile report are kept per model
         self._models: dict[int, tuple[nn.Module, int]] = {}
+        #: rows per forward pass at the last call (``max_rows``, or what the memory budget
+        #: allowed)
+        self.row_limit: int | None = None
 
     def performance_report(self) -> dict[str, Any]:
         """How the maps were computed, for a run's metrics: autocast mode and its measured
         error against fp32 (max and mean over checks, max-abs and L2), compile time or
-        fallback of each model explained, channels_last."""
+        fallback of each model explained, channels_last, rows per pass."""
         errors, l2_errors = self.autocast_errors, self.autocast_l2_errors
         report: dict[str, Any] = {
             "autocast": self.options.autocast,
@@ -81,6 +84,7 @@ class _EngineExplainer:
             "autocast_relative_l2_mean": sum(l2_errors) / len(l2_errors) if l2_errors else None,
             "autocast_checks": len(errors),
             "channels_last": self.options.channels_last,
+            "row_limit": self.row_limit,
             "compile": None,
         }
         if self.options.compile and self._models:
@@ -99,6 +103,8 @@ class _EngineExplainer:
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``."""
         _, calls = self._models.get(id(model), (model, 0))
         self._models[id(model)] = (model, calls + 1)
+        if len(images):
+            self.row_limit = rows_per_chunk(model, images[:1], self.options)
         maps = self._maps(model, images, targets, self.options)
         explained = torch.nonzero((targets >= 0).any(dim=1)).flatten()
         if (
@@ -145,6 +151,7 @@ class IntegratedGradients(_EngineExplainer):
         channels_last: bool = False,
         autocast_check_every: int = 1,
         completeness: bool = True,
+        completeness_every: int = 1,
     ) -> None:
         """:param n_steps: integration points. :param method: ``gausslegendre`` or a
         Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
@@ -155,7 +162,9 @@ class IntegratedGradients(_EngineExplainer):
         fallback). :param channels_last: channels-last rows (GPU).
         :param autocast_check_every: measure the autocast error on every N-th call.
         :param completeness: measure the completeness delta (two forward passes of the
-        batch) into ``last_delta`` and :meth:`performance_report`; off saves them."""
+        batch) into ``last_delta`` and :meth:`performance_report`; off saves them.
+        :param completeness_every: measure it on every N-th call (per model, the first
+        included) only."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
@@ -166,7 +175,10 @@ class IntegratedGradients(_EngineExplainer):
         super().__init__(
             max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
         )
+        if int(completeness_every) < 1:
+            raise DollError(f"completeness_every must be >= 1, got {completeness_every}")
         self.completeness = bool(completeness)
+        self.completeness_every = int(completeness_every)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
         self.last_delta: torch.Tensor | None = None
@@ -177,9 +189,10 @@ class IntegratedGradients(_EngineExplainer):
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """images ``[B, C, H, W]``, targets ``long [B, T]`` (-1 = none) -> ``[B, T, H, W]``;
-        records the completeness delta in ``last_delta``."""
+        records the completeness delta in ``last_delta`` (on the calls it is measured)."""
         maps = super().attribute(model, images, targets)
-        if not self.completeness:
+        _, calls = self._models[id(model)]
+        if not self.completeness or (calls - 1) % self.completeness_every:
             return maps
         baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
         self.last_delta, gain = self._delta(model, images, baseline, targets, maps)
