@@ -22,7 +22,8 @@ computed, and where one call's time goes (GPU busy time against wall time,
 host syncs, the top kernels, one forward pass alone).
 
 Part 2, ``doll run experiments/gpu_scale.toml`` shortened with ``--set`` (fewer images,
-fewer epochs, one seed); per-stage images/s from the run's own records.
+fewer epochs, one seed); per-stage images/s from the run's own records; then the fp16 and
+bf16 error against strict fp32 of the DenseNet-121 it trained (``autocast_error.py``).
 
 Everything is written to ``--out`` as ``gpu_check.json`` (and the run's ``results.json``
 and ``log.txt``); a short table is printed last.
@@ -683,7 +684,34 @@ def gpu_scale_run(
             "tail": (completed.stdout + completed.stderr)[-3000:],
             "overrides": overrides,
         }
-    return {"wall_seconds": round(wall, 1), "overrides": overrides, **stage_rates(run)}
+    result = {"wall_seconds": round(wall, 1), "overrides": overrides, **stage_rates(run)}
+    try:
+        trained = trained_autocast_error(run, smoke)
+        result["autocast_error_trained_densenet121"] = trained
+        log(f"  autocast error, trained DenseNet-121: {trained}")
+    except Exception as exc:
+        result["autocast_error_trained_densenet121"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return result
+
+
+def trained_autocast_error(run: Path, smoke: bool) -> dict[str, Any]:
+    """fp16 and bf16 IG maps against strict fp32 (and default TF32) for the DenseNet-121
+    that part 2 trained, on 8 of the phantom's validation images at its image size, 16
+    steps, all 14 targets (``scripts/autocast_error.py``): the benchmark's random weights
+    overstate the error (on the CPU, a trained ResNet-18 at 64² has a quarter of it)."""
+    from autocast_error import load_images, measure
+
+    from doll_core.checkpoint import load_classifier
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    (checkpoint,) = run.glob("stages/classifier-densenet121-*/best.pt")
+    (valid,) = run.glob("stages/phantom-*/phantom/CheXpert-v1.0-small/valid")
+    model, meta = load_classifier(checkpoint, device=device)
+    images = load_images(valid, meta.image_size, 8).to(device)
+    return {
+        "checkpoint": str(checkpoint.relative_to(run)),
+        **measure(model, images, n_steps=2 if smoke else 16),
+    }
 
 
 def main() -> int:

@@ -69,3 +69,6 @@ def test_the_gpu_check_runs_whole_on_a_cpu_and_records_every_part(tmp_path: Path
         "finetune",
     }
     assert scale["mean_targets_per_image"] > 0
+    trained = scale["autocast_error_trained_densenet121"]
+    assert "error" not in trained, trained
+    assert trained["images"] == 8 and 0 < trained["fp16"]["l2"] < 1
