@@ -72,3 +72,34 @@ def test_the_gpu_check_runs_whole_on_a_cpu_and_records_every_part(tmp_path: Path
     trained = scale["autocast_error_trained_densenet121"]
     assert "error" not in trained, trained
     assert trained["images"] == 8 and 0 < trained["fp16"]["l2"] < 1
+
+
+def test_the_autocast_error_script_compares_reduced_precision_with_fp32(tmp_path: Path) -> None:
+    out = tmp_path / "errors.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.with_name("autocast_error.py")),
+            "--backbone",
+            "tiny_cnn",
+            "--size",
+            "16",
+            "--count",
+            "3",
+            "--steps",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 3 and result["reference"].startswith("strict fp32")
+    for mode in ("fp16", "bf16"):
+        errors = result[mode]
+        assert 0 < errors["l2"] < 1 and 0 < errors["max_abs"] < 1
+    assert result["bf16"]["l2"] > result["fp16"]["l2"]  # 8 mantissa bits against 11
