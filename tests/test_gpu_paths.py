@@ -314,6 +314,8 @@ def test_speed_and_reporting_switches_do_not_change_a_store_hash(
     assert plain == config(compile=True, channels_last=True, completeness=False).content_hash()
     assert plain == config(autocast_check_every=8, completeness_every=8).content_hash()
     assert plain != config(autocast="fp16").content_hash()  # this one changes the maps
+    half = config(autocast="fp16").content_hash()
+    assert half != config(autocast="fp16", fp32_stem=True).content_hash()  # and this one
 
 
 def test_an_unreadable_image_in_a_worker_stops_with_one_clear_line(
@@ -473,3 +475,50 @@ def test_compiled_passes_have_one_shape_per_step_count_and_pad_rows_shares_it(
     assert run(5, 5, None) | run(5, 3, None) | run(5, 1, None) == {(10,)}
     assert run(4, 5, None) == {(12,)}  # 3 images x 4 steps
     assert run(5, 5, 12) | run(4, 2, 12) | run(16, 1, 12) == {(12,)}
+
+
+def test_the_fp32_stem_view_shares_the_model_and_runs_its_first_conv_in_fp32() -> None:
+    from doll_core.attribution.stem import FP32Module, fp32_stem_view, stem_name
+
+    model = _tiny_model()
+    keys = list(model.state_dict())
+    compiled_model = compiled(model)  # a cached compiled copy must not serve the view
+    view = fp32_stem_view(model)
+    name = stem_name(model)
+    assert name is not None and isinstance(view.get_submodule(name), FP32Module)
+    assert not isinstance(model.get_submodule(name), FP32Module)  # the model is untouched
+    assert list(model.state_dict()) == keys and fp32_stem_view(model) is view
+    assert compiled(view) is not compiled_model
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(view(x), model(x), rtol=0, atol=0)
+    with torch.no_grad():
+        model.get_submodule(name).weight.mul_(2.0)  # the view follows the model's weights
+    torch.testing.assert_close(view(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fp32_stem", [False, True])
+def test_fp32_stem_runs_the_engine_s_first_conv_in_fp32_under_autocast(fp32_stem: bool) -> None:
+    from doll_core.attribution.stem import stem_name
+
+    model = _tiny_model()
+    stem = model.get_submodule(stem_name(model) or "")
+    dtypes: set[torch.dtype] = set()
+    stem.register_forward_hook(lambda _m, _i, output: dtypes.add(output.dtype))
+    images = torch.rand(2, 1, 16, 16)
+    targets = torch.tensor([[0, 3], [1, -1]])
+    explainer = get_registry().create(
+        "explainer",
+        "integrated_gradients",
+        n_steps=4,
+        autocast="bf16",
+        fp32_stem=fp32_stem,
+        autocast_check_every=10**6,
+        completeness=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        maps = explainer.attribute(model, images, targets)
+    # the first call's fp32 check runs the plain model too: its passes are in float32
+    assert dtypes == ({torch.float32} if fp32_stem else {torch.bfloat16, torch.float32})
+    assert bool(torch.isfinite(maps).all())
+    assert explainer.performance_report()["fp32_stem"] is fp32_stem

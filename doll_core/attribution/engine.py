@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from doll_core.attribution.stem import fp32_stem_view
 from doll_core.compiling import CompiledModule, compiled
 
 #: ``make_rows(images_chunk [k, C, H, W], image_index [k], samples slice) -> rows [k*s, C, H, W]``
@@ -44,7 +45,10 @@ class EngineOptions:
     ``channels_last``: rows in the channels-last memory format (give the model the same
     format; pays on GPUs with tensor cores); ``pad_rows``: with ``compile``, pad passes to
     at least this many rows (default: a full chunk), so that runs at several step counts
-    share one compiled graph (benchmarks; the padding rows are wasted work).
+    share one compiled graph (benchmarks; the padding rows are wasted work);
+    ``fp32_stem``: under ``autocast``, run the model's first convolution in fp32 (see
+    :mod:`doll_core.attribution.stem`: most of the reduced-precision error of input
+    gradients comes from there).
     """
 
     max_rows: int | None = 64
@@ -53,6 +57,7 @@ class EngineOptions:
     compile: bool = False
     channels_last: bool = False
     pad_rows: int | None = None
+    fp32_stem: bool = False
 
 
 #: fp16 backward passes multiply the target logit by this and divide the gradient by it
@@ -147,7 +152,8 @@ def slot_gradients(
     :returns: float32 ``[B, T, C, H, W]``; zeros where the target is ``-1``.
     """
     options = options or EngineOptions()
-    forward: Callable[[torch.Tensor], torch.Tensor] = compiled(model) if options.compile else model
+    net = fp32_stem_view(model) if options.autocast and options.fp32_stem else model
+    forward: Callable[[torch.Tensor], torch.Tensor] = compiled(net) if options.compile else net
     scale = FP16_GRADIENT_SCALE if options.autocast == "fp16" else 1.0
     batch, slots = targets.shape
     result = torch.zeros(batch, slots, *images.shape[1:], dtype=torch.float32, device=images.device)
@@ -163,6 +169,8 @@ def slot_gradients(
     if batch == 0 or slots == 0 or not bool((host_targets >= 0).any()):
         return result
     with frozen_eval(model):
+        if net is not model:
+            net.eval()  # its own copies of the modules on the path to the stem
         limit = rows_per_chunk(model, images[:1], options)
         images_per_chunk = max(1, limit // n_samples)
         samples_per_chunk = min(n_samples, limit)

@@ -41,6 +41,7 @@ class _EngineExplainer:
         compile: bool,
         channels_last: bool,
         autocast_check_every: int,
+        fp32_stem: bool = False,
     ) -> None:
         """The engine options every engine explainer takes (see its own docstring)."""
         if autocast not in (None, "fp16", "bf16"):
@@ -56,6 +57,7 @@ class _EngineExplainer:
             autocast=autocast,
             compile=bool(compile),
             channels_last=bool(channels_last),
+            fp32_stem=bool(fp32_stem),
         )
         self.autocast_check_every = int(autocast_check_every)
         #: the relative error of the last check, and of every check (all models together)
@@ -84,6 +86,7 @@ class _EngineExplainer:
             "autocast_relative_l2_mean": sum(l2_errors) / len(l2_errors) if l2_errors else None,
             "autocast_checks": len(errors),
             "channels_last": self.options.channels_last,
+            "fp32_stem": self.options.fp32_stem,
             "row_limit": self.row_limit,
             "compile": None,
         }
@@ -150,6 +153,7 @@ class IntegratedGradients(_EngineExplainer):
         compile: bool = False,
         channels_last: bool = False,
         autocast_check_every: int = 1,
+        fp32_stem: bool = False,
         completeness: bool = True,
         completeness_every: int = 1,
     ) -> None:
@@ -161,6 +165,9 @@ class IntegratedGradients(_EngineExplainer):
         :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
         fallback). :param channels_last: channels-last rows (GPU).
         :param autocast_check_every: measure the autocast error on every N-th call.
+        :param fp32_stem: under ``autocast``, run the first convolution in fp32 (most of
+        the reduced-precision error of input gradients comes from it; see
+        :mod:`doll_core.attribution.stem`)
         :param completeness: measure the completeness delta (two forward passes of the
         batch) into ``last_delta`` and :meth:`performance_report`; off saves them.
         :param completeness_every: measure it on every N-th call (per model, the first
@@ -173,7 +180,13 @@ class IntegratedGradients(_EngineExplainer):
         self.baseline = check_baseline(baseline)
         self.blur_sigma, self.seed = blur_sigma, seed
         super().__init__(
-            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+            max_rows,
+            memory_budget_mb,
+            autocast,
+            compile,
+            channels_last,
+            autocast_check_every,
+            fp32_stem,
         )
         if int(completeness_every) < 1:
             raise DollError(f"completeness_every must be >= 1, got {completeness_every}")
@@ -278,10 +291,17 @@ class Saliency(_EngineExplainer):
         compile: bool = False,
         channels_last: bool = False,
         autocast_check_every: int = 1,
+        fp32_stem: bool = False,
     ) -> None:
         self.abs = abs
         super().__init__(
-            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+            max_rows,
+            memory_budget_mb,
+            autocast,
+            compile,
+            channels_last,
+            autocast_check_every,
+            fp32_stem,
         )
 
     def _maps(
@@ -310,9 +330,16 @@ class InputXGradient(_EngineExplainer):
         compile: bool = False,
         channels_last: bool = False,
         autocast_check_every: int = 1,
+        fp32_stem: bool = False,
     ) -> None:
         super().__init__(
-            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+            max_rows,
+            memory_budget_mb,
+            autocast,
+            compile,
+            channels_last,
+            autocast_check_every,
+            fp32_stem,
         )
 
     def _maps(
@@ -337,6 +364,7 @@ class SmoothGrad(_EngineExplainer):
         compile: bool = False,
         channels_last: bool = False,
         autocast_check_every: int = 1,
+        fp32_stem: bool = False,
     ) -> None:
         """:param stdev: noise standard deviation in image units ([0, 1] images).
         :param seed: the noise seed (the same seed gives captum's NoiseTunnel noise)."""
@@ -344,7 +372,13 @@ class SmoothGrad(_EngineExplainer):
             raise DollError("n_samples must be >= 1 and stdev >= 0")
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
         super().__init__(
-            max_rows, memory_budget_mb, autocast, compile, channels_last, autocast_check_every
+            max_rows,
+            memory_budget_mb,
+            autocast,
+            compile,
+            channels_last,
+            autocast_check_every,
+            fp32_stem,
         )
 
     def _maps(
