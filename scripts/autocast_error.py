@@ -3,7 +3,8 @@
 For a trained classifier checkpoint, or a random-weight backbone, on images from a folder
 (or random images): the engine's IG maps over all 14 targets in strict fp32 (TF32 off on a
 GPU) are the reference; fp32 with PyTorch's default TF32 convolutions (GPU only), fp16 and
-bf16 autocast are compared with it. Both errors are given, over the whole batch and as the
+bf16 autocast, each also with the first convolution in fp32 (``fp32_stem``), are compared
+with it. Both errors are given, over the whole batch and as the
 median over single maps:
 
 - max-abs: max |map - reference| / max |reference| (the project's attribution error);
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +63,11 @@ def load_images(folder: Path, size: int, count: int) -> torch.Tensor:
     )
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _errors(maps: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Whole-batch and per-map (median) max-abs and L2 errors; maps ``[B, T, H, W]``."""
     difference, reference = maps.double() - reference.double(), reference.double()
@@ -87,36 +94,50 @@ def measure(
 
     targets = torch.arange(14, device=images.device).repeat(len(images), 1)
 
-    def maps(autocast: str | None) -> torch.Tensor:
+    def maps(autocast: str | None, fp32_stem: bool = False) -> tuple[torch.Tensor, float]:
+        """The maps, and the seconds of a second call (the first tunes cuDNN for new
+        shapes and makes the explainer's own fp32 check)."""
         explainer = get_registry().create(
             "explainer",
             "integrated_gradients",
             n_steps=n_steps,
             max_rows=max_rows,
             autocast=autocast,
+            fp32_stem=fp32_stem,
             completeness=False,
             autocast_check_every=10**9,  # measured here, against strict fp32
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return explainer.attribute(model, images, targets)
+            explainer.attribute(model, images, targets)
+            _synchronize()
+            started = time.perf_counter()
+            result = explainer.attribute(model, images, targets)
+            _synchronize()
+        return result, time.perf_counter() - started
+
+    def entry(autocast: str | None, fp32_stem: bool = False) -> dict[str, Any]:
+        try:
+            computed, seconds = maps(autocast, fp32_stem)
+        except RuntimeError as exc:  # a precision the device does not support
+            return {"error": str(exc).splitlines()[0][:200]}
+        return {**_errors(computed, reference), "seconds_eager": round(seconds, 4)}
 
     with strict_fp32():
-        reference = maps(None)
+        reference, strict_seconds = maps(None)
     result: dict[str, Any] = {
         "reference": "strict fp32 (TF32 off)",
+        "reference_seconds_eager": round(strict_seconds, 4),
         "images": len(images),
         "image_size": images.shape[-1],
         "n_steps": n_steps,
         "targets_per_image": 14,
     }
     if images.is_cuda:
-        result["fp32_tf32"] = _errors(maps(None), reference)
+        result["fp32_tf32"] = entry(None)
     for mode in ("fp16", "bf16"):
-        try:
-            result[mode] = _errors(maps(mode), reference)
-        except RuntimeError as exc:  # a precision the device does not support
-            result[mode] = {"error": str(exc).splitlines()[0][:200]}
+        result[mode] = entry(mode)
+        result[f"{mode}_fp32_stem"] = entry(mode, fp32_stem=True)
     return result
 
 

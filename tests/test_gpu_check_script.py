@@ -99,7 +99,8 @@ def test_the_autocast_error_script_compares_reduced_precision_with_fp32(tmp_path
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["images"] == 3 and result["reference"].startswith("strict fp32")
-    for mode in ("fp16", "bf16"):
+    for mode in ("fp16", "bf16", "fp16_fp32_stem", "bf16_fp32_stem"):
         errors = result[mode]
         assert 0 < errors["l2"] < 1 and 0 < errors["max_abs"] < 1
+        assert errors["seconds_eager"] > 0
     assert result["bf16"]["l2"] > result["fp16"]["l2"]  # 8 mantissa bits against 11
