@@ -522,3 +522,21 @@ def test_fp32_stem_runs_the_engine_s_first_conv_in_fp32_under_autocast(fp32_stem
     assert dtypes == ({torch.float32} if fp32_stem else {torch.bfloat16, torch.float32})
     assert bool(torch.isfinite(maps).all())
     assert explainer.performance_report()["fp32_stem"] is fp32_stem
+
+
+def test_fp32_stem_compiles_its_view_and_reports_that_compile() -> None:
+    model = _tiny_model()
+    images = torch.rand(3, 1, 16, 16)
+    targets = torch.tensor([[0, 3], [1, -1], [2, 4]])
+    options = dict(n_steps=4, autocast="bf16", fp32_stem=True, completeness=False, max_rows=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        eager = get_registry().create("explainer", "integrated_gradients", **options)
+        expected = eager.attribute(model, images, targets)
+        explainer = get_registry().create(
+            "explainer", "integrated_gradients", compile=True, **options
+        )
+        maps = explainer.attribute(model, images, targets)
+    torch.testing.assert_close(maps, expected, rtol=1e-3, atol=1e-5)
+    report = explainer.performance_report()["compile"]
+    assert report["compiled"] and report["compile_seconds"] > 0  # the view's own compile

@@ -131,6 +131,13 @@ def _autocast(device: torch.device, mode: str | None) -> contextlib.AbstractCont
     return torch.autocast(device.type, dtype=dtype)
 
 
+def network_to_run(model: nn.Module, options: EngineOptions) -> nn.Module:
+    """The module the engine's passes run (compiled or not): ``model``, or its fp32-stem
+    view (:func:`doll_core.attribution.stem.fp32_stem_view`) under ``autocast`` with
+    ``fp32_stem``."""
+    return fp32_stem_view(model) if options.autocast and options.fp32_stem else model
+
+
 def slot_gradients(
     model: nn.Module,
     images: torch.Tensor,
@@ -152,7 +159,7 @@ def slot_gradients(
     :returns: float32 ``[B, T, C, H, W]``; zeros where the target is ``-1``.
     """
     options = options or EngineOptions()
-    net = fp32_stem_view(model) if options.autocast and options.fp32_stem else model
+    net = network_to_run(model, options)
     forward: Callable[[torch.Tensor], torch.Tensor] = compiled(net) if options.compile else net
     scale = FP16_GRADIENT_SCALE if options.autocast == "fp16" else 1.0
     batch, slots = targets.shape

@@ -11,7 +11,12 @@ import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
-from doll_core.attribution.engine import EngineOptions, rows_per_chunk, slot_gradients
+from doll_core.attribution.engine import (
+    EngineOptions,
+    network_to_run,
+    rows_per_chunk,
+    slot_gradients,
+)
 from doll_core.compiling import compiled
 from doll_core.errors import DollError
 from doll_plugins.explainers.baselines import check_baseline, make_baseline
@@ -91,7 +96,10 @@ class _EngineExplainer:
             "compile": None,
         }
         if self.options.compile and self._models:
-            reports = [compiled(model).report() for model, _ in self._models.values()]
+            reports = [
+                compiled(network_to_run(model, self.options)).report()
+                for model, _ in self._models.values()
+            ]
             report["compile"] = reports[0] if len(reports) == 1 else reports
         return report
 
