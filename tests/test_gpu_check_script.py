@@ -26,10 +26,15 @@ def test_the_gpu_check_runs_whole_on_a_cpu_and_records_every_part(tmp_path: Path
             "--smoke",
             "--run-dir",
             str(tmp_path / "run"),
+            # the device's deadlines would cut a slow CPU's smoke run short
+            "--budget-seconds",
+            "100000",
+            "--part1-seconds",
+            "100000",
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
         cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
