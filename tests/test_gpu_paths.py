@@ -494,6 +494,15 @@ def test_the_fp32_stem_view_shares_the_model_and_runs_its_first_conv_in_fp32() -
     with torch.no_grad():
         model.get_submodule(name).weight.mul_(2.0)  # the view follows the model's weights
     torch.testing.assert_close(view(x), model(x), rtol=0, atol=0)
+    copied = copy.deepcopy(model)  # a copy's view runs the copy's modules
+    assert fp32_stem_view(copied) is not view
+    torch.testing.assert_close(fp32_stem_view(copied)(x), copied(x), rtol=0, atol=0)
+    # a module replaced in the model (its last layer) gets a new view that runs it
+    last_name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent_name, _, child_name = last_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, nn.Linear(last.in_features, 5))
+    assert fp32_stem_view(model) is not view and fp32_stem_view(model)(x).shape == (2, 5)
+    torch.testing.assert_close(fp32_stem_view(model)(x), model(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fp32_stem", [False, True])
@@ -521,7 +530,9 @@ def test_fp32_stem_runs_the_engine_s_first_conv_in_fp32_under_autocast(fp32_stem
     # the first call's fp32 check runs the plain model too: its passes are in float32
     assert dtypes == ({torch.float32} if fp32_stem else {torch.bfloat16, torch.float32})
     assert bool(torch.isfinite(maps).all())
-    assert explainer.performance_report()["fp32_stem"] is fp32_stem
+    report = explainer.performance_report()
+    assert report["fp32_stem"] is fp32_stem
+    assert report["fp32_stem_layer"] == ([stem_name(model)] if fp32_stem else None)
 
 
 def test_fp32_stem_compiles_its_view_and_reports_that_compile() -> None:

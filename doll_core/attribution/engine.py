@@ -46,9 +46,9 @@ class EngineOptions:
     format; pays on GPUs with tensor cores); ``pad_rows``: with ``compile``, pad passes to
     at least this many rows (default: a full chunk), so that runs at several step counts
     share one compiled graph (benchmarks; the padding rows are wasted work);
-    ``fp32_stem``: under ``autocast``, run the model's first convolution in fp32 (see
-    :mod:`doll_core.attribution.stem`: most of the reduced-precision error of input
-    gradients comes from there).
+    ``fp32_stem``: under ``autocast``, run the model's first convolution in fp32 and pass
+    its output on in fp32 (see :mod:`doll_core.attribution.stem`: the half-precision
+    rounding of that output moves the maps most).
     """
 
     max_rows: int | None = 64

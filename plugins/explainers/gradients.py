@@ -17,6 +17,7 @@ from doll_core.attribution.engine import (
     rows_per_chunk,
     slot_gradients,
 )
+from doll_core.attribution.stem import stem_name
 from doll_core.compiling import compiled
 from doll_core.errors import DollError
 from doll_plugins.explainers.baselines import check_baseline, make_baseline
@@ -92,6 +93,10 @@ class _EngineExplainer:
             "autocast_checks": len(errors),
             "channels_last": self.options.channels_last,
             "fp32_stem": self.options.fp32_stem,
+            # the layer run in fp32, per model explained (None: no Conv2d, nothing done)
+            "fp32_stem_layer": [stem_name(model) for model, _ in self._models.values()]
+            if self.options.fp32_stem and self.options.autocast
+            else None,
             "row_limit": self.row_limit,
             "compile": None,
         }
@@ -173,13 +178,9 @@ class IntegratedGradients(_EngineExplainer):
         :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
         fallback). :param channels_last: channels-last rows (GPU).
         :param autocast_check_every: measure the autocast error on every N-th call.
-        :param fp32_stem: under ``autocast``, run the first convolution in fp32 (most of
-        the reduced-precision error of input gradients comes from it; see
-        :mod:`doll_core.attribution.stem`)
-        :param completeness: measure the completeness delta (two forward passes of the
-        batch) into ``last_delta`` and :meth:`performance_report`; off saves them.
-        :param completeness_every: measure it on every N-th call (per model, the first
-        included) only."""
+        :param fp32_stem: under ``autocast``, run the first convolution in fp32 and pass
+        its output on in fp32: the rounding of that output moves the maps most (see
+        :mod:`doll_core.attribution.stem`)"""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
