@@ -54,7 +54,7 @@ def load_images(folder: Path, size: int, count: int) -> torch.Tensor:
 
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
     if not paths:
-        raise SystemExit(f"no images under {folder}")
+        raise ValueError(f"no images under {folder}")
     return torch.stack(
         [
             resize_image(torch.from_numpy(read_image(p, at_least=(size, size))), (size, size))
@@ -83,7 +83,11 @@ def _errors(maps: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
 
 
 def measure(
-    model: torch.nn.Module, images: torch.Tensor, n_steps: int = 16, max_rows: int = 64
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    n_steps: int = 16,
+    max_rows: int = 64,
+    modes: tuple[str, ...] = ("fp16", "bf16"),
 ) -> dict[str, Any]:
     """Errors of each precision against strict fp32, IG over all 14 targets of every image.
 
@@ -135,7 +139,7 @@ def measure(
     }
     if images.is_cuda:
         result["fp32_tf32"] = entry(None)
-    for mode in ("fp16", "bf16"):
+    for mode in modes:
         result[mode] = entry(mode)
         result[f"{mode}_fp32_stem"] = entry(mode, fp32_stem=True)
     return result
@@ -169,7 +173,11 @@ def main() -> int:
         model = get_registry().create("backbone", args.backbone).build(14, channels)
         model = model.to(device).eval()
     if args.images is not None:
-        images = load_images(args.images, size, args.count)
+        try:
+            images = load_images(args.images, size, args.count)
+        except ValueError as exc:
+            print(f"autocast_error.py: {exc}")
+            return 2
         images = images.expand(-1, channels, -1, -1).contiguous()
     else:
         images = torch.rand(args.count, channels, size, size)
