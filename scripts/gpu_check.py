@@ -43,11 +43,11 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from autocast_error import strict_fp32  # this script's folder comes first on sys.path
 
 CHEXPERT_TRAIN_IMAGES = 223_414
 CLASSIFIERS_AT_SCALE = 3
@@ -150,19 +150,6 @@ def environment(device: torch.device) -> dict[str, Any]:
             torch.cuda.get_device_properties(device).total_memory / 2**30
         )
     return info
-
-
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """TF32 off for cuDNN convolutions and matmuls for the duration (PyTorch's default
-    allows TF32 convolutions on Ampere and later GPUs)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 #: part 1's engine variants: (name, autocast, compile, strict fp32). The strict compiled
