@@ -245,13 +245,13 @@ def slot_gradients(
                             grad = grad / scale
                         sums.append(summed(grad))
                     # one host read per pass (not per slot): did any fp16 gradient overflow?
-                    if finite and not bool(torch.stack(finite).all()):
-                        redo = [p for p, ok in enumerate(torch.stack(finite).tolist()) if not ok]
-                        for count, position in enumerate(redo):  # unscaled fp16 gradients
-                            (grad,) = torch.autograd.grad(
-                                objectives[position], rows, retain_graph=count < len(redo) - 1
-                            )
-                            sums[position] = summed(grad)
+                    flags = torch.stack(finite).tolist() if finite else []
+                    redo = [position for position, ok in enumerate(flags) if not ok]
+                    for count, position in enumerate(redo):  # unscaled fp16 gradients
+                        (grad,) = torch.autograd.grad(
+                            objectives[position], rows, retain_graph=count < len(redo) - 1
+                        )
+                        sums[position] = summed(grad)
                     return sums
 
                 if isinstance(forward, CompiledModule):
