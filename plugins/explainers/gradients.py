@@ -180,7 +180,11 @@ class IntegratedGradients(_EngineExplainer):
         :param autocast_check_every: measure the autocast error on every N-th call.
         :param fp32_stem: under ``autocast``, run the first convolution in fp32 and pass
         its output on in fp32: the rounding of that output moves the maps most (see
-        :mod:`doll_core.attribution.stem`)"""
+        :mod:`doll_core.attribution.stem`).
+        :param completeness: measure the completeness delta (two forward passes of the
+        batch) into ``last_delta`` and :meth:`performance_report`; off saves them.
+        :param completeness_every: measure it on every N-th call (per model, the first
+        included) only."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
