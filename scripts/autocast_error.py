@@ -69,14 +69,17 @@ def _synchronize() -> None:
 
 
 def _errors(maps: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Whole-batch and per-map (median) max-abs and L2 errors; maps ``[B, T, H, W]``."""
+    """Whole-batch (:func:`doll_core.attribution.api.relative_errors`) and per-map
+    (median) max-abs and L2 errors; maps ``[B, T, H, W]``."""
+    from doll_core.attribution.api import relative_errors
+
+    whole = relative_errors(maps, reference)
     difference, reference = maps.double() - reference.double(), reference.double()
     per_max = difference.abs().amax(dim=(2, 3)) / reference.abs().amax(dim=(2, 3))
     per_l2 = difference.norm(dim=(2, 3)) / reference.norm(dim=(2, 3))
     kept = reference.abs().amax(dim=(2, 3)) > 0  # maps that are not all zero
     return {
-        "max_abs": float(difference.abs().max() / reference.abs().max()),
-        "l2": float(difference.norm() / reference.norm()),
+        **whole,
         "per_map_max_abs_median": statistics.median(per_max[kept].tolist()),
         "per_map_l2_median": statistics.median(per_l2[kept].tolist()),
     }

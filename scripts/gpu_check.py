@@ -74,17 +74,6 @@ def timed(function: Any, repeats: int, warm_up: bool = True) -> tuple[Any, list[
     return result, seconds
 
 
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |value - reference| / max |reference| (the project's attribution error)."""
-    return float((value.float() - reference.float()).abs().max() / reference.float().abs().max())
-
-
-def errors_against(value: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """The max-abs relative error and the relative L2 error ||value - ref|| / ||ref||."""
-    difference = (value.double() - reference.double()).norm() / reference.double().norm()
-    return {"max_abs": relative_error(value, reference), "l2": float(difference)}
-
-
 def integrated_gradients(
     n_steps: int,
     rows: int,
@@ -184,6 +173,7 @@ def engine_vs_captum(
     progress = progress or (lambda _result: None)
     from captum.attr import IntegratedGradients
 
+    from doll_core.attribution.api import relative_errors
     from doll_core.compiling import forget
     from doll_core.registry import get_registry
 
@@ -234,8 +224,8 @@ def engine_vs_captum(
             "seconds_per_batch": round(best, 4),
             "images_per_second": round(batch / best, 3),
             "speedup_vs_captum": round(baseline_seconds / best, 2),
-            "relative_error_vs_captum": relative_error(maps, baseline_maps),
-            "errors_vs_strict_fp32": errors_against(maps, captum_strict[1]),
+            "relative_error_vs_captum": relative_errors(maps, baseline_maps)["max_abs"],
+            "errors_vs_strict_fp32": relative_errors(maps, captum_strict[1]),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if device.type == "cuda"
             else None,
@@ -477,6 +467,7 @@ def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any
     1) and the engine's fp32 eager also with TF32 off."""
     from captum.attr import IntegratedGradients
 
+    from doll_core.attribution.api import relative_errors
     from doll_core.registry import get_registry
 
     backbone, size, batch, steps = ("tiny_cnn", 32, 2, 4) if smoke else ("densenet121", 224, 8, 50)
@@ -507,15 +498,15 @@ def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     reference = captum_loop()
-    errors["engine_fp32_eager_strict"] = errors_against(engine(None, False), reference)
+    errors["engine_fp32_eager_strict"] = relative_errors(engine(None, False), reference)
     log(f"  strict fp32: engine vs captum {errors['engine_fp32_eager_strict']}")
     torch.backends.cudnn.allow_tf32 = default_tf32
-    errors["captum_tf32"] = errors_against(captum_loop(), reference)
-    errors["engine_fp32_eager_tf32"] = errors_against(engine(None, False), reference)
+    errors["captum_tf32"] = relative_errors(captum_loop(), reference)
+    errors["engine_fp32_eager_tf32"] = relative_errors(engine(None, False), reference)
     log(f"  tf32 convs: {errors}")
     for name, autocast in (("engine_fp16_compiled", "fp16"), ("engine_fp16_eager", "fp16")):
         try:
-            errors[name] = errors_against(engine(autocast, name.endswith("compiled")), reference)
+            errors[name] = relative_errors(engine(autocast, name.endswith("compiled")), reference)
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"[:300]
         log(f"  {name}: {errors[name]}")

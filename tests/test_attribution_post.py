@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from doll_core.attribution.api import check_attributions
+from doll_core.attribution.api import check_attributions, relative_errors
 from doll_core.attribution.postprocess import PostprocessConfig, otsu_threshold, postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.errors import DollError, PluginError
@@ -168,3 +168,13 @@ def test_pointing_game_counts_tied_maxima_by_their_share() -> None:
     soft = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])  # flat: four tied maxima
     mask = torch.tensor([[[True, False], [False, False]]])
     assert PointingGame()(soft, mask).item() == 0.25
+
+
+def test_relative_errors_equal_hand_computed_values() -> None:
+    value = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    reference = torch.tensor([[1.0, 1.0], [1.0, 2.0]])
+    # difference [0, 1, 2, 2]: max 2 over max |reference| 2; L2 3 over sqrt(7)
+    errors = relative_errors(value, reference)
+    assert errors["max_abs"] == pytest.approx(1.0)
+    assert errors["l2"] == pytest.approx(3.0 / 7.0**0.5)
+    assert relative_errors(value, torch.zeros(2, 2)) == {"max_abs": 0.0, "l2": 0.0}

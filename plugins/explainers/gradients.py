@@ -11,6 +11,7 @@ import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
+from doll_core.attribution.api import relative_errors
 from doll_core.attribution.engine import (
     EngineOptions,
     network_to_run,
@@ -132,13 +133,11 @@ class _EngineExplainer:
             picked = slice(first, first + 1)
             full = dataclasses.replace(self.options, autocast=None, compile=False)
             reference = self._maps(model, images[picked], targets[picked], full)
-            difference = maps[picked].double() - reference.double()
-            scale = float(reference.abs().max())
-            error = float(difference.abs().max()) / scale if scale > 0 else 0.0
-            norm = float(reference.double().norm())
+            errors = relative_errors(maps[picked], reference)
+            error = errors["max_abs"]
             self.autocast_error = error
             self.autocast_errors.append(error)
-            self.autocast_l2_errors.append(float(difference.norm()) / norm if norm > 0 else 0.0)
+            self.autocast_l2_errors.append(errors["l2"])
             if len(self.autocast_errors) == 1:
                 warnings.warn(
                     f"{type(self).__name__} with {self.options.autocast} autocast: relative "
