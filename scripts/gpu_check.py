@@ -74,6 +74,24 @@ def timed(function: Any, repeats: int, warm_up: bool = True) -> tuple[Any, list[
     return result, seconds
 
 
+def captum_per_target(
+    model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int, rows: int
+) -> torch.Tensor:
+    """captum's way to many targets: one ``IntegratedGradients.attribute`` call per target
+    slot of ``targets [B, T]``, the whole batch in internal batches of ``rows`` rows;
+    ``[B, T, H, W]`` maps (summed over channels)."""
+    from captum.attr import IntegratedGradients
+
+    captum = IntegratedGradients(model)
+    maps = [
+        captum.attribute(
+            images, target=targets[:, j].tolist(), n_steps=steps, internal_batch_size=rows
+        ).sum(dim=1)
+        for j in range(targets.shape[1])
+    ]
+    return torch.stack(maps, dim=1)
+
+
 def integrated_gradients(
     n_steps: int,
     rows: int,
@@ -171,8 +189,6 @@ def engine_vs_captum(
     ``deadline`` (a ``time.perf_counter()`` value) the remaining sweep groups and the
     overhead diagnosis are skipped, and said so."""
     progress = progress or (lambda _result: None)
-    from captum.attr import IntegratedGradients
-
     from doll_core.attribution.api import relative_errors
     from doll_core.compiling import forget
     from doll_core.registry import get_registry
@@ -200,17 +216,7 @@ def engine_vs_captum(
     torch.backends.cudnn.benchmark = True
 
     def captum_loop() -> torch.Tensor:
-        captum = IntegratedGradients(model)
-        maps = [
-            captum.attribute(
-                images,
-                target=targets[:, j].tolist(),
-                n_steps=steps,
-                internal_batch_size=rows,
-            ).sum(dim=1)
-            for j in range(targets_n)
-        ]
-        return torch.stack(maps, dim=1)
+        return captum_per_target(model, images, targets, steps, rows)
 
     def record(
         name: str, seconds: list[float], maps: torch.Tensor, strict: bool, extra: dict[str, Any]
@@ -465,8 +471,6 @@ def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any
     """Errors against strict fp32: captum's loop with TF32 off is the reference; then
     captum and the engine variants run with the default TF32 convolutions (as timed in part
     1) and the engine's fp32 eager also with TF32 off."""
-    from captum.attr import IntegratedGradients
-
     from doll_core.attribution.api import relative_errors
     from doll_core.registry import get_registry
 
@@ -476,31 +480,19 @@ def accuracy_check(device: torch.device, smoke: bool, log: Any) -> dict[str, Any
     model = get_registry().create("backbone", backbone).build(14, 1).to(device).eval()
     images = torch.rand(batch, 1, size, size, device=device)
     targets = torch.arange(14, device=device).repeat(batch, 1)
-    default_tf32 = torch.backends.cudnn.allow_tf32
 
     def captum_loop() -> torch.Tensor:
-        captum = IntegratedGradients(model)
-        return torch.stack(
-            [
-                captum.attribute(
-                    images, target=targets[:, j].tolist(), n_steps=steps, internal_batch_size=rows
-                ).sum(dim=1)
-                for j in range(14)
-            ],
-            dim=1,
-        )
+        return captum_per_target(model, images, targets, steps, rows)
 
     def engine(autocast: str | None, compile: bool) -> torch.Tensor:
         explainer = integrated_gradients(steps, rows, autocast, compile, False, 1)
         return explainer.attribute(model, images, targets)
 
     errors: dict[str, Any] = {}
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    reference = captum_loop()
-    errors["engine_fp32_eager_strict"] = relative_errors(engine(None, False), reference)
+    with strict_fp32():
+        reference = captum_loop()
+        errors["engine_fp32_eager_strict"] = relative_errors(engine(None, False), reference)
     log(f"  strict fp32: engine vs captum {errors['engine_fp32_eager_strict']}")
-    torch.backends.cudnn.allow_tf32 = default_tf32
     errors["captum_tf32"] = relative_errors(captum_loop(), reference)
     errors["engine_fp32_eager_tf32"] = relative_errors(engine(None, False), reference)
     log(f"  tf32 convs: {errors}")
