@@ -40,11 +40,10 @@ def setup_distributed(device: torch.device) -> DistributedContext:
     if world_size <= 1:
         return DistributedContext()
     rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistributedContext(rank, world_size, local_rank)
+    return DistributedContext(rank, world_size, launched_local_rank())
 
 
 #: True while :func:`held_process_group` keeps one group for several stages.
@@ -124,8 +123,13 @@ def launched_rank() -> int:
 
 
 def launched_local_rank() -> int:
-    """``LOCAL_RANK`` as set by ``torchrun`` (0 when not launched by it)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if launched_world_size() > 1 else 0
+    """This process's GPU on its machine: ``LOCAL_RANK`` as ``torchrun`` sets it (read
+    whenever it is set, also for one process); without it, :func:`launched_rank` (one
+    machine), which is 0 when not launched by ``torchrun``. The one reading of
+    ``LOCAL_RANK``: the device of a stage and its process group's agree."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return launched_rank()
 
 
 def from_rank_zero(compute: Callable[[], Any]) -> Any:

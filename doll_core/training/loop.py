@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from doll_core.training.distributed import (
     all_gather_objects,
     broadcast_buffers,
     cleanup_distributed,
+    launched_local_rank,
     setup_distributed,
     sum_across,
 )
@@ -99,7 +99,7 @@ class Trainer:
         self, config: Any, out: Path, progress: bool = False, on_step: StepCallback | None = None
     ) -> None:
         self.config, self.out, self.progress, self.on_step = config, out, progress, on_step
-        self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = resolve_device(config.device, launched_local_rank())
         self.context: DistributedContext = setup_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
