@@ -20,6 +20,8 @@ import torch
 #: Leftovers of interrupted writes: atomic files (``.NAME.tmp-PID``) and staging folders
 #: (``.NAME.partial-PID``, e.g. the phantom writer's).
 TEMPORARY_NAME = re.compile(r"^\..+\.(tmp|partial)-\d+$")
+#: What to say about such a leftover (``doll doctor``, the label-store check).
+LEFTOVER = "temporary file or folder of an interrupted write; safe to delete (--resume removes it)"
 
 
 def disk_full_error(exc: BaseException) -> OSError | None:

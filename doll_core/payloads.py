@@ -1,8 +1,11 @@
-"""Reading DoLL's own ``torch.save`` files (checkpoints, states) safely and with checks."""
+"""Reading DoLL's own files safely and with checks: ``torch.save`` payloads (checkpoints,
+states, label shards) and JSON records, neither trusted."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +59,27 @@ def load_payload(path: Path, *, file_format: str, max_version: int, what: str) -
             f"versions up to {max_version}: upgrade DoLL"
         )
     return payload
+
+
+def load_failure(exc: DollError, path: Path) -> str:
+    """What :func:`safe_torch_load` (or a reader built on it) said, without the path."""
+    text = str(exc)
+    if "pickled Python objects" in text:
+        return "holds pickled Python objects, which DoLL refuses to load (doll convert-weights)"
+    if "checksum" in text:
+        return "SHA-256 does not match manifest.json (corrupted shard)"
+    inner = re.search(r"\((\w+(?:Error|Exception)[^)]*)\)\s*$", text)
+    if inner is not None:
+        first = inner.group(1).split(". ")[0]  # torch adds paragraphs of advice
+        return f"does not load (truncated or corrupted?): {first}"
+    return text.replace(str(path), path.name)
+
+
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """``(value, None)`` or ``(None, why it cannot be read)``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"not readable JSON ({type(exc).__name__}: {str(exc).splitlines()[0]})"

@@ -1,24 +1,31 @@
-"""Reading the files doctor checks without trusting them: JSON, DoLL ``.pt`` files (loaded
-as DoLL loads them), and the versions recorded against the installed ones."""
+"""Reading the files doctor checks without trusting them: JSON and DoLL ``.pt`` files
+(loaded as DoLL loads them, :mod:`doll_core.payloads`), and the versions recorded against
+the installed ones."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 from doll_core._version import __version__
-from doll_core.atomic import TEMPORARY_NAME
+from doll_core.atomic import LEFTOVER, TEMPORARY_NAME
 from doll_core.errors import DollError
-from doll_core.payloads import safe_torch_load
+from doll_core.payloads import load_failure, read_json, safe_torch_load
+
+__all__ = [
+    "LEFTOVER",
+    "TEMPORARY",
+    "VERSION_KEYS",
+    "check_torch_file",
+    "current_versions",
+    "load_failure",
+    "read_json",
+]
 
 #: What a killed write leaves: ``.NAME.tmp-PID`` files of
 #: :func:`doll_core.atomic.atomic_write` and the phantom's ``.NAME.partial-PID`` staging
 #: folders (``--resume`` removes both).
 TEMPORARY = TEMPORARY_NAME
-#: The finding for such a leftover.
-LEFTOVER = "temporary file or folder of an interrupted write; safe to delete (--resume removes it)"
 #: Versions ``results.json`` records that matter for reproducing a stage.
 VERSION_KEYS = (
     "doll",
@@ -29,16 +36,6 @@ VERSION_KEYS = (
     "zennit",
     "segmentation_models_pytorch",
 )
-
-
-def read_json(path: Path) -> tuple[Any, str | None]:
-    """``(value, None)`` or ``(None, why it cannot be read)``."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"not readable JSON ({type(exc).__name__}: {str(exc).splitlines()[0]})"
 
 
 def _known_formats() -> dict[str, int]:
@@ -78,20 +75,6 @@ def check_torch_file(path: Path) -> tuple[Any, str | None]:
                 f"reads versions up to {newest}"
             )
     return payload, None
-
-
-def load_failure(exc: DollError, path: Path) -> str:
-    """What :func:`safe_torch_load` (or a reader built on it) said, without the path."""
-    text = str(exc)
-    if "pickled Python objects" in text:
-        return "holds pickled Python objects, which DoLL refuses to load (doll convert-weights)"
-    if "checksum" in text:
-        return "SHA-256 does not match manifest.json (corrupted shard)"
-    inner = re.search(r"\((\w+(?:Error|Exception)[^)]*)\)\s*$", text)
-    if inner is not None:
-        first = inner.group(1).split(". ")[0]  # torch adds paragraphs of advice
-        return f"does not load (truncated or corrupted?): {first}"
-    return text.replace(str(path), path.name)
 
 
 def current_versions() -> dict[str, str]:

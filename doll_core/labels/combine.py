@@ -24,7 +24,7 @@ import torch
 from doll_core.atomic import atomic_write_text
 from doll_core.checkpoint import read_classifier_meta
 from doll_core.errors import DollError
-from doll_core.labels.fusion import fuse_maps
+from doll_core.labels.fusion import fuse_maps, validation_auroc
 from doll_core.labels.store import (
     CONFIG,
     LabelStore,
@@ -34,7 +34,6 @@ from doll_core.labels.store import (
     write_manifest,
     write_shard,
 )
-from doll_core.observations import OBSERVATIONS
 from doll_core.registry import Registry, get_registry
 
 #: Config keys that may differ between the stores being fused.
@@ -92,18 +91,7 @@ def fuse_stores(
     params = dict(fusion_params or {})
     plugin = registry.create("fusion", fusion, **params)
     classifiers = [store.config["config"]["classifiers"][0] for store in opened]
-    auroc = torch.tensor(
-        [
-            [
-                value
-                if (value := read_classifier_meta(path).val_auroc.get(name)) is not None
-                else 0.5
-                for name in OBSERVATIONS
-            ]
-            for path in classifiers
-        ],
-        dtype=torch.float32,
-    )
+    auroc = validation_auroc([read_classifier_meta(path) for path in classifiers])
     source_hashes = [store.config["config_hash"] for store in opened]
     config_hash = hashlib.sha256(
         json.dumps(
