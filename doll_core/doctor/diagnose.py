@@ -14,14 +14,13 @@ from doll_core.doctor.plan import (
     made_from_damaged,
     note_damaged_reads,
     plan_experiment,
-    run_device,
     step_for,
     why_new,
 )
 from doll_core.doctor.stages import STAGE_NAME, StageState, check_stage, stage_folders
 from doll_core.doctor.store import check_label_store, is_label_store
 from doll_core.errors import DollError
-from doll_core.experiment.stages import DONE
+from doll_core.experiment.stages import DONE, recorded_device
 
 
 class _Doctor:
@@ -84,7 +83,9 @@ class _Doctor:
                 continue
             try:
                 planned.extend(
-                    plan_experiment(document, stages, self.name(document_path), run_device(run))
+                    plan_experiment(
+                        document, stages, self.name(document_path), recorded_device(run)
+                    )
                 )
             except DollError as exc:
                 plan_ok = False

@@ -4,7 +4,6 @@ each stage is reused, continued, redone or run new, and which stages a damaged o
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,22 +103,6 @@ def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         or json.dumps(old[k], sort_keys=True, default=str)
         != json.dumps(new[k], sort_keys=True, default=str)
     ]
-
-
-_RUN_LINE = re.compile(r"  doll run .*\(device (?P<device>[^)]+)\)$")
-
-
-def run_device(run: Path) -> str | None:
-    """The ``--device`` the run's last ``doll run`` used (from ``log.txt``), so that the
-    plan replays the run as it was started."""
-    try:
-        lines = (run / "log.txt").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if (match := _RUN_LINE.search(line)) is not None:
-            return match.group("device")
-    return None
 
 
 def why_new(

@@ -31,7 +31,7 @@ from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
 from doll_core.digests import sha256_of
 from doll_core.experiment.config import PHANTOM_TASKS, Experiment
-from doll_core.experiment.stages import StageCache, StageRecord
+from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import summarise_runs
@@ -517,6 +517,7 @@ def run_experiment(
     main = launched_rank() == 0
     if main:
         atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
+        write_run_record(out, device=device)
     started = time.perf_counter()
     log(f"doll run {experiment.name}: {out} (device {device})")
     runner = ExperimentRunner(

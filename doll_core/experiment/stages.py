@@ -11,6 +11,9 @@ that nothing half-written is ever taken for a result.
 (checkpoints, metrics); a finished stage whose files no longer match (a truncated, zeroed
 or garbled checkpoint, which ``torch.load`` may read without complaint) is never reused:
 it is refused with the file's name, and recomputed with ``resume``.
+
+Next to the stage records, ``doll run`` records how it was started in the run folder's
+``run.json`` (:func:`write_run_record`), which ``doll doctor`` reads to replay the run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
+from doll_core.payloads import read_json
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
 #: Bump when a stage's output format or meaning changes, so old folders are not reused.
@@ -97,6 +101,25 @@ def changed_file(folder: Path, recorded: dict[str, str]) -> str | None:
         if sha256_file(path) != digest:
             return f"{path} does not match the checksum in {DONE}"
     return None
+
+
+#: The run folder's record of how its last ``doll run`` was started: ``{"device": ...}``.
+RUN_RECORD = "run.json"
+
+
+def write_run_record(out: Path, *, device: str) -> None:
+    """Record in the run folder ``out`` that ``doll run`` started there on ``device`` (its
+    ``--device``, or the experiment's), replacing the record of an earlier start."""
+    atomic_write_text(out / RUN_RECORD, json.dumps({"device": device}, indent=2) + "\n")
+
+
+def recorded_device(run: Path) -> str | None:
+    """The device the last ``doll run`` in ``run`` recorded, or ``None`` (no readable
+    record: a run folder of an older DoLL, whose replay then uses the experiment's own
+    device)."""
+    record, _ = read_json(run / RUN_RECORD)
+    device = record.get("device") if isinstance(record, dict) else None
+    return device if isinstance(device, str) else None
 
 
 def _slug(text: str) -> str:
