@@ -138,6 +138,131 @@ def network_to_run(model: nn.Module, options: EngineOptions) -> nn.Module:
     return fp32_stem_view(model) if options.autocast and options.fp32_stem else model
 
 
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """How one call's rows are cut into passes: ``images`` per chunk, ``samples`` of each
+    image per pass, and ``rows``, the row count every pass is padded to (0: none)."""
+
+    images: int
+    samples: int
+    rows: int
+
+
+def _chunk_plan(
+    model: nn.Module, images: torch.Tensor, n_samples: int, options: EngineOptions
+) -> _ChunkPlan:
+    """The chunks for ``images [B, C, H, W]`` with ``n_samples`` rows each under
+    ``options``' row limit or memory budget."""
+    limit = rows_per_chunk(model, images[:1], options)
+    images_per_chunk = max(1, limit // n_samples)
+    samples_per_chunk = min(n_samples, limit)
+    # compiled code is specialised on shapes: every pass is padded to one row count (the
+    # same for every batch size), so that a model compiles once
+    fixed_rows = (
+        max(images_per_chunk * samples_per_chunk, options.pad_rows or 0) if options.compile else 0
+    )
+    return _ChunkPlan(images_per_chunk, samples_per_chunk, fixed_rows)
+
+
+def _pass_rows(
+    rows: torch.Tensor, row_targets: torch.Tensor, fixed_rows: int, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows [n, C, H, W]`` and ``row_targets long [n, T]`` padded to ``fixed_rows`` (zero
+    rows with no target), in the memory format asked for, rows requiring grad."""
+    used = rows.shape[0]
+    if used < fixed_rows:
+        rows = torch.cat([rows, rows.new_zeros(fixed_rows - used, *rows.shape[1:])])
+        row_targets = torch.cat(
+            [row_targets, row_targets.new_full((fixed_rows - used, row_targets.shape[1]), -1)]
+        )
+    if channels_last and rows.dim() == 4:
+        rows = rows.contiguous(memory_format=torch.channels_last)
+    rows.requires_grad_(True)
+    return rows, row_targets
+
+
+def _slot_objectives(
+    logits: torch.Tensor, row_targets: torch.Tensor, live: list[int]
+) -> list[torch.Tensor]:
+    """For each live slot ``j``: ``sum_r logits[r, row_targets[r, j]]`` over the rows ``r``
+    with a target in that slot (``logits [N, classes]``, ``row_targets long [N, T]``)."""
+    objectives = []
+    for j in live:
+        wanted = row_targets[:, j] >= 0
+        picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
+        objectives.append((picked * wanted).sum())
+    return objectives
+
+
+def _slot_gradient_sums(
+    objectives: list[torch.Tensor],
+    rows: torch.Tensor,
+    scale: float,
+    summed: Callable[[torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """``summed(d objective / d rows)`` for each objective, one backward pass each. With a
+    ``scale`` (fp16) the objective is scaled and the gradient divided back; a gradient that
+    overflowed even so is computed again unscaled. ``rows [N, C, H, W]``."""
+    sums, finite = [], []
+    for position, objective in enumerate(objectives):
+        # the scaled graph is kept to the end: an overflow is redone below
+        keep = position < len(objectives) - 1 or scale != 1.0
+        (grad,) = torch.autograd.grad(objective * scale, rows, retain_graph=keep)
+        if scale != 1.0:
+            finite.append(torch.isfinite(grad).all())
+            grad = grad / scale
+        sums.append(summed(grad))
+    # one host read per pass (not per slot): did any fp16 gradient overflow?
+    flags = torch.stack(finite).tolist() if finite else []
+    redo = [position for position, ok in enumerate(flags) if not ok]
+    for count, position in enumerate(redo):  # unscaled fp16 gradients
+        (grad,) = torch.autograd.grad(
+            objectives[position], rows, retain_graph=count < len(redo) - 1
+        )
+        sums[position] = summed(grad)
+    return sums
+
+
+@dataclass(frozen=True)
+class _ImageSums:
+    """A pass's gradient ``[N, C, H, W]`` -> the weighted sums over each image's rows
+    ``[images, C, H, W]``: the first ``used`` rows (the rest pad), ``transform`` applied,
+    each row weighted by ``weights [used, 1, 1, 1]``, ``per_image`` rows per image."""
+
+    used: int
+    images: int
+    per_image: int
+    weights: torch.Tensor
+    transform: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad[: self.used].float()
+        if self.transform is not None:
+            grad = self.transform(grad)
+        return (grad * self.weights).view(self.images, self.per_image, *grad.shape[1:]).sum(1)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One forward pass of a chunk's ``rows [N, C, H, W]`` (targets ``long [N, T]``) and
+    the backward passes of its ``live`` slots; calling it gives their per-image sums."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    rows: torch.Tensor
+    row_targets: torch.Tensor
+    live: list[int]
+    summed: _ImageSums
+    device: torch.device
+    options: EngineOptions
+
+    def __call__(self) -> list[torch.Tensor]:
+        with torch.enable_grad(), _autocast(self.device, self.options.autocast):
+            logits = self.forward(self.rows).float()
+        objectives = _slot_objectives(logits, self.row_targets, self.live)
+        scale = FP16_GRADIENT_SCALE if self.options.autocast == "fp16" else 1.0
+        return _slot_gradient_sums(objectives, self.rows, scale, self.summed)
+
+
 def slot_gradients(
     model: nn.Module,
     images: torch.Tensor,
@@ -161,7 +286,6 @@ def slot_gradients(
     options = options or EngineOptions()
     net = network_to_run(model, options)
     forward: Callable[[torch.Tensor], torch.Tensor] = compiled(net) if options.compile else net
-    scale = FP16_GRADIENT_SCALE if options.autocast == "fp16" else 1.0
     batch, slots = targets.shape
     result = torch.zeros(batch, slots, *images.shape[1:], dtype=torch.float32, device=images.device)
     weights = (sample_weights if sample_weights is not None else torch.ones(n_samples)).to(
@@ -178,87 +302,32 @@ def slot_gradients(
     with frozen_eval(model):
         if net is not model:
             net.eval()  # its own copies of the modules on the path to the stem
-        limit = rows_per_chunk(model, images[:1], options)
-        images_per_chunk = max(1, limit // n_samples)
-        samples_per_chunk = min(n_samples, limit)
-        # compiled code is specialised on shapes: every pass is padded to one row count (the
-        # same for every batch size), so that a model compiles once
-        fixed_rows = (
-            max(images_per_chunk * samples_per_chunk, options.pad_rows or 0)
-            if options.compile
-            else 0
-        )
-        for start in range(0, batch, images_per_chunk):
-            host_index = host_order[start : start + images_per_chunk]
+        plan = _chunk_plan(model, images, n_samples, options)
+        for start in range(0, batch, plan.images):
+            host_index = host_order[start : start + plan.images]
             live = (host_targets[host_index] >= 0).any(dim=0).nonzero().flatten().tolist()
             if not live:
                 continue
-            index = order[start : start + images_per_chunk]
+            index = order[start : start + plan.images]
             chunk_targets = targets[index]
-            for s0 in range(0, n_samples, samples_per_chunk):
-                samples = slice(s0, min(n_samples, s0 + samples_per_chunk))
+            for s0 in range(0, n_samples, plan.samples):
+                samples = slice(s0, min(n_samples, s0 + plan.samples))
                 per_image = samples.stop - samples.start
-                rows = make_rows(images[index], index, samples).detach()
-                row_targets = chunk_targets.repeat_interleave(per_image, dim=0)
-                used = rows.shape[0]
-                if used < fixed_rows:  # padding rows: zeros with no target
-                    rows = torch.cat([rows, rows.new_zeros(fixed_rows - used, *rows.shape[1:])])
-                    row_targets = torch.cat(
-                        [row_targets, row_targets.new_full((fixed_rows - used, slots), -1)]
-                    )
-                if options.channels_last and rows.dim() == 4:
-                    rows = rows.contiguous(memory_format=torch.channels_last)
-                rows.requires_grad_(True)
+                made = make_rows(images[index], index, samples).detach()
+                rows, row_targets = _pass_rows(
+                    made,
+                    chunk_targets.repeat_interleave(per_image, dim=0),
+                    plan.rows,
+                    options.channels_last,
+                )
                 w = weights[samples].repeat(len(index)).view(-1, *([1] * (rows.dim() - 1)))
-
-                def one_pass(
-                    rows: torch.Tensor = rows,
-                    row_targets: torch.Tensor = row_targets,
-                    used: int = used,
-                    per_image: int = per_image,
-                    w: torch.Tensor = w,
-                    live: list[int] = live,
-                    chunk: int = len(index),
-                ) -> list[torch.Tensor]:
-                    """The weighted per-image gradient sums of every live slot."""
-                    with torch.enable_grad(), _autocast(images.device, options.autocast):
-                        logits = forward(rows).float()
-                    objectives = []
-                    for j in live:
-                        wanted = row_targets[:, j] >= 0
-                        picked = logits.gather(1, row_targets[:, j].clamp(min=0)[:, None])[:, 0]
-                        objectives.append((picked * wanted).sum())
-
-                    def summed(grad: torch.Tensor) -> torch.Tensor:
-                        grad = grad[:used].float()
-                        if transform is not None:
-                            grad = transform(grad)
-                        return (grad * w).view(chunk, per_image, *grad.shape[1:]).sum(1)
-
-                    sums, finite = [], []
-                    for position, objective in enumerate(objectives):
-                        # the scaled graph is kept to the end: an overflow is redone below
-                        keep = position < len(objectives) - 1 or scale != 1.0
-                        (grad,) = torch.autograd.grad(objective * scale, rows, retain_graph=keep)
-                        if scale != 1.0:
-                            finite.append(torch.isfinite(grad).all())
-                            grad = grad / scale
-                        sums.append(summed(grad))
-                    # one host read per pass (not per slot): did any fp16 gradient overflow?
-                    flags = torch.stack(finite).tolist() if finite else []
-                    redo = [position for position, ok in enumerate(flags) if not ok]
-                    for count, position in enumerate(redo):  # unscaled fp16 gradients
-                        (grad,) = torch.autograd.grad(
-                            objectives[position], rows, retain_graph=count < len(redo) - 1
-                        )
-                        sums[position] = summed(grad)
-                    return sums
-
+                summed = _ImageSums(made.shape[0], len(index), per_image, w, transform)
+                step = _Pass(forward, rows, row_targets, live, summed, images.device, options)
                 if isinstance(forward, CompiledModule):
                     # torch compiles the backward at the first one: fall back there too
-                    sums = forward.guarded_backward(one_pass)
+                    sums = forward.guarded_backward(step)
                 else:
-                    sums = one_pass()
+                    sums = step()
                 for j, summed_slot in zip(live, sums, strict=True):
                     result[index, j] += summed_slot
     result *= (targets >= 0).view(batch, slots, *([1] * (images.dim() - 1)))
