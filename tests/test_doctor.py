@@ -19,6 +19,7 @@ from doll_core.doctor import DoctorReport, Finding, Step, diagnose
 from doll_core.errors import DollError
 from doll_core.experiment.config import load_experiment, validate_experiment
 from doll_core.experiment.runner import run_experiment
+from doll_core.experiment.stages import recorded_device
 
 #: The tiny experiment of the fault suite with 4 shards per label store, one fine-tuning
 #: and no figures but the curves: phantom, 2 classifiers, 2 explain stages, labels,
@@ -351,6 +352,32 @@ def test_changed_settings_give_new_stages(run: Path) -> None:
     assert "settings changed: epochs: 2 -> 3" in step.detail
     (warning,) = [f for f in about(report, old, run) if f.severity == "warning"]
     assert "config/version mismatch" in warning.message
+
+
+def test_the_plan_replays_the_device_doll_run_recorded(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``doll run`` records its device in ``run.json``; doctor replays the run on it, and a
+    run folder of an older DoLL (no ``run.json``) on the experiment's own device."""
+    import importlib
+
+    # the module, not the function doll_core.doctor exports under the same name
+    module = importlib.import_module("doll_core.doctor.diagnose")
+    assert json.loads((run / "run.json").read_text()) == {"device": "cpu"}
+    devices: list[str | None] = []
+    original = module.plan_experiment
+
+    def recording(document: Any, stages: Path, source: str, device: str | None = None) -> Any:
+        devices.append(device)
+        return original(document, stages, source, device)
+
+    monkeypatch.setattr(module, "plan_experiment", recording)
+    assert diagnose(run).healthy
+    (run / "run.json").unlink()
+    assert recorded_device(run) is None
+    older = diagnose(run)
+    assert older.healthy and not older.plan
+    assert devices == ["cpu", None]
 
 
 def test_an_ablation_folder_is_checked_with_its_shared_stages(run: Path, tmp_path: Path) -> None:

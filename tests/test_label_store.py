@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from doll_core.cli import app
 from doll_core.configuration import parse_config
+from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.dataset import LabeledImages
 from doll_core.labels.generate import generate_labels
-from doll_core.labels.store import LabelStore, read_shard, shard_indices
+from doll_core.labels.store import LabelStore, check_store, read_shard, shard_indices
 from doll_core.observations import OBSERVATIONS
 
 
@@ -157,6 +158,32 @@ def test_a_corrupted_shard_is_detected_and_regenerated(
         LabelStore(store).labels(LabelStore(store).ids[7])  # an image of shard 1
     generate_labels(_config(small_phantom, tiny_checkpoints), store, resume=True)
     assert _shard_bytes(store) == _shard_bytes(reference_store)
+
+
+def test_a_shard_swapped_for_another_is_made_again_on_resume(
+    reference_store: Path, small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    """Its manifest entry edited to match (size and SHA-256), only its contents tell: the
+    one store check finds it, and the resume makes it again (as doll doctor's plan says)."""
+    store = _copy_store(reference_store, tmp_path / "store")
+    swapped = store / "shard-00003.pt"
+    swapped.write_bytes((store / "shard-00000.pt").read_bytes())
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["shards"]["3"].update(sha256=sha256_of(swapped), bytes=swapped.stat().st_size)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    check = check_store(store)
+    assert check.bad == {3: "contents differ from the manifest"} and check.valid == {0, 1, 2}
+    assert [issue.kind for issue in check.issues] == ["shard"]
+    generate_labels(_config(small_phantom, tiny_checkpoints), store, resume=True)
+    assert _shard_bytes(store) == _shard_bytes(reference_store)
+    assert not check_store(store).issues
+
+
+def test_an_unreadable_manifest_is_one_clear_error(reference_store: Path, tmp_path: Path) -> None:
+    store = _copy_store(reference_store, tmp_path / "store")
+    (store / "manifest.json").write_text("{not json")
+    with pytest.raises(DollError, match=r"manifest\.json: not readable JSON"):
+        LabelStore(store)
 
 
 def test_a_shard_file_beyond_the_store_is_never_adopted(

@@ -22,6 +22,7 @@ from doll_core.observations import OBSERVATIONS
 from doll_core.training.augment import augment_batch
 from doll_core.training.classifier import train_classifier
 from doll_core.training.config import AugmentConfig, ClassifierTrainingConfig
+from doll_core.training.distributed import launched_local_rank
 
 
 def _values(data: Path, **changes: Any) -> dict[str, Any]:
@@ -224,3 +225,22 @@ def test_two_gloo_processes_end_with_identical_weights(
     ]
     assert histories[0][0]["val_images"] == 8  # both halves of the validation set counted
     assert (out / "state.pt").is_file() and (out / "best.pt").is_file()  # written by rank 0
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, 0),
+        ({"LOCAL_RANK": "1"}, 1),  # read whenever set, also for one process
+        ({"WORLD_SIZE": "2", "RANK": "1"}, 1),  # one machine, no LOCAL_RANK: the rank
+        ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, 1),
+    ],
+)
+def test_local_rank_is_read_in_one_place(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: int
+) -> None:
+    for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert launched_local_rank() == expected
