@@ -59,15 +59,16 @@ BatchCallback = Callable[[int, int], None]
 Timing = dict[str, float]
 
 
-def _resume_point(store: Path) -> set[int]:
+def _resume_point(store: Path, context: DistributedContext) -> set[int]:
     """The shards of ``store`` a resume keeps: those :func:`check_store` verifies (as an
     unfinished store, so a shard the manifest does not list is kept when it loads with this
-    config's hash). The files of the other shards ``0 .. total - 1`` are deleted (corrupted
-    or foreign: made again, never read); files numbered beyond are not shards of this store
+    config's hash). Each rank deletes the files of the other shards ``0 .. total - 1`` it
+    makes (corrupted or foreign: made again, never read), never another rank's, which that
+    rank may have made again already; files numbered beyond are not shards of this store
     and are left alone (``doll doctor`` reports them)."""
     check = check_store(store, finished=False)
     for index in range(check.total or 0):
-        if index not in check.valid:
+        if index not in check.valid and index % context.world_size == context.rank:
             shard_path(store, index).unlink(missing_ok=True)
     return check.valid
 
@@ -465,7 +466,7 @@ def generate_labels(
             _write_store_config(out, config, config_hash, generator)
         if context.enabled:
             torch.distributed.barrier()
-        done = _resume_point(out) if resume else set()
+        done = _resume_point(out, context) if resume else set()
         mine = [
             k
             for k in range(generator.shards)
