@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,90 @@ def _check_compatible(stores: Sequence[LabelStore]) -> dict[str, Any]:
     return first
 
 
+def _fused_config(
+    opened: Sequence[LabelStore], base: dict[str, Any], fusion: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The fused store's ``config.json``: the sources' shape of store, a hash of the
+    sources' hashes and the fusion, the generation config with the fusion and all the
+    classifiers, and where it was fused from."""
+    classifiers = [store.config["config"]["classifiers"][0] for store in opened]
+    source_hashes = [store.config["config_hash"] for store in opened]
+    config_hash = hashlib.sha256(
+        json.dumps(
+            {"sources": source_hashes, "fusion": fusion, "params": params}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    return {
+        **{k: v for k, v in opened[0].config.items() if k != "config"},
+        "config_hash": config_hash,
+        "config": {**base, "classifiers": classifiers, "fusion": fusion, "fusion_params": params},
+        "fused_from": [
+            {"store": str(s.path), "config_hash": h}
+            for s, h in zip(opened, source_hashes, strict=True)
+        ],
+    }
+
+
+def _fuse_shard(
+    opened: Sequence[LabelStore],
+    index: int,
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    auroc: torch.Tensor,
+    config_hash: str,
+) -> ShardContent:
+    """Shard ``index`` of the fused store: the sources' uint8 maps ``[n_maps, R, R]`` fused
+    by ``fuse(maps [N_clf, n_maps, 1, R, R], weights [N_clf, n_maps, 1])`` with weights from
+    ``auroc [N_clf, 14]``; ids, targets and offsets as the sources', which must agree."""
+    shards = [store.shard(index) for store in opened]
+    first = shards[0]
+    for store, shard in zip(opened[1:], shards[1:], strict=True):
+        if shard.ids != first.ids or not torch.equal(shard.targets, first.targets):
+            raise DollError(
+                f"shard {index} of {store.path} holds other images or targets than {opened[0].path}"
+            )
+    observation = (
+        torch.cat([first.targets[row][first.targets[row] >= 0] for row in range(len(first.ids))])
+        if first.ids
+        else torch.zeros(0, dtype=torch.long)
+    )
+    stacked = torch.stack([s.maps.float() / 255 for s in shards])[:, :, None]
+    weights = auroc[:, observation][:, :, None]
+    if stacked.shape[1]:
+        maps = torch.round(fuse(stacked, weights)[:, 0] * 255).to(torch.uint8)
+    else:
+        maps = first.maps.clone()
+    return ShardContent(
+        index=index,
+        config_hash=config_hash,
+        ids=list(first.ids),
+        targets=first.targets.clone(),
+        maps=maps,
+        offsets=first.offsets.clone(),
+        stats=map_statistics(maps),
+        skipped=list(first.skipped),
+        nonfinite=sum(s.nonfinite for s in shards),
+        no_signal=sum(s.no_signal for s in shards),
+    )
+
+
+def _write_fusion_report(
+    out: Path, manifest: dict[str, Any], classifiers: int, seconds: float
+) -> None:
+    """The fused store's ``generation.json``: speed and size."""
+    images = len(manifest["images"])
+    total_bytes = sum(int(entry["bytes"]) for entry in manifest["shards"].values())
+    report = {
+        "seconds": round(seconds, 2),
+        "images_this_run": images,
+        "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+        "classifiers": classifiers,
+        "fused_from_stores": True,
+        "bytes": total_bytes,
+        "bytes_per_image": round(total_bytes / max(images, 1), 1),
+    }
+    atomic_write_text(out / "generation.json", json.dumps(report, indent=2) + "\n")
+
+
 def fuse_stores(
     stores: Sequence[str | Path],
     fusion: str,
@@ -90,85 +174,19 @@ def fuse_stores(
     base = _check_compatible(opened)
     params = dict(fusion_params or {})
     plugin = registry.create("fusion", fusion, **params)
-    classifiers = [store.config["config"]["classifiers"][0] for store in opened]
-    auroc = validation_auroc([read_classifier_meta(path) for path in classifiers])
-    source_hashes = [store.config["config_hash"] for store in opened]
-    config_hash = hashlib.sha256(
-        json.dumps(
-            {"sources": source_hashes, "fusion": fusion, "params": params}, sort_keys=True
-        ).encode()
-    ).hexdigest()[:16]
+    record = _fused_config(opened, base, fusion, params)
+    auroc = validation_auroc([read_classifier_meta(p) for p in record["config"]["classifiers"]])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    total = int(opened[0].config["total_shards"])
-    record = {
-        **{k: v for k, v in opened[0].config.items() if k != "config"},
-        "config_hash": config_hash,
-        "config": {**base, "classifiers": classifiers, "fusion": fusion, "fusion_params": params},
-        "fused_from": [
-            {"store": str(s.path), "config_hash": h}
-            for s, h in zip(opened, source_hashes, strict=True)
-        ],
-    }
     atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
     started = time.perf_counter()
+
+    def fuse(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return fuse_maps(plugin, fusion, maps, weights)
+
     for index in sorted(int(k) for k in opened[0].manifest["shards"]):
-        shards = [store.shard(index) for store in opened]
-        first = shards[0]
-        for store, shard in zip(opened[1:], shards[1:], strict=True):
-            if shard.ids != first.ids or not torch.equal(shard.targets, first.targets):
-                raise DollError(
-                    f"shard {index} of {store.path} holds other images or targets than "
-                    f"{opened[0].path}"
-                )
-        observation = (
-            torch.cat(
-                [first.targets[row][first.targets[row] >= 0] for row in range(len(first.ids))]
-            )
-            if first.ids
-            else torch.zeros(0, dtype=torch.long)
-        )
-        stacked = torch.stack([s.maps.float() / 255 for s in shards])[:, :, None]
-        weights = auroc[:, observation][:, :, None]
-        if stacked.shape[1]:
-            fused = fuse_maps(plugin, fusion, stacked, weights)[:, 0]
-            maps = torch.round(fused * 255).to(torch.uint8)
-        else:
-            maps = first.maps.clone()
-        write_shard(
-            out,
-            ShardContent(
-                index=index,
-                config_hash=config_hash,
-                ids=list(first.ids),
-                targets=first.targets.clone(),
-                maps=maps,
-                offsets=first.offsets.clone(),
-                stats=map_statistics(maps),
-                skipped=list(first.skipped),
-                nonfinite=sum(s.nonfinite for s in shards),
-                no_signal=sum(s.no_signal for s in shards),
-            ),
-        )
-    manifest = build_manifest(out, config_hash, total)
+        write_shard(out, _fuse_shard(opened, index, fuse, auroc, record["config_hash"]))
+    manifest = build_manifest(out, record["config_hash"], int(opened[0].config["total_shards"]))
     write_manifest(out, manifest)
-    seconds = time.perf_counter() - started
-    images = len(manifest["images"])
-    total_bytes = sum(int(entry["bytes"]) for entry in manifest["shards"].values())
-    atomic_write_text(
-        out / "generation.json",
-        json.dumps(
-            {
-                "seconds": round(seconds, 2),
-                "images_this_run": images,
-                "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
-                "classifiers": len(opened),
-                "fused_from_stores": True,
-                "bytes": total_bytes,
-                "bytes_per_image": round(total_bytes / max(images, 1), 1),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    _write_fusion_report(out, manifest, len(opened), time.perf_counter() - started)
     return manifest
