@@ -20,6 +20,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,258 +89,273 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-#: what a run's results keep of each explanation stage's ``generation.json``
-EXPLAIN_FIELDS = ("images_per_second", "data_wait_fraction", "workers", "device", "explainer")
+@dataclass(frozen=True)
+class Stages:
+    """What every stage of one run shares: the stage cache, progress bars, the registry."""
 
+    cache: StageCache
+    progress: bool
+    registry: Registry
 
-class ExperimentRunner:
-    """Runs one experiment into ``out`` with stage folders under ``stages``: each stage's
-    configuration comes from :func:`~doll_core.experiment.config.stage_configs`, with the
-    paths of the upstream stages it reads filled in."""
-
-    def __init__(
+    def run(
         self,
-        experiment: Experiment,
-        cache: StageCache,
+        kind: str,
+        label: str,
+        key: dict[str, Any],
+        inputs: dict[str, str],
+        work: Work,
         *,
-        device: str,
-        progress: bool = False,
-        registry: Registry | None = None,
-    ) -> None:
-        self.experiment = experiment
-        self.cache = cache
-        self.device = device
-        self.progress = progress
-        self.registry = registry or get_registry()
-
-    def _run(
-        self, kind: str, label: str, key: dict[str, Any], inputs: dict[str, str], work: Work
+        collective: bool = True,
     ) -> StageRecord:
-        """A stage through the cache (``work(folder, resuming)`` runs unless a finished
-        stage has the same key); every rank takes part, except in the phantom's."""
-        return self.cache.run(kind, label, key, inputs, work, collective=kind != "phantom")
+        """A stage through the cache: ``work(folder, resuming)`` runs unless a finished
+        stage has the same key; with ``collective``, every rank takes part."""
+        return self.cache.run(kind, label, key, inputs, work, collective=collective)
 
-    # -- stages --------------------------------------------------------------------------
-
-    def data(self) -> DataSources:
-        data = self.experiment.data
-        if data.phantom is None:
-            assert data.classification.root is not None
-            roots = {name: task.root for name, task in data.tasks.items() if task.root}
-            paths = {"classification": data.classification.root, **roots}
-            key = json.dumps({k: str(v.resolve()) for k, v in paths.items()}, sort_keys=True)
-            return DataSources(key, data.classification.root, dict(roots), None)
-        spec_values = data.phantom.model_dump()
-        workers = spec_values.pop("workers")
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.phantom.writer import PhantomSpec, write_phantom
-
-            spec = PhantomSpec(**spec_values)
-            manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
-            return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
-
-        record = self._run("phantom", "phantom", spec_values, {}, work)
-        root = record.folder / "phantom"
-        tasks = {
-            name: root / PHANTOM_TASKS[task.phantom]["folder"] if task.phantom else task.root
-            for name, task in data.tasks.items()
-        }
-        classification = data.classification.root or root
-        return DataSources(record.key, classification, cast(dict[str, Path], tasks), root)
-
-    def classifier(self, name: str, config: ClassifierTrainingConfig, data: str) -> StageRecord:
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.training.classifier import train_classifier
-
-            result = train_classifier(config, folder, resume=resuming, **self._options())
-            return {
-                "best_epoch": result.best_epoch,
-                "mean_auroc": result.best_mean_auroc,
-                "train_images_per_second": mean_rate(result.history),
-            }
-
-        key = config.model_dump(mode="json", exclude={"data"})
-        return self._run("classifier", name, key, {"data": data}, work)
-
-    def _options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments every stage function takes from the run."""
         return {"progress": self.progress, "registry": self.registry}
 
-    def _generate(self, config: LabelGenerationConfig) -> Work:
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.labels.generate import generate_labels
 
-            generate_labels(config, folder / "labels", resume=resuming, **self._options())
-            return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
+def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
+    """The data folders (the phantom stage's, when the experiment has one)."""
+    data = experiment.data
+    if data.phantom is None:
+        assert data.classification.root is not None
+        roots = {name: task.root for name, task in data.tasks.items() if task.root}
+        paths = {"classification": data.classification.root, **roots}
+        key = json.dumps({k: str(v.resolve()) for k, v in paths.items()}, sort_keys=True)
+        return DataSources(key, data.classification.root, dict(roots), None)
+    spec_values = data.phantom.model_dump()
+    workers = spec_values.pop("workers")
 
-        return work
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.phantom.writer import PhantomSpec, write_phantom
 
-    def explain(
-        self, name: str, classifier: StageRecord, labels: LabelGenerationConfig, data: str
-    ) -> StageRecord:
-        """One classifier's labels, made with the default fusion (of one map: itself) and
-        reused by every fusion of an ablation."""
-        fusion = {
-            key: LabelInputs.model_fields[key].get_default(call_default_factory=True)
-            for key in ("fusion", "fusion_params")
-        }
-        config = labels.model_copy(
-            update={"classifiers": (classifier.folder / "best.pt",), **fusion}
-        )
-        key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
-        inputs = {"data": data, "classifier": classifier.key}
-        return self._run(
-            "explain", f"{config.explainer}-{name}", key, inputs, self._generate(config)
-        )
+        spec = PhantomSpec(**spec_values)
+        manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
+        return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
 
-    def labels(
-        self,
-        classifiers: dict[str, StageRecord],
-        labels: LabelGenerationConfig,
-        sources: DataSources,
-    ) -> StageRecord:
-        """The fused label store. Each classifier is explained in its own stage and the
-        stores are fused after, unless targets come from the ensemble's predictions
-        (then explanation and fusion run together, in one stage)."""
-        names = self.experiment.explained_classifiers()
-        paths = tuple(classifiers[n].folder / "best.pt" for n in names)
-        config = labels.model_copy(update={"classifiers": paths})
-        phantom = sources.phantom_root if self.experiment.report.localization else None
-        if config.targets == "predicted":
-            key = config.result_settings(exclude={"data", "classifiers"})
-            inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
-            generate = self._generate(config)
+    record = stages.run("phantom", "phantom", spec_values, {}, work, collective=False)
+    root = record.folder / "phantom"
+    tasks = {
+        name: root / PHANTOM_TASKS[task.phantom]["folder"] if task.phantom else task.root
+        for name, task in data.tasks.items()
+    }
+    classification = data.classification.root or root
+    return DataSources(record.key, classification, cast(dict[str, Path], tasks), root)
 
-            def joint(folder: Path, resuming: bool) -> dict[str, Any]:
-                generation = generate(folder, resuming)
-                return describe_store(folder / "labels", {}, generation, phantom)
 
-            label = f"{config.explainer}-{config.fusion}"
-            return self.cache.run("labels", label, key, inputs, joint, collective=True)
-        explained = {n: self.explain(n, classifiers[n], config, sources.key) for n in names}
+def classifier_stage(
+    stages: Stages, name: str, config: ClassifierTrainingConfig, data: str
+) -> StageRecord:
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.training.classifier import train_classifier
 
-        def fuse(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.labels.combine import fuse_stores
-
-            stores = [explained[n].folder / "labels" for n in names]
-            params, registry = config.fusion_params, self.registry
-            fuse_stores(
-                stores, config.fusion, folder / "labels", fusion_params=params, registry=registry
-            )
-            generation = json.loads((folder / "labels" / GENERATION).read_text())
-            return describe_store(folder / "labels", explained, generation, phantom)
-
-        key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
-        inputs = {f"explain:{n}": explained[n].key for n in names}
-        label = f"{config.explainer}-{config.fusion}"
-        return self.cache.run("labels", label, key, inputs, fuse, collective=False)
-
-    def pretrain(
-        self, config: PretrainConfig, labels: StageRecord, classifiers: dict[str, StageRecord]
-    ) -> StageRecord:
-        source = self.experiment.pretrain.encoder_from
-        inputs = {"labels": labels.key}
-        update: dict[str, Any] = {"labels": labels.folder / "labels"}
-        if source is not None:
-            update["encoder_from"] = classifiers[source].folder / "best.pt"
-            inputs[f"classifier:{source}"] = classifiers[source].key
-        config = config.model_copy(update=update)
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.segmentation.pretrain import pretrain
-
-            trainer = pretrain(config, folder, resume=resuming, **self._options())
-            metrics = json.loads((folder / "metrics.json").read_text())
-            return {
-                "best_epoch": trainer.best_epoch,
-                "val_soft_dice": trainer.best_metric,
-                "train_images_per_second": mean_rate(metrics.get("history", [])),
-            }
-
-        key = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
-        return self._run("pretrain", config.head, key, inputs, work)
-
-    def finetune(
-        self,
-        run: tuple[str, str, int | str, int],
-        config: FinetuneConfig,
-        sources: DataSources,
-        upstream: dict[str, StageRecord],
-    ) -> dict[str, Any]:
-        task, init, budget, seed = run
-        root = sources.task_roots[task]
-        inputs = {
-            "data": sources.key if self.experiment.data.tasks[task].phantom else str(root.resolve())
-        }
-        if init in ("classifier", "doll"):
-            config = config.model_copy(update={"init_path": upstream[init].folder / "best.pt"})
-            inputs[init] = upstream[init].key
-        elif init == "checkpoint":
-            checkpoint = self.experiment.finetune.checkpoint
-            assert checkpoint is not None
-            config = config.model_copy(update={"init_path": checkpoint})
-            inputs["checkpoint"] = sha256_of(checkpoint)[:16]
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.segmentation.finetune import finetune
-
-            result = finetune(config, folder, resume=resuming, **self._options())
-            return {key: result[key] for key in ("test", "best_epoch", "train_images", "curve")}
-
-        key = config.model_dump(mode="json", exclude={"data", "init_path"})
-        record = self._run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
-        test = record.info["test"]  # every rank has it (test.json is written by rank 0)
+        result = train_classifier(config, folder, resume=resuming, **stages.options())
         return {
-            "task": task,
-            "init": init,
-            "budget": budget,
-            "seed": seed,
-            "test_miou": test["miou"],
-            "test_mdice": test["mdice"],
-            "test_iou": test.get("iou", {}),
-            "test_dice": test.get("dice", {}),
-            "train_images": record.info["train_images"],
-            "curve": record.info["curve"],
-            "seconds": record.seconds,
-            "folder": str(record.folder),
+            "best_epoch": result.best_epoch,
+            "mean_auroc": result.best_mean_auroc,
+            "train_images_per_second": mean_rate(result.history),
         }
 
-    # -- the whole experiment ------------------------------------------------------------
+    key = config.model_dump(mode="json", exclude={"data"})
+    return stages.run("classifier", name, key, {"data": data}, work)
 
-    def run(self) -> dict[str, Any]:
-        experiment = self.experiment
-        sources = self.data()
-        configs = stage_configs(experiment, sources, device=self.device, registry=self.registry)
-        classifiers = {
-            name: self.classifier(name, config, sources.key)
-            for name, config in configs.classifiers.items()
-        }
-        labels = None
-        upstream: dict[str, StageRecord] = {}
-        if "doll" in experiment.finetune.inits:
-            labels = self.labels(classifiers, configs.labels, sources)
-            upstream["doll"] = self.pretrain(configs.pretrain, labels, classifiers)
-        chosen = experiment.init_classifier()
-        if "classifier" in experiment.finetune.inits and chosen is not None:
-            upstream["classifier"] = classifiers[chosen]
-        runs = [
-            self.finetune(run, config, sources, upstream)
-            for run, config in configs.finetune.items()
-        ]
+
+def _generate(stages: Stages, config: LabelGenerationConfig) -> Work:
+    """Label generation into the stage folder's ``labels``; its info: ``generation.json``."""
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.labels.generate import generate_labels
+
+        generate_labels(config, folder / "labels", resume=resuming, **stages.options())
+        return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
+
+    return work
+
+
+def explain_stage(
+    stages: Stages, name: str, classifier: StageRecord, labels: LabelGenerationConfig, data: str
+) -> StageRecord:
+    """One classifier's labels, made with the default fusion (of one map: itself) and
+    reused by every fusion of an ablation."""
+    fusion = {
+        key: LabelInputs.model_fields[key].get_default(call_default_factory=True)
+        for key in ("fusion", "fusion_params")
+    }
+    update = {"classifiers": (classifier.folder / "best.pt",), **fusion}
+    config = labels.model_copy(update=update)
+    key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
+    inputs = {"data": data, "classifier": classifier.key}
+    return stages.run(
+        "explain", f"{config.explainer}-{name}", key, inputs, _generate(stages, config)
+    )
+
+
+def labels_stage(
+    stages: Stages,
+    experiment: Experiment,
+    classifiers: dict[str, StageRecord],
+    labels: LabelGenerationConfig,
+    sources: DataSources,
+) -> StageRecord:
+    """The fused label store. Each classifier is explained in its own stage and the
+    stores are fused after, unless targets come from the ensemble's predictions (then
+    explanation and fusion run together, in one stage)."""
+    names = experiment.explained_classifiers()
+    paths = tuple(classifiers[n].folder / "best.pt" for n in names)
+    config = labels.model_copy(update={"classifiers": paths})
+    phantom = sources.phantom_root if experiment.report.localization else None
+    label = f"{config.explainer}-{config.fusion}"
+    if config.targets == "predicted":
+        key = config.result_settings(exclude={"data", "classifiers"})
+        inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
+        generate = _generate(stages, config)
+
+        def joint(folder: Path, resuming: bool) -> dict[str, Any]:
+            generation = generate(folder, resuming)
+            return describe_store(folder / "labels", {}, generation, phantom)
+
+        return stages.run("labels", label, key, inputs, joint)
+    explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}
+
+    def fuse(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.labels.combine import fuse_stores
+
+        stores = [explained[n].folder / "labels" for n in names]
+        options: dict[str, Any] = {"fusion_params": config.fusion_params}
+        options["registry"] = stages.registry
+        fuse_stores(stores, config.fusion, folder / "labels", **options)
+        generation = json.loads((folder / "labels" / GENERATION).read_text())
+        return describe_store(folder / "labels", explained, generation, phantom)
+
+    key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
+    inputs = {f"explain:{n}": explained[n].key for n in names}
+    return stages.run("labels", label, key, inputs, fuse, collective=False)
+
+
+def pretrain_stage(
+    stages: Stages,
+    experiment: Experiment,
+    config: PretrainConfig,
+    labels: StageRecord,
+    classifiers: dict[str, StageRecord],
+) -> StageRecord:
+    source = experiment.pretrain.encoder_from
+    inputs = {"labels": labels.key}
+    update: dict[str, Any] = {"labels": labels.folder / "labels"}
+    if source is not None:
+        update["encoder_from"] = classifiers[source].folder / "best.pt"
+        inputs[f"classifier:{source}"] = classifiers[source].key
+    config = config.model_copy(update=update)
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.segmentation.pretrain import pretrain
+
+        trainer = pretrain(config, folder, resume=resuming, **stages.options())
+        metrics = json.loads((folder / "metrics.json").read_text())
         return {
-            "experiment": experiment.name,
-            "classifiers": {n: r.info for n, r in classifiers.items()},
-            "labels": labels.info if labels is not None else None,
-            "labels_folder": str(labels.folder / "labels") if labels is not None else None,
-            "phantom": str(sources.phantom_root) if sources.phantom_root else None,
-            "pretrain": upstream["doll"].info if "doll" in upstream else None,
-            "finetune": {
-                "runs": runs,
-                "summary": summarise_runs(runs, ("task", "init", "budget")),
-            },
-            "stages": [record.to_dict() for record in self.cache.records],
-            "stage_seconds": stage_seconds(self.cache.records),
+            "best_epoch": trainer.best_epoch,
+            "val_soft_dice": trainer.best_metric,
+            "train_images_per_second": mean_rate(metrics.get("history", [])),
         }
+
+    key = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
+    return stages.run("pretrain", config.head, key, inputs, work)
+
+
+#: what a fine-tuning stage keeps of its run's result
+FINETUNE_INFO = ("test", "best_epoch", "train_images", "curve")
+
+
+def finetune_stage(
+    stages: Stages,
+    experiment: Experiment,
+    run: tuple[str, str, int | str, int],
+    config: FinetuneConfig,
+    sources: DataSources,
+    upstream: dict[str, StageRecord],
+) -> dict[str, Any]:
+    """One fine-tuning run of the grid, as a row of the run's results."""
+    task, init, budget, seed = run
+    root = sources.task_roots[task]
+    phantom = experiment.data.tasks[task].phantom
+    inputs = {"data": sources.key if phantom else str(root.resolve())}
+    if init in ("classifier", "doll"):
+        config = config.model_copy(update={"init_path": upstream[init].folder / "best.pt"})
+        inputs[init] = upstream[init].key
+    elif init == "checkpoint":
+        checkpoint = experiment.finetune.checkpoint
+        assert checkpoint is not None
+        config = config.model_copy(update={"init_path": checkpoint})
+        inputs["checkpoint"] = sha256_of(checkpoint)[:16]
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.segmentation.finetune import finetune
+
+        result = finetune(config, folder, resume=resuming, **stages.options())
+        return {key: result[key] for key in FINETUNE_INFO}
+
+    key = config.model_dump(mode="json", exclude={"data", "init_path"})
+    record = stages.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
+    test = record.info["test"]  # every rank has it (test.json is written by rank 0)
+    return {
+        "task": task,
+        "init": init,
+        "budget": budget,
+        "seed": seed,
+        "test_miou": test["miou"],
+        "test_mdice": test["mdice"],
+        "test_iou": test.get("iou", {}),
+        "test_dice": test.get("dice", {}),
+        "train_images": record.info["train_images"],
+        "curve": record.info["curve"],
+        "seconds": record.seconds,
+        "folder": str(record.folder),
+    }
+
+
+def run_stages(
+    experiment: Experiment,
+    cache: StageCache,
+    *,
+    device: str,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Every stage of ``experiment`` in order, through ``cache``; each stage's
+    configuration comes from :func:`~doll_core.experiment.config.stage_configs`, with the
+    paths of the upstream stages it reads filled in. :returns: the run's results."""
+    stages = Stages(cache, progress, registry or get_registry())
+    sources = data_sources(stages, experiment)
+    configs = stage_configs(experiment, sources, device=device, registry=stages.registry)
+    classifiers = {
+        name: classifier_stage(stages, name, config, sources.key)
+        for name, config in configs.classifiers.items()
+    }
+    labels = None
+    upstream: dict[str, StageRecord] = {}
+    if "doll" in experiment.finetune.inits:
+        labels = labels_stage(stages, experiment, classifiers, configs.labels, sources)
+        upstream["doll"] = pretrain_stage(stages, experiment, configs.pretrain, labels, classifiers)
+    chosen = experiment.init_classifier()
+    if "classifier" in experiment.finetune.inits and chosen is not None:
+        upstream["classifier"] = classifiers[chosen]
+    runs = [
+        finetune_stage(stages, experiment, run, config, sources, upstream)
+        for run, config in configs.finetune.items()
+    ]
+    return {
+        "experiment": experiment.name,
+        "classifiers": {n: r.info for n, r in classifiers.items()},
+        "labels": labels.info if labels is not None else None,
+        "labels_folder": str(labels.folder / "labels") if labels is not None else None,
+        "phantom": str(sources.phantom_root) if sources.phantom_root else None,
+        "pretrain": upstream["doll"].info if "doll" in upstream else None,
+        "finetune": {"runs": runs, "summary": summarise_runs(runs, ("task", "init", "budget"))},
+        "stages": [record.to_dict() for record in cache.records],
+        "stage_seconds": stage_seconds(cache.records),
+    }
 
 
 #: what a run's results keep of each explanation stage's ``generation.json``
@@ -423,11 +439,8 @@ def run_experiment(
         atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
     started = time.perf_counter()
     log(f"doll run {experiment.name}: {out} (device {device})")
-    runner = ExperimentRunner(
-        experiment, cache, device=device, progress=progress, registry=registry
-    )
     with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
-        results = runner.run()
+        results = run_stages(experiment, cache, device=device, progress=progress, registry=registry)
     results["environment"] = environment(device)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["computed"] = dict(cache.computed)
