@@ -27,7 +27,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from doll_core import hookspecs
 from doll_core.errors import PluginError, UnknownPluginError
-from doll_core.interfaces import REQUIRED_MEMBERS, PluginKind
+from doll_core.interfaces import PROTOCOLS, REQUIRED_MEMBERS, PluginKind
 
 ENTRY_POINT_GROUP = "doll"
 PLUGIN_FILTER_ENV = "DOLL_PLUGINS"
@@ -361,9 +361,11 @@ class Registry:
             raise PluginError(f"{label} could not be built: {_exception_summary(exc)}") from exc
         missing = [m for m in REQUIRED_MEMBERS[info.kind] if not hasattr(instance, m)]
         if missing:
+            protocol = PROTOCOLS[info.kind]
             raise PluginError(
                 f"{label} returned a {type(instance).__name__} without "
-                f"{', '.join(repr(m) for m in missing)}, which every {info.kind.value} must have"
+                f"{', '.join(repr(m) for m in missing)}, which every {info.kind.value} must "
+                f"have (see {protocol.__module__}.{protocol.__name__})"
             )
         return instance
 
