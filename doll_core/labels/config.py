@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from doll_core.attribution.api import DEFAULT_EXPLAINER
 from doll_core.attribution.postprocess import PostprocessConfig
 from doll_core.digests import sha256_of
 from doll_core.training.config import ClassificationSource, StageInputs
@@ -28,7 +29,7 @@ class LabelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     split: str = "train"
-    explainer: str = "integrated_gradients"
+    explainer: str = DEFAULT_EXPLAINER
     explainer_params: dict[str, Any] = Field(default_factory=dict)
     targets: Literal["positive", "predicted", "all"] = "positive"
     threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
