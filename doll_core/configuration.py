@@ -1,26 +1,61 @@
-"""Config validation with pydantic, reported as one clear user error."""
+"""Config validation with pydantic, reported as one clear user error.
+
+Settings models check plugin names (and a plugin's parameters) when a registry is in the
+validation context (``model_validate(values, context={"registry": registry})``, as
+experiment validation does); their problems are raised with :func:`raise_problems`, so that
+each is named by its own key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from doll_core.errors import DollError
 
+if TYPE_CHECKING:
+    from doll_core.registry import Registry
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+#: ``(dotted key relative to the model, message)`` pairs
+Problems = list[tuple[str, str]]
+
+#: the pydantic error type that carries :data:`Problems`
+_PROBLEMS = "doll_problems"
+
+
+def raise_problems(problems: Problems) -> None:
+    """Raise ``problems`` (if any) from a validator, each to be reported under its key."""
+    if problems:
+        message = "; ".join(f"{key}: {text}" if key else text for key, text in problems)
+        raise PydanticCustomError(
+            _PROBLEMS, "{summary}", {"summary": message, "problems": problems}
+        )
+
+
+def error_items(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    """``(location, message)`` of every problem; an unknown key says so plainly."""
+    items: list[tuple[tuple[Any, ...], str]] = []
+    for item in error.errors():
+        if item["type"] == _PROBLEMS:
+            for key, text in item["ctx"]["problems"]:
+                items.append(((*item["loc"], *(key.split(".") if key else ())), text))
+        else:
+            unknown = item["type"] == "extra_forbidden"
+            items.append((tuple(item["loc"]), "unknown key" if unknown else item["msg"]))
+    return items
 
 
 def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
     """One ``dotted.key: message`` per problem, each key under ``prefix`` (if given)."""
     problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{location or '(top level)'}: {message}")
+    for location, message in error_items(error):
+        dotted = ".".join(str(part) for part in (prefix, *location) if part != "")
+        problems.append(f"{dotted or '(top level)'}: {message}")
     return problems
 
 
@@ -35,3 +70,43 @@ def parse_config(model: type[ModelT], data: Mapping[str, Any], source: str = "co
         return model.model_validate(dict(data))
     except ValidationError as exc:
         raise DollError(describe_validation_error(exc, source)) from None
+
+
+def context_registry(info: ValidationInfo) -> Registry | None:
+    """The registry that plugin names are checked against (``None``: not checked)."""
+    return (info.context or {}).get("registry")
+
+
+def plugin_problems(
+    registry: Registry | None,
+    kind: str,
+    name: str,
+    name_key: str,
+    params: Mapping[str, Any] | None = None,
+    tables: str | Callable[[str], str] = "",
+) -> Problems:
+    """Is ``name`` a plugin of ``kind`` (else the problem is under ``name_key``); with
+    ``params``, does it take them (the registry's
+    :meth:`~doll_core.registry.Registry.parameter_problems`, each under the table
+    ``tables(key)`` the user wrote it in; then the plugin is created, which for explainers,
+    fusions and heads is cheap, and a refusal is put under ``tables`` or ``name_key``)?"""
+    if registry is None:
+        return []
+    try:
+        registry.get(kind, name)
+    except DollError as exc:
+        return [(name_key, str(exc))]
+    if params is None:
+        return []
+    table = tables if callable(tables) else (lambda _key: tables)
+    found = [
+        (f"{table(key.split('.')[0])}.{key}".lstrip("."), text)
+        for key, text in registry.parameter_problems(kind, name, params)
+    ]
+    if found:
+        return found
+    try:
+        registry.create(kind, name, **params)
+    except DollError as exc:
+        return [(tables if isinstance(tables, str) and tables and params else name_key, str(exc))]
+    return []

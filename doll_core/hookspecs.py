@@ -18,6 +18,10 @@ plugin object from user parameters; it is usually a class. ``metadata`` is free-
 shown by ``doll plugins list --json``; the key ``description`` overrides the one-line
 description that is otherwise taken from the factory's docstring.
 
+What the object a factory returns must provide, tensor shapes included, is stated once,
+in :mod:`doll_core.interfaces` (one protocol per kind); the registry checks its required
+members (:data:`doll_core.interfaces.REQUIRED_MEMBERS`) when it builds one.
+
 Hooks return nothing. A hook that raises, or registers something invalid, is reported with
 its plugin's entry point and distribution; every other plugin still loads.
 """
@@ -47,14 +51,10 @@ class RegisterCallback(Protocol):
 def doll_register_backbones(register: RegisterCallback) -> None:
     """Register classifier architectures.
 
-    :param register: ``register(name, factory, **metadata)``.
-
-    ``factory(**params)`` returns a :class:`doll_core.interfaces.Backbone`: an object with
-    ``build(num_classes, in_channels) -> torch.nn.Module`` (a classifier mapping images
-    ``[B, in_channels, H, W]`` to logits ``[B, num_classes]``) and ``cam_layer``, the dotted
-    name of the module inside the built model that CAM-type explainers (Grad-CAM) hook.
-    A backbone whose trained weights fit a segmentation encoder also sets ``encoder_name``
-    (the seg-head encoder name) and implements ``encoder_state_dict(model)``.
+    :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
+        returns a :class:`doll_core.interfaces.Backbone` (``build``, ``cam_layer`` and,
+        for weights that fit a segmentation encoder, ``encoder_name`` and
+        ``encoder_state_dict``; shapes and duties are stated there).
 
     Example::
 
@@ -68,14 +68,9 @@ def doll_register_backbones(register: RegisterCallback) -> None:
 def doll_register_explainers(register: RegisterCallback) -> None:
     """Register attribution methods.
 
-    :param register: ``register(name, factory, **metadata)``.
-
-    ``factory(**params)`` returns a :class:`doll_core.interfaces.Explainer`: an object with
-    ``attribute(model, images, targets) -> Tensor[B, T, H, W]`` (float32, on the images'
-    device), where ``images`` is ``[B, C, H, W]`` and ``targets`` is ``LongTensor[B, T]`` of
-    observation indices, ``-1`` meaning "no target here" (that map must be all zeros). The
-    map is the raw attribution summed over input channels; post-processing is the core's
-    job, not the explainer's.
+    :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
+        returns a :class:`doll_core.interfaces.Explainer` (``attribute``; shapes and
+        duties are stated there).
 
     Example::
 
@@ -89,11 +84,9 @@ def doll_register_explainers(register: RegisterCallback) -> None:
 def doll_register_fusions(register: RegisterCallback) -> None:
     """Register ways to merge the maps of several classifiers.
 
-    :param register: ``register(name, factory, **metadata)``.
-
-    ``factory(**params)`` returns a :class:`doll_core.interfaces.Fusion`: an object with
-    ``fuse(maps, weights) -> Tensor[B, T, H, W]`` where ``maps`` is
-    ``Tensor[N_clf, B, T, H, W]`` and ``weights`` is ``Tensor[N_clf]`` or ``None``.
+    :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
+        returns a :class:`doll_core.interfaces.Fusion` (``fuse``, which gets one weight
+        per classifier *and map*; shapes and duties are stated there).
 
     Example::
 
@@ -107,12 +100,10 @@ def doll_register_fusions(register: RegisterCallback) -> None:
 def doll_register_seg_heads(register: RegisterCallback) -> None:
     """Register segmentation architectures (encoder and decoder/head, trained end to end).
 
-    :param register: ``register(name, factory, **metadata)``.
-
-    ``factory(**params)`` returns a :class:`doll_core.interfaces.SegHead`: an object with
-    ``build(encoder, classes, in_channels) -> torch.nn.Module`` mapping
-    ``[B, in_channels, H, W]`` to logits ``[B, classes, H, W]``. The built model exposes its
-    encoder as the attribute ``encoder`` so that a classifier's weights can be loaded into it.
+    :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
+        returns a :class:`doll_core.interfaces.SegHead` (``build``, and
+        ``output_layer`` / ``set_output_layer`` through which fine-tuning finds and
+        replaces the output layer; shapes and duties are stated there).
 
     Example::
 
@@ -126,10 +117,8 @@ def doll_register_seg_heads(register: RegisterCallback) -> None:
 def doll_register_datasets(register: RegisterCallback) -> None:
     """Register readers of on-disk data layouts.
 
-    :param register: ``register(name, factory, **metadata)``.
-
-    ``factory(root, **options)`` returns a :class:`doll_core.interfaces.DatasetReader`: a
-    sized, indexable map-style dataset (``len(ds)``, ``ds[i]``) over the layout at ``root``.
+    :param register: ``register(name, factory, **metadata)``; ``factory(root, **options)``
+        returns a :class:`doll_core.interfaces.DatasetReader` (stated there).
 
     Example::
 

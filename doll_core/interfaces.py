@@ -1,8 +1,11 @@
-"""Typed interfaces of the five plugin kinds.
+"""Typed interfaces of the five plugin kinds: the one place where the tensor shapes and
+the duties of plugin objects are stated (the hooks in :mod:`doll_core.hookspecs` point
+here).
 
 These are :class:`typing.Protocol` classes: a plugin object conforms by having the named
 methods and attributes, it does not need to inherit from anything. The registry checks
-the required members (:data:`REQUIRED_MEMBERS`) of every object a factory returns.
+the required members (:data:`REQUIRED_MEMBERS`) of every object a factory returns; the
+core checks what plugins return where it calls them.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ class PluginKind(StrEnum):
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A classifier architecture.
+    """A classifier architecture (registered by
+    :func:`doll_core.hookspecs.doll_register_backbones`).
 
     ``cam_layer`` is the dotted module name, inside the model that :meth:`build` returns,
     whose output CAM-type explainers (Grad-CAM) use: the last convolutional feature map.
     ``encoder_name`` is the seg-head encoder whose parameters have the same names and
-    shapes as this backbone's feature extractor (``None`` when there is none).
+    shapes as this backbone's feature extractor (``None`` when there is none); a backbone
+    that sets it also implements :meth:`encoder_state_dict`.
     """
 
     cam_layer: str
@@ -58,7 +63,8 @@ class Backbone(Protocol):
 
 @runtime_checkable
 class Explainer(Protocol):
-    """An attribution method (see :func:`doll_core.hookspecs.doll_register_explainers`)."""
+    """An attribution method (registered by
+    :func:`doll_core.hookspecs.doll_register_explainers`)."""
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
@@ -67,36 +73,101 @@ class Explainer(Protocol):
 
         :param model: a classifier in eval mode, images -> logits ``[B, num_classes]``.
         :param images: ``float [B, C, H, W]``.
-        :param targets: ``long [B, T]`` observation indices; ``-1`` = no target.
-        :returns: ``float32 [B, T, H, W]`` on ``images.device``: raw attributions summed over
-            the input channels; all zeros where the target is ``-1``.
+        :param targets: ``long [B, T]`` observation indices; ``-1`` = no target here.
+        :returns: ``float32 [B, T, H, W]`` on ``images.device``: the raw attribution summed
+            over the input channels (post-processing is the core's job, not the
+            explainer's); all zeros where the target is ``-1``.
         """
         ...
 
 
 @runtime_checkable
 class Fusion(Protocol):
-    """Merges the maps of several classifiers into one."""
+    """Merges the maps of several classifiers into one (registered by
+    :func:`doll_core.hookspecs.doll_register_fusions`).
+
+    The core calls :meth:`fuse` through :func:`doll_core.labels.fusion.fuse_maps`, which
+    checks its inputs and its result as stated below, both when labels are generated
+    (``B`` images per batch, ``T`` target slots) and when single-classifier stores are
+    fused afterwards by :func:`doll_core.labels.combine.fuse_stores` (``B`` = the maps of
+    one shard, ``T = 1``).
+    """
 
     def fuse(self, maps: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """:param maps: ``[N_clf, B, T, H, W]``. :param weights: ``[N_clf]`` or ``None``.
-        :returns: ``[B, T, H, W]``."""
+        """Fuse the classifiers' maps of every target slot.
+
+        :param maps: ``float32 [N_clf, B, T, H, W]`` in ``[0, 1]``, finite, every
+            classifier post-processed alike: ``maps[k, b, t]`` is classifier ``k``'s map of
+            the ``t``-th target of image ``b``.
+        :param weights: ``float32 [N_clf, B, T]`` on ``maps.device``, finite, in ``[0, 1]``:
+            ``weights[k, b, t]`` is classifier ``k``'s validation AUROC for the observation
+            of slot ``(b, t)`` (0.5 when its checkpoint records none). One weight per map,
+            not per classifier: broadcast it over the pixels as
+            ``weights[..., None, None]``. The core always passes them; ``None`` comes only
+            from a direct caller of ``fuse_maps``, and a fusion that needs weights must
+            then raise. A padding slot (target ``-1``) carries an arbitrary weight and its
+            fused map is zeroed afterwards.
+        :returns: ``[B, T, H, W]`` on ``maps.device``, finite, in ``[0, 1]`` (1e-6
+            tolerance; the core clamps and converts to float32).
+        """
         ...
 
 
 @runtime_checkable
 class SegHead(Protocol):
-    """A segmentation architecture, encoder and decoder trained end to end."""
+    """A segmentation architecture, encoder and decoder trained end to end (registered by
+    :func:`doll_core.hookspecs.doll_register_seg_heads`).
+
+    The model that :meth:`build` returns maps images ``[B, in_channels, H, W]`` to logits
+    ``[B, classes, H, W]`` and has two parts the core works with:
+
+    - its **encoder**, the attribute ``encoder`` (an ``nn.Module``): pre-training and
+      fine-tuning load a classifier's weights into it with
+      :func:`doll_core.transfer.load_classifier_into_encoder`, so its ``state_dict`` must
+      have the names and shapes of the ``encoder_state_dict`` of every backbone whose
+      ``encoder_name`` is this encoder's name; ``frozen_encoder`` fine-tuning freezes
+      exactly ``encoder.parameters()``.
+    - its **output layer**, found by :meth:`output_layer` and replaced by
+      :meth:`set_output_layer`: an ``nn.Conv2d`` from the decoder's features
+      ``[B, F, h, w]`` to ``[B, classes, h, w]``. Whatever the model does after it must
+      work for any number of channels (smp only upsamples to ``H, W``); parameters there
+      would count as decoder parameters.
+
+    Fine-tuning puts a new output layer in place for the downstream classes: a seeded
+    ``nn.Conv2d(F, classes', ...)`` with the old one's kernel size, stride, padding,
+    dilation and bias, optionally behind an adapter block,
+    ``nn.Sequential(ResidualAdapter(F), conv)``
+    (:class:`doll_core.segmentation.models.ResidualAdapter`). The parameters of the
+    output layer are the *head* parameters (the only ones ``adapter_only`` trains, with the
+    output layer in train mode and the rest of the model in eval mode), those of
+    ``encoder`` the encoder's, and all the others the decoder's.
+    """
 
     def build(self, encoder: str, classes: int, in_channels: int) -> nn.Module:
-        """Return a model ``[B, in_channels, H, W]`` -> logits ``[B, classes, H, W]`` whose
-        encoder is the attribute ``encoder``."""
+        """Return a freshly initialised model: images ``[B, in_channels, H, W]`` -> logits
+        ``[B, classes, H, W]``, its encoder (named ``encoder``) as the attribute
+        ``encoder`` and an output layer of ``classes`` output channels."""
+        ...
+
+    def output_layer(self, model: nn.Module) -> nn.Module:
+        """The module in ``model``'s output slot (``model`` was built by :meth:`build`): the
+        ``nn.Conv2d`` that :meth:`build` made, or whatever :meth:`set_output_layer` put
+        there last."""
+        ...
+
+    def set_output_layer(self, model: nn.Module, layer: nn.Module) -> None:
+        """Put ``layer`` in ``model``'s output slot, in place of the current output layer,
+        as a submodule of ``model`` (at the same place in its module order, so that
+        parameter order and state-dict names stay stable). ``layer`` takes the features
+        ``[B, F, h, w]`` the old layer took and returns ``[B, classes', h, w]``."""
         ...
 
 
 @runtime_checkable
 class DatasetReader(Protocol):
-    """A map-style dataset over one on-disk layout."""
+    """A sized, indexable map-style dataset (``len(ds)``, ``ds[i]``) over one on-disk
+    layout, built by its factory as ``factory(root, **options)`` (registered by
+    :func:`doll_core.hookspecs.doll_register_datasets`)."""
 
     def __len__(self) -> int: ...
 
@@ -108,6 +179,15 @@ REQUIRED_MEMBERS: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.BACKBONE: ("build", "cam_layer"),
     PluginKind.EXPLAINER: ("attribute",),
     PluginKind.FUSION: ("fuse",),
-    PluginKind.SEG_HEAD: ("build",),
+    PluginKind.SEG_HEAD: ("build", "output_layer", "set_output_layer"),
     PluginKind.DATASET: ("__len__", "__getitem__"),
+}
+
+#: The protocol of each kind, named in the registry's message about a missing member.
+PROTOCOLS: dict[PluginKind, type] = {
+    PluginKind.BACKBONE: Backbone,
+    PluginKind.EXPLAINER: Explainer,
+    PluginKind.FUSION: Fusion,
+    PluginKind.SEG_HEAD: SegHead,
+    PluginKind.DATASET: DatasetReader,
 }

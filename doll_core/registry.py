@@ -23,10 +23,11 @@ from types import MappingProxyType
 from typing import Any
 
 import pluggy
+from pydantic import ConfigDict, ValidationError, create_model
 
 from doll_core import hookspecs
 from doll_core.errors import PluginError, UnknownPluginError
-from doll_core.interfaces import REQUIRED_MEMBERS, PluginKind
+from doll_core.interfaces import PROTOCOLS, REQUIRED_MEMBERS, PluginKind
 
 ENTRY_POINT_GROUP = "doll"
 PLUGIN_FILTER_ENV = "DOLL_PLUGINS"
@@ -294,37 +295,77 @@ class Registry:
         except (KeyError, TypeError):
             raise UnknownPluginError(self._unknown_message(kind, name)) from None
 
+    def parameter_problems(
+        self, kind: PluginKind | str, name: str, params: Mapping[str, Any], *, types: bool = True
+    ) -> list[tuple[str, str]]:
+        """``(key, message)`` for each of ``params`` that plugin ``name`` cannot take, by
+        the signature of its factory: a name it has no parameter for, or (with ``types``) a
+        value that no annotated type can take (pydantic's lax mode). A factory without a
+        signature, or whose annotations do not resolve, is left to its own checks.
+
+        :raises UnknownPluginError: when ``name`` is not a plugin of ``kind``.
+        """
+        info = self.get(kind, name)
+        plugin = f"{info.kind.value} {info.name!r}"
+        try:
+            parameters = inspect.signature(info.factory, eval_str=True).parameters
+        except Exception:  # a builtin without a signature, or an unresolvable annotation
+            return []
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            takes = ", ".join(parameters) or "no parameters"
+            unknown = [
+                (key, f"{plugin} has no parameter {key!r}; it takes: {takes}")
+                for key in params
+                if key not in parameters
+            ]
+            if unknown or not types:
+                return unknown
+        if not types:
+            return []
+        fields: dict[str, Any] = {
+            key: (parameter.annotation, ...)
+            for key, parameter in parameters.items()
+            if key in params and parameter.annotation is not inspect.Parameter.empty
+        }
+        if not fields:
+            return []
+        try:
+            model = create_model(
+                "PluginParameters", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+            )
+            model.model_validate({key: params[key] for key in fields})
+        except ValidationError as exc:
+            return [
+                (".".join(str(part) for part in item["loc"]), item["msg"]) for item in exc.errors()
+            ]
+        except Exception:  # an annotation pydantic cannot check: leave it to the plugin
+            return []
+        return []
+
     def create(self, kind: PluginKind | str, name: str, /, **params: Any) -> Any:
         """Build plugin ``name`` of ``kind`` with ``factory(**params)`` and check that the
-        result has the members its kind requires. Every failure names the plugin."""
+        result has the members its kind requires. Every failure names the plugin, and a
+        parameter it cannot take names that parameter (:meth:`parameter_problems`)."""
         info = self.get(kind, name)
         label = f"{info.kind.value} {info.name!r} (from distribution {info.distribution!r})"
-        try:
-            signature = inspect.signature(info.factory)
-        except (TypeError, ValueError):  # some builtins have no signature; just call them
-            signature = None
-        if signature is not None:
-            try:
-                signature.bind(**params)
-            except TypeError as exc:
-                accepted = [
-                    p.name
-                    for p in signature.parameters.values()
-                    if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-                ]
-                raise PluginError(
-                    f"{label} does not accept parameters {sorted(params)}: {exc}; "
-                    f"it takes: {', '.join(accepted) or 'no parameters'}"
-                ) from None
+        problems = self.parameter_problems(kind, name, params, types=False)  # values: its own
+        if problems:
+            keys = sorted({key.split(".")[0] for key, _ in problems})
+            raise PluginError(
+                f"{label} does not accept parameters {keys}: "
+                + "; ".join(message for _, message in problems)
+            )
         try:
             instance = info.factory(**params)
         except Exception as exc:
             raise PluginError(f"{label} could not be built: {_exception_summary(exc)}") from exc
         missing = [m for m in REQUIRED_MEMBERS[info.kind] if not hasattr(instance, m)]
         if missing:
+            protocol = PROTOCOLS[info.kind]
             raise PluginError(
                 f"{label} returned a {type(instance).__name__} without "
-                f"{', '.join(repr(m) for m in missing)}, which every {info.kind.value} must have"
+                f"{', '.join(repr(m) for m in missing)}, which every {info.kind.value} must "
+                f"have (see {protocol.__module__}.{protocol.__name__})"
             )
         return instance
 

@@ -3,7 +3,9 @@
 Each builds the whole model, encoder and decoder, with ``encoder_weights=None``: DoLL never
 downloads weights. The encoder is the model's ``encoder`` attribute, so a classifier
 backbone of the same family can hand its trained weights to it
-(:func:`doll_core.transfer.load_classifier_into_encoder`).
+(:func:`doll_core.transfer.load_classifier_into_encoder`); the output layer is the
+convolution at the start of smp's ``segmentation_head``
+(:class:`doll_core.interfaces.SegHead`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,26 @@ class SmpSegHead:
             classes=classes,
             **self.options,
         )
+
+    def output_layer(self, model: nn.Module) -> nn.Module:
+        """smp's output convolution: the first module of ``model.segmentation_head``
+        (the rest of it, upsampling and activation, has no parameters)."""
+        return self._head(model)[0]
+
+    def set_output_layer(self, model: nn.Module, layer: nn.Module) -> None:
+        """Put ``layer`` first in ``model.segmentation_head``, where the output
+        convolution was (same state-dict names, same parameter order)."""
+        self._head(model)[0] = layer
+
+    @staticmethod
+    def _head(model: nn.Module) -> nn.Sequential:
+        head = getattr(model, "segmentation_head", None)
+        if not isinstance(head, nn.Sequential):
+            raise DollError(
+                f"{type(model).__name__} has no smp segmentation_head; it was not built by "
+                "this seg head"
+            )
+        return head
 
 
 class Unet(SmpSegHead):

@@ -50,11 +50,15 @@ def check_attributions(
     return maps, bad
 
 
+#: The explainer used when none is named (``doll_core.explain``, label generation).
+DEFAULT_EXPLAINER = "integrated_gradients"
+
+
 def explain(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
-    explainer: str = "integrated_gradients",
+    explainer: str = DEFAULT_EXPLAINER,
     *,
     registry: Registry | None = None,
     **params: Any,

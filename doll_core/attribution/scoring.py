@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from doll_core.attribution.api import explain
 from doll_core.attribution.postprocess import PostprocessConfig, postprocess
@@ -64,6 +65,97 @@ def lesion_masks(
     return masks
 
 
+def _images_with_findings(dataset: Any, count: int) -> list[int]:
+    """The indices of the first ``count`` images with a positive observation."""
+    chosen: list[int] = []
+    for index in range(len(dataset)):
+        labels, mask = dataset.label_arrays(index)
+        targets = select_targets(
+            "positive",
+            labels=torch.from_numpy(labels)[None],
+            label_mask=torch.from_numpy(mask)[None],
+        )
+        if (targets >= 0).any():
+            chosen.append(index)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _batches(
+    dataset: Any, chosen: Sequence[int], batch_size: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
+    """``(start, images [B, C, H, W], positive targets [B, T], ids)`` of each batch of
+    ``chosen`` (unreadable images left out)."""
+    for start in range(0, len(chosen), batch_size):
+        samples = [dataset[i] for i in chosen[start : start + batch_size]]
+        samples = [s for s in samples if not isinstance(s, SkippedSample)]
+        targets = select_targets(
+            "positive",
+            labels=torch.stack([s["labels"] for s in samples]),
+            label_mask=torch.stack([s["label_mask"] for s in samples]),
+        )
+        yield start, torch.stack([s["image"] for s in samples]), targets, [s["id"] for s in samples]
+
+
+@dataclass
+class _Scoring:
+    """What scoring every explainer shares: the models, the images, the truth."""
+
+    model: Classifier
+    random_model: nn.Module
+    dataset: Any
+    chosen: list[int]
+    root: Path
+    post: PostprocessConfig
+    registry: Registry
+    batch_size: int
+    randomization_images: int
+    progress: Callable[[str, int, int], None] | None
+
+    def explainer(self, name: str, params: dict[str, Any]) -> ExplainerScores:
+        """One explainer's scores (or the error that stopped it)."""
+        scores: dict[str, list[torch.Tensor]] = {m.name: [] for m in LOCALIZATION_METRICS}
+        outcome = ExplainerScores(name)
+        similarity: list[float] = []
+        seconds, maps_done = 0.0, 0
+        # ranking and mass metrics read the unclipped map: percentile clipping would tie
+        # the top pixels and flatter the pointing game
+        unclipped = self.post.model_copy(
+            update={"clip_percentile": None, "gamma": None, "binarize": "none"}
+        )
+        total = len(self.chosen)
+        try:
+            for start, images, targets, ids in _batches(self.dataset, self.chosen, self.batch_size):
+                started = time.perf_counter()
+                maps = explain(self.model, images, targets, name, registry=self.registry, **params)
+                seconds += time.perf_counter() - started
+                size = (int(images.shape[-2]), int(images.shape[-1]))
+                truth = lesion_masks(self.root, ids, targets, size)
+                binary = postprocess(maps, self.post, targets=targets).binary
+                ranked = postprocess(maps, unclipped, targets=targets).soft
+                real = targets >= 0
+                for metric in LOCALIZATION_METRICS:
+                    chosen_binary = None if binary is None else binary[real]
+                    scores[metric.name].append(metric(ranked[real], truth[real], chosen_binary))
+                maps_done += int(real.sum())
+                if start < self.randomization_images:
+                    random_maps = explain(
+                        self.random_model, images, targets, name, registry=self.registry, **params
+                    )
+                    similarity.append(randomization_similarity(maps[real], random_maps[real]))
+                if self.progress is not None:
+                    self.progress(name, min(start + self.batch_size, total), total)
+        except DollError as exc:
+            outcome.error = str(exc)
+            return outcome
+        outcome.means = {k: nanmean(torch.cat(v)) for k, v in scores.items()}
+        outcome.maps = maps_done
+        outcome.seconds_per_image = seconds / total
+        outcome.randomization_similarity = nanmean(torch.tensor(similarity, dtype=torch.float64))
+        return outcome
+
+
 def score_explainers(
     model: Classifier,
     data_root: str | Path,
@@ -87,79 +179,23 @@ def score_explainers(
     dataset = registry.create(
         "dataset", "chexpert", root=root, split=split, size=image_size, grayscale=in_channels == 1
     )
-    chosen: list[int] = []
-    for index in range(len(dataset)):
-        labels, mask = dataset.label_arrays(index)
-        targets = select_targets(
-            "positive",
-            labels=torch.from_numpy(labels)[None],
-            label_mask=torch.from_numpy(mask)[None],
-        )
-        if (targets >= 0).any():
-            chosen.append(index)
-        if len(chosen) == count:
-            break
+    chosen = _images_with_findings(dataset, count)
     if not chosen:
         raise DollError(f"no images with positive findings in the {split} split of {root}")
-    post = post or PostprocessConfig()
-    unclipped = post.model_copy(update={"clip_percentile": None, "gamma": None, "binarize": "none"})
+    scoring = _Scoring(
+        model,
+        randomized_copy(model),
+        dataset,
+        chosen,
+        root,
+        post or PostprocessConfig(),
+        registry,
+        batch_size,
+        randomization_images,
+        progress,
+    )
     params = explainer_params or {}
-    random_model = randomized_copy(model)
-    results = []
-    for name in explainers:
-        scores: dict[str, list[torch.Tensor]] = {m.name: [] for m in LOCALIZATION_METRICS}
-        outcome = ExplainerScores(name)
-        similarity: list[float] = []
-        seconds, maps_done = 0.0, 0
-        try:
-            for start in range(0, len(chosen), batch_size):
-                samples = [dataset[i] for i in chosen[start : start + batch_size]]
-                samples = [s for s in samples if not isinstance(s, SkippedSample)]
-                images = torch.stack([s["image"] for s in samples])
-                targets = select_targets(
-                    "positive",
-                    labels=torch.stack([s["labels"] for s in samples]),
-                    label_mask=torch.stack([s["label_mask"] for s in samples]),
-                )
-                started = time.perf_counter()
-                maps = explain(
-                    model, images, targets, name, registry=registry, **params.get(name, {})
-                )
-                seconds += time.perf_counter() - started
-                size = (int(images.shape[-2]), int(images.shape[-1]))
-                truth = lesion_masks(root, [s["id"] for s in samples], targets, size)
-                binary = postprocess(maps, post, targets=targets).binary
-                # ranking and mass metrics read the unclipped map: percentile clipping
-                # would tie the top pixels and flatter the pointing game
-                ranked = postprocess(maps, unclipped, targets=targets).soft
-                real = targets >= 0
-                for metric in LOCALIZATION_METRICS:
-                    scores[metric.name].append(
-                        metric(ranked[real], truth[real], None if binary is None else binary[real])
-                    )
-                maps_done += int(real.sum())
-                if start < randomization_images:
-                    random_maps = explain(
-                        random_model,
-                        images,
-                        targets,
-                        name,
-                        registry=registry,
-                        **params.get(name, {}),
-                    )
-                    similarity.append(randomization_similarity(maps[real], random_maps[real]))
-                if progress is not None:
-                    progress(name, min(start + batch_size, len(chosen)), len(chosen))
-        except DollError as exc:
-            outcome.error = str(exc)
-            results.append(outcome)
-            continue
-        outcome.means = {k: nanmean(torch.cat(v)) for k, v in scores.items()}
-        outcome.maps = maps_done
-        outcome.seconds_per_image = seconds / len(chosen)
-        outcome.randomization_similarity = nanmean(torch.tensor(similarity, dtype=torch.float64))
-        results.append(outcome)
-    return results
+    return [scoring.explainer(name, params.get(name, {})) for name in explainers]
 
 
 def scores_table(results: Sequence[ExplainerScores]) -> str:

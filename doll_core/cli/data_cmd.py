@@ -61,6 +61,11 @@ def phantom(
     )
 
 
+def given(**values: Any) -> dict[str, Any]:
+    """The options a user gave (``None``: not given, so the config field's default holds)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> a dict; values are JSON where they parse, else strings."""
     options: dict[str, Any] = {}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import typer
 
+from doll_core.attribution.api import DEFAULT_EXPLAINER
 from doll_core.cli.data_cmd import parse_set
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
@@ -20,7 +21,7 @@ from doll_core.registry import get_registry
 def _explainer_names(values: list[str]) -> list[str]:
     names = get_registry().names("explainer")
     if not values:
-        return ["integrated_gradients"]
+        return [DEFAULT_EXPLAINER]
     if values == ["all"]:
         return names
     return values

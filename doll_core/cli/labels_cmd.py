@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from doll_core.cli.data_cmd import parse_set
+from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import parse_config
 
 labels_app = typer.Typer(
@@ -22,9 +21,9 @@ def generate(
     data: Path = typer.Option(..., "--data", help="Dataset root (CheXpert layout)."),
     classifier: list[Path] = typer.Option(..., "--classifier", help="Checkpoint (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Label store folder."),
-    explainer: str = typer.Option("integrated_gradients", "--explainer"),
-    fusion: str = typer.Option("mean", "--fusion"),
-    split: str = typer.Option("train", "--split"),
+    explainer: str | None = typer.Option(None, "--explainer", help="Default: the config's."),
+    fusion: str | None = typer.Option(None, "--fusion", help="Default: the config's."),
+    split: str | None = typer.Option(None, "--split", help="Default: the config's."),
     settings: list[str] = typer.Option(
         [],
         "--set",
@@ -37,13 +36,9 @@ def generate(
     from doll_core.labels.config import LabelGenerationConfig
     from doll_core.labels.generate import generate_labels
 
-    values: dict[str, Any] = {
-        "data": data,
-        "classifiers": classifier,
-        "explainer": explainer,
-        "fusion": fusion,
-        "split": split,
-    }
+    values = given(
+        data=data, classifiers=classifier, explainer=explainer, fusion=fusion, split=split
+    )
     values.update(parse_set(settings))
     config = parse_config(LabelGenerationConfig, values, source="labels generate")
     manifest = generate_labels(config, out, resume=resume, progress=True)

@@ -8,14 +8,16 @@ from typing import Any
 
 import typer
 
-from doll_core.cli.data_cmd import parse_set
+from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import parse_config
 
 
 def pretrain_command(
     labels: Path = typer.Option(..., "--labels", help="A DoLL label store."),
     out: Path = typer.Option(..., "--out", help="Run folder."),
-    head: str = typer.Option("unet", "--head", help="Seg-head plugin."),
+    head: str | None = typer.Option(
+        None, "--head", help="Seg-head plugin (default: the config's)."
+    ),
     encoder_from: Path | None = typer.Option(
         None, "--encoder-from", help="Classifier checkpoint for the encoder."
     ),
@@ -26,7 +28,7 @@ def pretrain_command(
     from doll_core.segmentation.config import PretrainConfig
     from doll_core.segmentation.pretrain import pretrain
 
-    values: dict[str, Any] = {"labels": labels, "head": head, "encoder_from": encoder_from}
+    values = given(labels=labels, head=head, encoder_from=encoder_from)
     values.update(parse_set(settings))
     trainer = pretrain(
         parse_config(PretrainConfig, values, source="pretrain"), out, resume=resume, progress=True
@@ -40,7 +42,7 @@ def pretrain_command(
 def finetune_command(
     data: Path = typer.Option(..., "--data", help="Downstream dataset root."),
     out: Path = typer.Option(..., "--out", help="Run folder."),
-    dataset: str = typer.Option("segfolder", "--dataset", help="Dataset reader."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Reader (default: the config's)."),
     init: str = typer.Option("random", "--init", help="random, classifier, doll or checkpoint."),
     init_path: Path | None = typer.Option(None, "--init-path", help="Checkpoint for --init."),
     n_labeled: int | None = typer.Option(None, "--n-labeled", help="Training images used."),
@@ -51,13 +53,7 @@ def finetune_command(
     from doll_core.segmentation.config import FinetuneConfig
     from doll_core.segmentation.finetune import finetune
 
-    values: dict[str, Any] = {
-        "data": data,
-        "dataset": dataset,
-        "init": init,
-        "init_path": init_path,
-        "n_labeled": n_labeled,
-    }
+    values = given(data=data, dataset=dataset, init=init, init_path=init_path, n_labeled=n_labeled)
     values.update(parse_set(settings))
     result = finetune(
         parse_config(FinetuneConfig, values, source="finetune"), out, resume=resume, progress=True
@@ -70,7 +66,7 @@ def compare_command(
     out: Path = typer.Option(..., "--out", help="Folder for all runs and the summary."),
     classifier: Path = typer.Option(..., "--classifier", help="Classifier checkpoint."),
     doll: Path = typer.Option(..., "--doll", help="DoLL pre-trained checkpoint."),
-    dataset: str = typer.Option("segfolder", "--dataset", help="Dataset reader."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Reader (default: the config's)."),
     budget: list[str] = typer.Option(["8", "32", "all"], "--budget", help="Labelled images."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per setting."),
     settings: list[str] = typer.Option([], "--set", help="Fine-tuning config KEY=VALUE (JSON)."),
@@ -78,7 +74,7 @@ def compare_command(
     """Fine-tune from random, classifier and DoLL initialisation; table and curves."""
     from doll_core.segmentation.compare import compare_initialisations
 
-    base: dict[str, Any] = {"data": str(data), "dataset": dataset}
+    base: dict[str, Any] = given(data=str(data), dataset=dataset)
     base.update(parse_set(settings))
     budgets = [None if b == "all" else int(b) for b in budget]
     inits = {

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import typer
 
-from doll_core.cli.data_cmd import parse_set
+from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import parse_config
 from doll_core.training.config import ClassifierTrainingConfig
 
 
 def train_classifier_command(
     data: Path = typer.Option(..., "--data", help="Dataset root (e.g. a phantom or CheXpert)."),
-    backbone: str = typer.Option("tiny_cnn", "--backbone", help="Backbone plugin name."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="Backbone plugin name (default: the config's)."
+    ),
     out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
     epochs: int = typer.Option(10, "--epochs", help="Epochs at most."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
@@ -35,7 +37,7 @@ def train_classifier_command(
 
     values = {
         "data": data,
-        "backbone": backbone,
+        **given(backbone=backbone),
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,

@@ -80,11 +80,11 @@ def plan_experiment(
     :raises DollError: when the document is no longer a valid experiment.
     """
     from doll_core.experiment.config import validate_experiment
-    from doll_core.experiment.runner import ExperimentRunner
+    from doll_core.experiment.runner import run_stages
 
     experiment = validate_experiment(document, source=source)
     cache = _PlanningCache(stages)
-    ExperimentRunner(experiment, cache, device=device or experiment.device).run()
+    run_stages(experiment, cache, device=device or experiment.device)
     return cache.planned
 
 

@@ -113,7 +113,7 @@ def run_ablation(
         document = resolve_relative_paths(document, path.resolve().parent)
         name = point_name(index, point)
         experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
-        prepared.append((name, point, experiment, experiment.model_dump(mode="json")))
+        prepared.append((name, point, experiment, experiment.document()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points: list[dict[str, Any]] = []

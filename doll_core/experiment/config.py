@@ -1,4 +1,5 @@
-"""The experiment file (TOML): its schema and its validation before any work starts.
+"""The experiment file (TOML): its schema, the stage configurations it makes, and its
+validation before any work starts.
 
 An experiment names every stage of the pipeline::
 
@@ -15,86 +16,82 @@ An experiment names every stage of the pipeline::
     [classifiers.resnet18]
     backbone = "resnet18"
 
-    [explanation]               # any label-generation key
+    [explanation]               # label-generation settings
     explainer = "integrated_gradients"
     [fusion]
     name = "mean"
-    [pretrain]                  # any pre-training key, plus encoder_from
+    [pretrain]                  # pre-training settings, plus encoder_from
     encoder_from = "resnet18"
-    [finetune]                  # any fine-tuning key, plus the grid below
+    [finetune]                  # fine-tuning settings, plus the grid below
     inits = ["random", "classifier", "doll"]
     budgets = [8, "all"]
     seeds = [0, 1, 2]
 
-Stage sections are validated against the stage configs themselves
-(:class:`~doll_core.training.config.ClassifierTrainingConfig`,
-:class:`~doll_core.labels.config.LabelGenerationConfig`,
-:class:`~doll_core.segmentation.config.PretrainConfig`,
-:class:`~doll_core.segmentation.config.FinetuneConfig`), so every key of the single-stage
-commands works here too, except the keys the runner fills in (data paths, checkpoints).
+Each stage section *is* that stage's settings model
+(:class:`~doll_core.training.config.ClassifierSettings`,
+:class:`~doll_core.labels.config.LabelSettings`,
+:class:`~doll_core.segmentation.config.PretrainSettings`,
+:class:`~doll_core.segmentation.config.FinetuneSettings`), so its keys, defaults and bounds
+are the single-stage commands' own. The keys of a stage's inputs (data paths, checkpoints,
+the device) are the runner's: :func:`stage_configs` fills them in, for ``doll run``,
+``doll ablate``, ``doll doctor``'s plan and the validation before work alike.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from doll_core.configuration import validation_problems
+from doll_core.configuration import (
+    Problems,
+    context_registry,
+    error_items,
+    parse_config,
+    plugin_problems,
+    raise_problems,
+)
 from doll_core.errors import DollError
 from doll_core.experiment.overrides import apply_overrides
-from doll_core.labels.config import LabelGenerationConfig
+from doll_core.labels.config import LabelGenerationConfig, LabelInputs, LabelSettings
 from doll_core.registry import Registry, get_registry
-from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
-from doll_core.training.config import ClassifierTrainingConfig
+from doll_core.segmentation.config import (
+    FinetuneConfig,
+    FinetuneInputs,
+    FinetuneSettings,
+    PretrainConfig,
+    PretrainInputs,
+    PretrainSettings,
+)
+from doll_core.training.config import (
+    ClassifierInputs,
+    ClassifierSettings,
+    ClassifierTrainingConfig,
+    StageInputs,
+)
 
 Init = Literal["random", "classifier", "doll", "checkpoint"]
 DEFAULT_INITS: tuple[Init, ...] = ("random", "classifier", "doll")
 DEFAULT_BUDGETS: tuple[int | Literal["all"], ...] = (8, "all")
 
-#: Keys of the stage configs that the runner fills in from other sections.
-RUNNER_KEYS: dict[str, tuple[str, ...]] = {
-    "classifier": ("data", "dataset", "dataset_options", "train_split", "val_split", "device"),
-    "explanation": (
-        "data",
-        "dataset",
-        "dataset_options",
-        "classifiers",
-        "fusion",
-        "fusion_params",
-        "device",
-    ),
-    "pretrain": ("labels", "data", "encoder_from", "device"),
-    "finetune": (
-        "data",
-        "dataset",
-        "dataset_options",
-        "splits",
-        "init",
-        "init_path",
-        "n_labeled",
-        "seed",
-        "device",
-    ),
-}
-
 #: Where each phantom downstream task lives in a phantom folder, and how it is read.
 PHANTOM_TASKS: dict[str, dict[str, Any]] = {
     "organs": {"folder": "organs", "dataset": "segfolder", "splits": "random"},
     "infection": {"folder": "COVID-QU-Ex", "dataset": "covid-qu-ex", "splits": "folders"},
+}
+
+#: The stage sections of an experiment and the inputs the runner fills in for them.
+RUNNER_INPUTS: dict[str, type[StageInputs]] = {
+    "training": ClassifierInputs,
+    "explanation": LabelInputs,
+    "pretrain": PretrainInputs,
+    "finetune": FinetuneInputs,
 }
 
 
@@ -115,17 +112,38 @@ class PhantomData(_Section):
 
 
 class ClassificationData(_Section):
-    """The CheXpert-layout classification set (default: the phantom's)."""
+    """The CheXpert-layout classification set (default: the phantom's); unset keys take
+    the classifier-training defaults (:class:`~doll_core.training.config.ClassifierInputs`)."""
 
     root: Path | None = None
-    dataset: str = "chexpert"
+    dataset: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    train_split: str = "train"
-    val_split: str = "valid"
+    train_split: str | None = None
+    val_split: str | None = None
+
+    @model_validator(mode="after")
+    def _checks(self, info: ValidationInfo) -> ClassificationData:
+        problems = [("root", m) for _, m in _folder_problems(self.root)]
+        if self.dataset is not None:
+            problems += plugin_problems(context_registry(info), "dataset", self.dataset, "dataset")
+        raise_problems(problems)
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The keys of the classification inputs that this section sets."""
+        values: dict[str, Any] = {"dataset": self.dataset, "dataset_options": self.options}
+        values |= {"train_split": self.train_split, "val_split": self.val_split}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def _folder_problems(path: Path | None) -> Problems:
+    return [("", f"folder not found: {path}")] if path and not path.is_dir() else []
 
 
 class TaskData(_Section):
-    """One downstream segmentation task: a phantom task or a folder on disk."""
+    """One downstream segmentation task: a phantom task or a folder on disk (read with
+    the fine-tuning defaults, :class:`~doll_core.segmentation.config.FinetuneInputs`, unless
+    ``dataset``/``splits`` say otherwise)."""
 
     phantom: Literal["organs", "infection"] | None = None
     root: Path | None = None
@@ -134,17 +152,24 @@ class TaskData(_Section):
     splits: Literal["random", "folders"] | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> TaskData:
+    def _checks(self, info: ValidationInfo) -> TaskData:
         if (self.phantom is None) == (self.root is None):
             raise ValueError("give exactly one of phantom = 'organs'|'infection' or root = PATH")
+        problems = [("root", m) for _, m in _folder_problems(self.root)]
+        if (dataset := self.reader().get("dataset")) is not None:
+            problems += plugin_problems(context_registry(info), "dataset", dataset, "dataset")
+        raise_problems(problems)
         return self
 
-    def reader(self) -> tuple[str, str]:
-        """``(dataset plugin, splits)`` for this task."""
-        if self.phantom is not None:
-            known = PHANTOM_TASKS[self.phantom]
-            return self.dataset or known["dataset"], self.splits or known["splits"]
-        return self.dataset or "segfolder", self.splits or "random"
+    def reader(self) -> dict[str, Any]:
+        """The fine-tuning inputs that say how this task is read (dataset, options, splits)."""
+        known = PHANTOM_TASKS[self.phantom] if self.phantom is not None else {}
+        values = {
+            "dataset": self.dataset or known.get("dataset"),
+            "splits": self.splits or known.get("splits"),
+            "dataset_options": self.options,
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
 
 class DataSection(_Section):
@@ -162,33 +187,86 @@ class DataSection(_Section):
         return self
 
 
-class ExplanationSection(BaseModel):
-    """Label-generation keys, plus ``classifiers`` (which ones to explain; default all)
+class ExplanationSection(LabelSettings):
+    """Label-generation settings, plus ``classifiers`` (which ones to explain; default all)
     and ``params``: explainer parameters by explainer name, used when that explainer is
     the chosen one (so an ablation over explainers gives each its own settings)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     classifiers: list[str] | None = None
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    def label_settings(self) -> dict[str, Any]:
+        """The :class:`LabelSettings` values, ``params[explainer]`` merged into
+        ``explainer_params``."""
+        values = self.model_dump(exclude={"classifiers", "params"})
+        values["explainer_params"] = self.explainer_params | self.params.get(self.explainer, {})
+        return values
+
+    @model_validator(mode="after")
+    def _plugins(self, info: ValidationInfo) -> ExplanationSection:
+        specific = self.params.get(self.explainer, {})
+        where = {key: f"params.{self.explainer}" for key in specific}
+        registry = context_registry(info)
+        problems = plugin_problems(
+            registry,
+            "explainer",
+            self.explainer,
+            "explainer",
+            params=self.label_settings()["explainer_params"],
+            tables=lambda key: where.get(key, "explainer_params"),
+        )
+        for name, params in self.params.items():
+            problems += plugin_problems(
+                registry,
+                "explainer",
+                name,
+                f"params.{name}",
+                params=params,
+                tables=f"params.{name}",
+            )
+        raise_problems(problems)
+        return self
+
 
 class FusionSection(_Section):
-    name: str = "mean"
+    """The fusion of the classifiers' maps; an unset ``name`` is label generation's
+    default (:class:`~doll_core.labels.config.LabelInputs`)."""
+
+    name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _plugin(self, info: ValidationInfo) -> FusionSection:
+        name = self.inputs()["fusion"]
+        registry = context_registry(info)
+        raise_problems(plugin_problems(registry, "fusion", name, "name", self.params, "params"))
+        return self
 
-class PretrainSection(BaseModel):
-    """Pre-training keys, plus ``encoder_from``: the classifier whose weights start the
+    def inputs(self) -> dict[str, Any]:
+        """The label-generation inputs this section sets (``fusion``, ``fusion_params``)."""
+        name = self.name or LabelInputs.model_fields["fusion"].default
+        return {"fusion": name, "fusion_params": self.params}
+
+
+class PretrainSection(PretrainSettings):
+    """Pre-training settings, plus ``encoder_from``: the classifier whose weights start the
     encoder (default: none, a random encoder named by ``encoder``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
     encoder_from: str | None = None
 
+    @model_validator(mode="after")
+    def _plugin(self, info: ValidationInfo) -> PretrainSection:
+        registry = context_registry(info)
+        head, params = self.head, self.head_params
+        raise_problems(plugin_problems(registry, "seg_head", head, "head", params, "head_params"))
+        return self
 
-class FinetuneSection(BaseModel):
-    """Fine-tuning keys, plus the grid of runs."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+class FinetuneSection(FinetuneSettings):
+    """Fine-tuning settings, plus the grid of runs. ``head``, ``head_params``, ``encoder``
+    and ``image_size`` default to the pre-trained model's, so that every init fine-tunes
+    the same architecture."""
+
     tasks: list[str] | None = Field(None, description="default: every task in [data.tasks]")
     inits: list[Init] = Field(default_factory=lambda: list(DEFAULT_INITS))
     budgets: list[int | Literal["all"]] = Field(default_factory=lambda: list(DEFAULT_BUDGETS))
@@ -197,6 +275,26 @@ class FinetuneSection(BaseModel):
         None, description="for init 'classifier'; default: pretrain.encoder_from"
     )
     checkpoint: Path | None = Field(None, description="for init 'checkpoint'")
+
+    @staticmethod
+    def inherited() -> tuple[str, ...]:
+        """The settings taken from the pre-trained model's unless set here."""
+        return ("head", "head_params", "encoder", "image_size")
+
+    @model_validator(mode="after")
+    def _grid(self) -> FinetuneSection:
+        problems: Problems = []
+        if "checkpoint" in self.inits:
+            if self.checkpoint is None:
+                problems.append(("checkpoint", "init 'checkpoint' needs a file"))
+            elif not self.checkpoint.is_file():
+                problems.append(("checkpoint", f"file not found: {self.checkpoint}"))
+        for key in ("budgets", "seeds"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                problems.append((key, f"a {key[:-1]} is listed twice"))
+        raise_problems(problems)
+        return self
 
 
 class AblationSection(_Section):
@@ -212,14 +310,16 @@ class ReportSection(_Section):
 
 
 class Experiment(_Section):
-    """A whole experiment, validated; stage configs come from :mod:`.plan`."""
+    """A whole experiment, validated; each stage's configuration comes from
+    :func:`stage_configs`. ``classifiers`` holds each classifier's settings with
+    ``[training]`` merged in."""
 
     name: str = "experiment"
     description: str = ""
     device: str = "auto"
     data: DataSection
     training: dict[str, Any] = Field(default_factory=dict)
-    classifiers: dict[str, dict[str, Any]] = Field(min_length=1)
+    classifiers: dict[str, ClassifierSettings] = Field(min_length=1)
     explanation: ExplanationSection = ExplanationSection()
     fusion: FusionSection = FusionSection()
     pretrain: PretrainSection = PretrainSection()
@@ -227,27 +327,27 @@ class Experiment(_Section):
     report: ReportSection = ReportSection()
     ablation: AblationSection = AblationSection()
 
-    # -- the stage configs, before the runner fills in paths --------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_training(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        training, classifiers = (values.get(k) for k in ("training", "classifiers"))
+        if isinstance(training, dict) and isinstance(classifiers, dict):
+            merged = {
+                n: {**training, **c} if isinstance(c, dict) else c for n, c in classifiers.items()
+            }
+            values = {**values, "classifiers": merged}
+        return values
 
-    def classifier_settings(self, name: str) -> dict[str, Any]:
-        return {**self.training, **self.classifiers[name]}
-
-    def explanation_settings(self) -> dict[str, Any]:
-        """Label-generation keys, with ``params[explainer]`` merged into
-        ``explainer_params``."""
-        settings = dict(self.explanation.model_extra or {})
-        explainer = settings.get("explainer", "integrated_gradients")
-        specific = self.explanation.params.get(explainer) if isinstance(explainer, str) else None
-        general = settings.get("explainer_params", {})
-        if specific and isinstance(general, dict):  # not a table: validation says so
-            settings["explainer_params"] = {**general, **specific}
-        return settings
-
-    def pretrain_settings(self) -> dict[str, Any]:
-        return dict(self.pretrain.model_extra or {})
-
-    def finetune_settings(self) -> dict[str, Any]:
-        return dict(self.finetune.model_extra or {})
+    def document(self) -> dict[str, Any]:
+        """The resolved experiment as JSON, what a run folder records (``experiment.json``)
+        and :func:`validate_experiment` reads back to the same experiment: every setting,
+        except the fine-tuning keys left to the pre-trained model's."""
+        document = self.model_dump(mode="json")
+        for key in set(FinetuneSection.inherited()) - self.finetune.model_fields_set:
+            del document["finetune"][key]
+        return document
 
     def explained_classifiers(self) -> list[str]:
         return list(self.explanation.classifiers or self.classifiers)
@@ -257,6 +357,126 @@ class Experiment(_Section):
 
     def init_classifier(self) -> str | None:
         return self.finetune.classifier or self.pretrain.encoder_from
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """Where the stages read their data, and the key that stands for it."""
+
+    key: str
+    classification_root: Path
+    task_roots: dict[str, Path]
+    phantom_root: Path | None
+
+    @classmethod
+    def placeholder(cls, experiment: Experiment) -> DataSources:
+        """Stand-in paths, to make every stage's configuration before any data exists."""
+        stand_in = Path("<data>")
+        return cls("", stand_in, {name: stand_in for name in experiment.data.tasks}, None)
+
+
+#: The runner's stand-in for an upstream stage's file until that stage has run.
+UPSTREAM = Path("<upstream>")
+
+
+@dataclass(frozen=True)
+class StageConfigs:
+    """Every stage's configuration for one experiment. Paths to upstream stages' files
+    (checkpoints, the label store) are :data:`UPSTREAM` until the runner knows them."""
+
+    classifiers: dict[str, ClassifierTrainingConfig]
+    labels: LabelGenerationConfig
+    pretrain: PretrainConfig
+    finetune: dict[tuple[str, str, int | str, int], FinetuneConfig]
+
+
+def stage_configs(
+    experiment: Experiment,
+    sources: DataSources,
+    *,
+    device: str | None = None,
+    registry: Registry | None = None,
+) -> StageConfigs:
+    """The one place where the sections of ``experiment`` and its data ``sources`` become
+    stage configurations. ``finetune`` is keyed by ``(task, init, budget, seed)``, in grid
+    order. ``device`` overrides the experiment's.
+
+    :raises DollError: naming the stage whose configuration is not valid.
+    """
+    registry = registry or get_registry()
+    data = experiment.data
+    classification = {"data": sources.classification_root, **data.classification.source()}
+    common = {"device": device or experiment.device}
+    classifiers = {
+        name: parse_config(
+            ClassifierTrainingConfig,
+            {**settings.model_dump(), **classification, **common},
+            source=f"classifiers.{name}",
+        )
+        for name, settings in experiment.classifiers.items()
+    }
+    labels = parse_config(
+        LabelGenerationConfig,
+        {
+            **experiment.explanation.label_settings(),
+            **{k: v for k, v in classification.items() if k in LabelInputs.model_fields},
+            **experiment.fusion.inputs(),
+            "classifiers": [UPSTREAM] * len(experiment.explained_classifiers()),
+            **common,
+        },
+        source="explanation",
+    )
+    pretrain_settings = experiment.pretrain.model_dump(exclude={"encoder_from"})
+    pretrain = parse_config(
+        PretrainConfig, {**pretrain_settings, "labels": UPSTREAM, **common}, source="pretrain"
+    )
+    inherited = {key: getattr(pretrain, key) for key in FinetuneSection.inherited()}
+    if (encoder := segmentation_encoder(experiment, registry)) is not None:
+        inherited["encoder"] = encoder
+    own = experiment.finetune.model_dump(include=set(FinetuneSettings.model_fields))
+    own = {
+        k: v
+        for k, v in own.items()
+        if k in experiment.finetune.model_fields_set or k not in inherited
+    }
+    finetune = {}
+    for task, init, budget, seed in finetune_grid(experiment):
+        values = {**inherited, **own, **common}
+        values |= {"data": sources.task_roots[task], **data.tasks[task].reader()}
+        values |= {"init": init, "n_labeled": None if budget == "all" else budget, "seed": seed}
+        values["init_path"] = None if init == "random" else UPSTREAM
+        finetune[task, init, budget, seed] = parse_config(
+            FinetuneConfig, values, source=f"finetune ({task})"
+        )
+    return StageConfigs(classifiers, labels, pretrain, finetune)
+
+
+def finetune_grid(experiment: Experiment) -> list[tuple[str, str, int | str, int]]:
+    """``(task, init, budget, seed)`` of every fine-tuning run, in the order they run."""
+    grid = experiment.finetune
+    return [
+        (task, init, budget, seed)
+        for task in experiment.finetune_tasks()
+        for init in grid.inits
+        for budget in grid.budgets
+        for seed in grid.seeds
+    ]
+
+
+def segmentation_encoder(experiment: Experiment, registry: Registry) -> str | None:
+    """The segmentation encoder every fine-tuning run builds (so that all inits compare
+    the same architecture): ``pretrain.encoder``, else the counterpart of the classifier
+    that starts it; ``None``: the fine-tuning default."""
+    if experiment.pretrain.encoder is not None:
+        return experiment.pretrain.encoder
+    chosen = experiment.init_classifier()
+    if chosen is None or chosen not in experiment.classifiers:
+        return None
+    backbone = experiment.classifiers[chosen].backbone
+    if backbone not in registry.names("backbone"):
+        return None
+    name = registry.get("backbone", backbone).metadata.get("encoder_name")
+    return str(name) if name is not None else None
 
 
 def read_experiment_file(path: str | Path) -> dict[str, Any]:
@@ -274,134 +494,19 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
 
 def resolve_relative_paths(document: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative data paths are relative to the experiment file's folder."""
+
+    def resolve(table: Any, key: str) -> None:
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            table[key] = str(base / Path(table[key]).expanduser())
+
     data = document.get("data")
     if isinstance(data, dict):
-        classification = data.get("classification")
-        if isinstance(classification, dict) and isinstance(classification.get("root"), str):
-            classification["root"] = str(base / Path(classification["root"]).expanduser())
+        resolve(data.get("classification"), "root")
         tasks = data.get("tasks")
         for task in tasks.values() if isinstance(tasks, dict) else ():
-            if isinstance(task, dict) and isinstance(task.get("root"), str):
-                task["root"] = str(base / Path(task["root"]).expanduser())
-    finetune = document.get("finetune")
-    if isinstance(finetune, dict) and isinstance(finetune.get("checkpoint"), str):
-        finetune["checkpoint"] = str(base / Path(finetune["checkpoint"]).expanduser())
+            resolve(task, "root")
+    resolve(document.get("finetune"), "checkpoint")
     return document
-
-
-def _check_stage(
-    model: type[BaseModel],
-    stage: str,
-    where: str,
-    settings: Mapping[str, Any],
-    filled: Mapping[str, Any],
-    problems: list[str],
-    origin: Mapping[str, str] | None = None,
-) -> None:
-    """Validate ``settings`` as ``model`` with the runner's keys ``filled`` in.
-
-    :param origin: the section a key came from when not ``where`` (a classifier's keys
-        from ``[training]``), so that a problem names the key the user wrote.
-    """
-    for key in RUNNER_KEYS[stage]:
-        problem = f"{(origin or {}).get(key, where)}.{key}: set by the runner from other sections"
-        if key in settings and f"{problem}; remove it" not in problems:
-            problems.append(f"{problem}; remove it")
-    values = {**settings, **filled}
-    try:
-        model.model_validate(values)
-    except ValidationError as exc:
-        origin = origin or {}
-        for item, line in zip(exc.errors(), validation_problems(exc), strict=True):
-            if item["loc"]:
-                problem = f"{origin.get(str(item['loc'][0]), where)}.{line}"
-            else:  # a check across fields: the section of the first key it names
-                named = [k for k in origin if re.search(rf"\b{re.escape(k)}\b", item["msg"])]
-                problem = f"{origin[named[0]] if named else where}: {item['msg']}"
-            if problem not in problems:  # a [training] key: once, not once per classifier
-                problems.append(problem)
-
-
-def _check_plugin(
-    registry: Registry,
-    kind: str,
-    name: Any,
-    where: str,
-    problems: list[str],
-    params: Any = None,
-    params_where: str | Mapping[str, str] = "",
-) -> None:
-    """Is ``name`` a plugin of ``kind``; with ``params``, does the plugin accept them
-    (their types are checked against the factory's annotations, each bad one named by its
-    key under ``params_where``, then the plugin object is created, which for explainers and
-    fusions is cheap)?"""
-    if not isinstance(name, str):
-        return  # a wrong type is reported by the stage validation
-    try:
-        info = registry.get(kind, name)
-    except DollError as exc:
-        problems.append(f"{where}: {exc}")
-        return
-    if not isinstance(params, dict):
-        return
-    if isinstance(params_where, Mapping):
-        tables = {key: params_where.get(key, where) for key in params}
-    else:
-        tables = {key: params_where or where for key in params}
-    found = _parameter_problems(info.factory, params, tables, f"{kind} {name!r}")
-    if found:
-        problems.extend(problem for problem in found if problem not in problems)
-        return
-    try:
-        registry.create(kind, name, **params)
-    except DollError as exc:  # the plugin refused its parameters: name their table
-        table = params_where if isinstance(params_where, str) and params_where and params else where
-        if f"{table}: {exc}" not in problems:
-            problems.append(f"{table}: {exc}")
-
-
-def _parameter_problems(
-    factory: Any, params: Mapping[str, Any], tables: Mapping[str, str], plugin: str
-) -> list[str]:
-    """``params`` checked against the signature of ``factory``: a name it does not take,
-    or a value that no annotated type can take (pydantic's lax mode), each problem named
-    ``TABLE.key`` with the table the user wrote the key in (``tables[key]``). A factory
-    without a signature or with annotations that do not resolve is left to its own checks.
-    """
-    try:
-        signature = inspect.signature(factory, eval_str=True)
-    except Exception:  # a builtin without a signature, or an unresolvable annotation
-        return []
-    parameters = signature.parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        takes = ", ".join(parameters) or "no parameters"
-        unknown = [
-            f"{tables[key]}.{key}: {plugin} has no parameter {key!r}; it takes: {takes}"
-            for key in params
-            if key not in parameters
-        ]
-        if unknown:
-            return unknown
-    fields: dict[str, Any] = {
-        key: (parameter.annotation, ...)
-        for key, parameter in parameters.items()
-        if key in params and parameter.annotation is not inspect.Parameter.empty
-    }
-    if not fields:
-        return []
-    try:
-        model = create_model(
-            "PluginParameters", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
-        )
-        model.model_validate({key: params[key] for key in fields})
-    except ValidationError as exc:
-        return [
-            f"{tables[str(item['loc'][0])]}.{line}"
-            for item, line in zip(exc.errors(), validation_problems(exc), strict=True)
-        ]
-    except Exception:  # an annotation pydantic cannot check: leave it to the plugin
-        return []
-    return []
 
 
 def _non_finite_numbers(node: Mapping[str, Any] | list[Any], prefix: str = "") -> list[str]:
@@ -418,6 +523,119 @@ def _non_finite_numbers(node: Mapping[str, Any] | list[Any], prefix: str = "") -
     return problems
 
 
+def _runner_key_problems(document: Mapping[str, Any]) -> list[str]:
+    """``SECTION.key: set by the runner ...`` for each input key written in a stage's
+    section (the runner fills it in from other sections)."""
+    tables: dict[str, Any] = {name: document.get(name) for name in RUNNER_INPUTS}
+    classifiers = document.get("classifiers")
+    for name, table in classifiers.items() if isinstance(classifiers, dict) else ():
+        tables[f"classifiers.{name}"] = table
+    problems = []
+    for where, table in tables.items():
+        inputs: type[StageInputs] = RUNNER_INPUTS.get(where, ClassifierInputs)
+        section, settings = _SECTIONS.get(where, (BaseModel, BaseModel))
+        own = set(section.model_fields) - set(settings.model_fields)  # the grid, encoder_from
+        for key in table if isinstance(table, dict) else ():
+            if key in inputs.runner_keys() - own:
+                problems.append(f"{where}.{key}: set by the runner from other sections; remove it")
+    return problems
+
+
+#: the experiment sections that extend a stage's settings, and those settings
+_SECTIONS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "explanation": (ExplanationSection, LabelSettings),
+    "pretrain": (PretrainSection, PretrainSettings),
+    "finetune": (FinetuneSection, FinetuneSettings),
+}
+
+
+def _structure_problems(error: ValidationError, document: Mapping[str, Any]) -> list[str]:
+    """One ``dotted.key: message`` per problem, a classifier's key that came from
+    ``[training]`` named there (once, not once per classifier)."""
+    found = document.get("training")
+    training: dict[str, Any] = found if isinstance(found, dict) else {}
+    classifiers = document.get("classifiers")
+    lines = []
+    for loc, message in error_items(error):
+        if loc[:1] == ("classifiers",) and len(loc) >= 2 and isinstance(classifiers, dict):
+            entry = classifiers.get(loc[1])
+            own: dict[str, Any] = entry if isinstance(entry, dict) else {}
+            keys = (
+                [str(loc[2])]
+                if len(loc) > 2
+                else [k for k in {**training, **own} if re.search(rf"\b{re.escape(k)}\b", message)]
+            )
+            if keys and keys[0] in training and keys[0] not in own:
+                loc = ("training", *loc[2:])
+        line = f"{'.'.join(str(part) for part in loc) or '(top level)'}: {message}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[str]:
+    """What no one section can check: names of classifiers and tasks, the encoder the
+    classifiers hand on, and every stage configuration built with stand-in paths."""
+    problems = []
+    have = ", ".join(experiment.classifiers)
+    for name in experiment.explained_classifiers():
+        if name not in experiment.classifiers:
+            problems.append(f"explanation.classifiers: no classifier named {name!r} (have: {have})")
+    encoder_from, grid = experiment.pretrain.encoder_from, experiment.finetune
+    if encoder_from is None and experiment.pretrain.encoder is None:
+        problems.append("pretrain: give encoder_from = CLASSIFIER or encoder = NAME")
+    elif encoder_from is not None:
+        problems += _encoder_problems(experiment, registry, encoder_from, "pretrain.encoder_from")
+    for task in experiment.finetune_tasks():
+        if task not in experiment.data.tasks:
+            tasks = ", ".join(experiment.data.tasks) or "none"
+            problems.append(
+                f"finetune.tasks: no task named {task!r} in [data.tasks] (have: {tasks})"
+            )
+    if not experiment.finetune_tasks() and grid.inits:
+        problems.append("finetune: no downstream task; add [data.tasks.NAME]")
+    if "classifier" in grid.inits:
+        if (chosen := experiment.init_classifier()) is None:
+            problems.append(
+                "finetune.classifier: init 'classifier' needs a classifier "
+                "(finetune.classifier or pretrain.encoder_from)"
+            )
+        else:
+            problems += _encoder_problems(experiment, registry, chosen, "finetune.classifier")
+    if problems:
+        return problems
+    try:
+        configs = stage_configs(experiment, DataSources.placeholder(experiment), registry=registry)
+    except DollError as exc:
+        return [str(exc)]
+    heads = {config.head: config.head_params for config in configs.finetune.values()}
+    for head, params in heads.items():  # the pre-trained model's, unless finetune says
+        found = plugin_problems(
+            registry, "seg_head", head, "finetune.head", params, "finetune.head_params"
+        )
+        problems += [f"{key}: {text}" for key, text in found]
+    return problems
+
+
+def _encoder_problems(
+    experiment: Experiment, registry: Registry, name: str, where: str
+) -> list[str]:
+    """Classifier ``name`` exists and its backbone can start a segmentation encoder."""
+    if name not in experiment.classifiers:
+        return [
+            f"{where}: no classifier named {name!r} (have: {', '.join(experiment.classifiers)})"
+        ]
+    backbone = experiment.classifiers[name].backbone
+    if backbone in registry.names("backbone") and (
+        registry.get("backbone", backbone).metadata.get("encoder_name") is None
+    ):
+        return [
+            f"{where} (classifiers.{name}): backbone {backbone!r} has no segmentation-encoder "
+            "counterpart, so its weights cannot start a segmentation model"
+        ]
+    return []
+
+
 def validate_experiment(
     document: Mapping[str, Any], *, source: str = "experiment", registry: Registry | None = None
 ) -> Experiment:
@@ -425,173 +643,26 @@ def validate_experiment(
 
     :raises DollError: listing every problem, one per line, each naming its key.
     """
+    heading = f"invalid experiment {source}:"
     not_finite = _non_finite_numbers(document)
     if not_finite:  # nan and inf are valid TOML, and pydantic takes them for any float
-        raise DollError("\n  ".join([f"invalid experiment {source}:", *not_finite]))
-    try:
-        experiment = Experiment.model_validate(dict(document))
-    except ValidationError as exc:
-        lines = validation_problems(exc)
-        raise DollError("\n  ".join([f"invalid experiment {source}:", *lines])) from None
+        raise DollError("\n  ".join([heading, *not_finite]))
     registry = registry or get_registry()
-    problems: list[str] = []
-    placeholder = Path("<data>")
-    data = experiment.data
-    for name in experiment.classifiers:
-        where = f"classifiers.{name}"
-        settings = experiment.classifier_settings(name)
-        shared = {key: "training" for key in experiment.training}
-        _check_stage(
-            ClassifierTrainingConfig,
-            "classifier",
-            where,
-            settings,
-            {"data": placeholder},
-            problems,
-            origin={**shared, **{key: where for key in experiment.classifiers[name]}},
-        )
-        _check_plugin(
-            registry,
-            "backbone",
-            settings.get("backbone", "tiny_cnn"),
-            f"{where}.backbone",
-            problems,
-        )
-    _check_plugin(
-        registry, "dataset", data.classification.dataset, "data.classification.dataset", problems
-    )
-    if data.classification.root is not None and not data.classification.root.is_dir():
-        problems.append(f"data.classification.root: folder not found: {data.classification.root}")
-    for name, task in data.tasks.items():
-        dataset, _ = task.reader()
-        _check_plugin(registry, "dataset", dataset, f"data.tasks.{name}.dataset", problems)
-        if task.root is not None and not task.root.is_dir():
-            problems.append(f"data.tasks.{name}.root: folder not found: {task.root}")
-
-    for name in experiment.explained_classifiers():
-        if name not in experiment.classifiers:
-            problems.append(
-                f"explanation.classifiers: no classifier named {name!r} "
-                f"(have: {', '.join(experiment.classifiers)})"
-            )
-    explanation = experiment.explanation_settings()
-    _check_stage(
-        LabelGenerationConfig,
-        "explanation",
-        "explanation",
-        explanation,
-        {"data": placeholder, "classifiers": [placeholder], "fusion": experiment.fusion.name},
-        problems,
-    )
-    explainer = explanation.get("explainer", "integrated_gradients")
-    specific = experiment.explanation.params.get(explainer) if isinstance(explainer, str) else None
-    merged = explanation.get("explainer_params", {})
-    _check_plugin(
-        registry,
-        "explainer",
-        explainer,
-        "explanation.explainer",
-        problems,
-        params=merged,
-        params_where={  # where the user wrote each key
-            key: f"explanation.params.{explainer}"
-            if key in (specific or {})
-            else "explanation.explainer_params"
-            for key in (merged if isinstance(merged, dict) else {})
-        },
-    )
-    for name, params in experiment.explanation.params.items():
-        where = f"explanation.params.{name}"
-        _check_plugin(registry, "explainer", name, where, problems, params=params)
-    _check_plugin(
-        registry,
-        "fusion",
-        experiment.fusion.name,
-        "fusion.name",
-        problems,
-        params=experiment.fusion.params,
-        params_where="fusion.params",
-    )
-
-    pretrain = experiment.pretrain_settings()
-    _check_stage(
-        PretrainConfig, "pretrain", "pretrain", pretrain, {"labels": placeholder}, problems
-    )
-    _check_plugin(registry, "seg_head", pretrain.get("head", "unet"), "pretrain.head", problems)
-    encoder_from = experiment.pretrain.encoder_from
-    if encoder_from is not None and encoder_from not in experiment.classifiers:
-        problems.append(
-            f"pretrain.encoder_from: no classifier named {encoder_from!r} "
-            f"(have: {', '.join(experiment.classifiers)})"
-        )
-    elif encoder_from is None and "encoder" not in pretrain:
-        problems.append("pretrain: give encoder_from = CLASSIFIER or encoder = NAME")
-    elif encoder_from is not None:
-        backbone = experiment.classifier_settings(encoder_from).get("backbone", "tiny_cnn")
-        _check_encoder(
-            registry, backbone, f"pretrain.encoder_from (classifiers.{encoder_from})", problems
-        )
-
-    finetune = experiment.finetune
-    _check_stage(
-        FinetuneConfig,
-        "finetune",
-        "finetune",
-        experiment.finetune_settings(),
-        {"data": placeholder},
-        problems,
-    )
-    _check_plugin(
-        registry,
-        "seg_head",
-        experiment.finetune_settings().get("head", pretrain.get("head", "unet")),
-        "finetune.head",
-        problems,
-    )
-    for task_name in experiment.finetune_tasks():
-        if task_name not in data.tasks:
-            problems.append(
-                f"finetune.tasks: no task named {task_name!r} in [data.tasks] "
-                f"(have: {', '.join(data.tasks) or 'none'})"
-            )
-    if not experiment.finetune_tasks() and finetune.inits:
-        problems.append("finetune: no downstream task; add [data.tasks.NAME]")
-    if "classifier" in finetune.inits:
-        chosen = experiment.init_classifier()
-        if chosen is None:
-            problems.append(
-                "finetune.classifier: init 'classifier' needs a classifier "
-                "(finetune.classifier or pretrain.encoder_from)"
-            )
-        elif chosen not in experiment.classifiers:
-            problems.append(f"finetune.classifier: no classifier named {chosen!r}")
-        else:
-            backbone = experiment.classifier_settings(chosen).get("backbone", "tiny_cnn")
-            _check_encoder(
-                registry, backbone, f"finetune.classifier (classifiers.{chosen})", problems
-            )
-    if "checkpoint" in finetune.inits:
-        if finetune.checkpoint is None:
-            problems.append("finetune.checkpoint: init 'checkpoint' needs a file")
-        elif not finetune.checkpoint.is_file():
-            problems.append(f"finetune.checkpoint: file not found: {finetune.checkpoint}")
-    if len(set(finetune.budgets)) != len(finetune.budgets):
-        problems.append("finetune.budgets: a budget is listed twice")
-    if len(set(finetune.seeds)) != len(finetune.seeds):
-        problems.append("finetune.seeds: a seed is listed twice")
+    problems = _runner_key_problems(document)
+    try:
+        experiment = Experiment.model_validate(dict(document), context={"registry": registry})
+    except ValidationError as exc:
+        runner_keys = {line.split(":")[0] for line in problems}
+        problems += [
+            line
+            for line in _structure_problems(exc, document)
+            if not (line.endswith(": unknown key") and line.split(":")[0] in runner_keys)
+        ]
+    else:
+        problems += _cross_section_problems(experiment, registry)
     if problems:
-        raise DollError("\n  ".join([f"invalid experiment {source}:", *problems]))
+        raise DollError("\n  ".join([heading, *problems]))
     return experiment
-
-
-def _check_encoder(registry: Registry, backbone: Any, where: str, problems: list[str]) -> None:
-    if not isinstance(backbone, str) or backbone not in registry.names("backbone"):
-        return
-    if registry.get("backbone", backbone).metadata.get("encoder_name") is None:
-        problems.append(
-            f"{where}: backbone {backbone!r} has no segmentation-encoder "
-            "counterpart, so its weights cannot start a segmentation model"
-        )
 
 
 def load_experiment(
@@ -605,4 +676,4 @@ def load_experiment(
     document = apply_overrides(read_experiment_file(path), overrides or [])
     document = resolve_relative_paths(document, path.resolve().parent)
     experiment = validate_experiment(document, source=str(path), registry=registry)
-    return experiment, experiment.model_dump(mode="json")
+    return experiment, experiment.document()

@@ -16,8 +16,12 @@ from typing import Any
 
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
+from doll_core.experiment.config import ReportSection
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import save_curves
+
+#: overlay images when a recorded experiment does not say (one written before 0.2)
+OVERLAY_IMAGES = ReportSection.model_fields["overlay_images"].default
 
 FIGURES = "figures"
 LOCALIZATION_ORDER = (
@@ -258,15 +262,16 @@ def write_figures(out: Path, results: Mapping[str, Any], document: Mapping[str, 
         save_curves([r for r in runs if r["task"] == task], path)
         written.append(path)
     labels = results.get("labels")
+    stages: dict[str, Any] = (labels or {}).get("explain") or {}
+    made_by = next((stage.get("explainer") for stage in stages.values()), None)
+    title = str(document.get("explanation", {}).get("explainer") or made_by or "labels")
     if labels and labels.get("localization", {}).get("maps"):
-        title = document.get("explanation", {}).get("explainer", "integrated_gradients")
         written.append(
             save_localization_chart({title: labels["localization"]}, figures / "localization.png")
         )
     store = results.get("labels_folder")
-    count = document.get("report", {}).get("overlay_images", 6)
+    count = document.get("report", {}).get("overlay_images", OVERLAY_IMAGES)
     if store and Path(store).is_dir() and count:
-        title = document.get("explanation", {}).get("explainer", "integrated_gradients")
         overlay = save_overlay_grid(
             {title: store}, figures / "labels-overlay.png", count, results.get("phantom")
         )

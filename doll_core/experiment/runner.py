@@ -22,17 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
-from doll_core.configuration import parse_config
 from doll_core.digests import sha256_of
-from doll_core.experiment.config import PHANTOM_TASKS, Experiment
+from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
-from doll_core.labels.config import LabelGenerationConfig
+from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
@@ -45,16 +44,9 @@ from doll_core.training.distributed import (
 from doll_core.training.loop import resolve_device
 
 RESULTS = "results.json"
-
-
-@dataclass
-class DataSources:
-    """Where the stages read their data, and the key that stands for it."""
-
-    key: str
-    classification_root: Path
-    task_roots: dict[str, Path]
-    phantom_root: Path | None
+GENERATION = "generation.json"
+#: ``work(stage folder, resuming) -> the stage's info``
+Work = Callable[[Path, bool], dict[str, Any]]
 
 
 class RunLog:
@@ -97,380 +89,312 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
+@dataclass(frozen=True)
+class Stages:
+    """What every stage of one run shares: the stage cache, progress bars, the registry."""
+
+    cache: StageCache
+    progress: bool
+    registry: Registry
+
+    def run(
+        self,
+        kind: str,
+        label: str,
+        key: dict[str, Any],
+        inputs: dict[str, str],
+        work: Work,
+        *,
+        collective: bool = True,
+    ) -> StageRecord:
+        """A stage through the cache: ``work(folder, resuming)`` runs unless a finished
+        stage has the same key; with ``collective``, every rank takes part."""
+        return self.cache.run(kind, label, key, inputs, work, collective=collective)
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments every stage function takes from the run."""
+        return {"progress": self.progress, "registry": self.registry}
+
+
+def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
+    """The data folders (the phantom stage's, when the experiment has one)."""
+    data = experiment.data
+    if data.phantom is None:
+        assert data.classification.root is not None
+        roots = {name: task.root for name, task in data.tasks.items() if task.root}
+        paths = {"classification": data.classification.root, **roots}
+        key = json.dumps({k: str(v.resolve()) for k, v in paths.items()}, sort_keys=True)
+        return DataSources(key, data.classification.root, dict(roots), None)
+    spec_values = data.phantom.model_dump()
+    workers = spec_values.pop("workers")
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.phantom.writer import PhantomSpec, write_phantom
+
+        spec = PhantomSpec(**spec_values)
+        manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
+        return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
+
+    record = stages.run("phantom", "phantom", spec_values, {}, work, collective=False)
+    root = record.folder / "phantom"
+    tasks = {
+        name: root / PHANTOM_TASKS[task.phantom]["folder"] if task.phantom else task.root
+        for name, task in data.tasks.items()
+    }
+    classification = data.classification.root or root
+    return DataSources(record.key, classification, cast(dict[str, Path], tasks), root)
+
+
+def classifier_stage(
+    stages: Stages, name: str, config: ClassifierTrainingConfig, data: str
+) -> StageRecord:
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.training.classifier import train_classifier
+
+        result = train_classifier(config, folder, resume=resuming, **stages.options())
+        return {
+            "best_epoch": result.best_epoch,
+            "mean_auroc": result.best_mean_auroc,
+            "train_images_per_second": mean_rate(result.history),
+        }
+
+    key = config.model_dump(mode="json", exclude={"data"})
+    return stages.run("classifier", name, key, {"data": data}, work)
+
+
+def _generate(stages: Stages, config: LabelGenerationConfig) -> Work:
+    """Label generation into the stage folder's ``labels``; its info: ``generation.json``."""
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.labels.generate import generate_labels
+
+        generate_labels(config, folder / "labels", resume=resuming, **stages.options())
+        return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
+
+    return work
+
+
+def explain_stage(
+    stages: Stages, name: str, classifier: StageRecord, labels: LabelGenerationConfig, data: str
+) -> StageRecord:
+    """One classifier's labels, made with the default fusion (of one map: itself) and
+    reused by every fusion of an ablation."""
+    fusion = {
+        key: LabelInputs.model_fields[key].get_default(call_default_factory=True)
+        for key in ("fusion", "fusion_params")
+    }
+    update = {"classifiers": (classifier.folder / "best.pt",), **fusion}
+    config = labels.model_copy(update=update)
+    key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
+    inputs = {"data": data, "classifier": classifier.key}
+    return stages.run(
+        "explain", f"{config.explainer}-{name}", key, inputs, _generate(stages, config)
+    )
+
+
+def labels_stage(
+    stages: Stages,
+    experiment: Experiment,
+    classifiers: dict[str, StageRecord],
+    labels: LabelGenerationConfig,
+    sources: DataSources,
+) -> StageRecord:
+    """The fused label store. Each classifier is explained in its own stage and the
+    stores are fused after, unless targets come from the ensemble's predictions (then
+    explanation and fusion run together, in one stage)."""
+    names = experiment.explained_classifiers()
+    paths = tuple(classifiers[n].folder / "best.pt" for n in names)
+    config = labels.model_copy(update={"classifiers": paths})
+    phantom = sources.phantom_root if experiment.report.localization else None
+    label = f"{config.explainer}-{config.fusion}"
+    if config.targets == "predicted":
+        key = config.result_settings(exclude={"data", "classifiers"})
+        inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
+        generate = _generate(stages, config)
+
+        def joint(folder: Path, resuming: bool) -> dict[str, Any]:
+            generation = generate(folder, resuming)
+            return describe_store(folder / "labels", {}, generation, phantom)
+
+        return stages.run("labels", label, key, inputs, joint)
+    explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}
+
+    def fuse(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.labels.combine import fuse_stores
+
+        stores = [explained[n].folder / "labels" for n in names]
+        options: dict[str, Any] = {"fusion_params": config.fusion_params}
+        options["registry"] = stages.registry
+        fuse_stores(stores, config.fusion, folder / "labels", **options)
+        generation = json.loads((folder / "labels" / GENERATION).read_text())
+        return describe_store(folder / "labels", explained, generation, phantom)
+
+    key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
+    inputs = {f"explain:{n}": explained[n].key for n in names}
+    return stages.run("labels", label, key, inputs, fuse, collective=False)
+
+
+def pretrain_stage(
+    stages: Stages,
+    experiment: Experiment,
+    config: PretrainConfig,
+    labels: StageRecord,
+    classifiers: dict[str, StageRecord],
+) -> StageRecord:
+    source = experiment.pretrain.encoder_from
+    inputs = {"labels": labels.key}
+    update: dict[str, Any] = {"labels": labels.folder / "labels"}
+    if source is not None:
+        update["encoder_from"] = classifiers[source].folder / "best.pt"
+        inputs[f"classifier:{source}"] = classifiers[source].key
+    config = config.model_copy(update=update)
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.segmentation.pretrain import pretrain
+
+        trainer = pretrain(config, folder, resume=resuming, **stages.options())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return {
+            "best_epoch": trainer.best_epoch,
+            "val_soft_dice": trainer.best_metric,
+            "train_images_per_second": mean_rate(metrics.get("history", [])),
+        }
+
+    key = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
+    return stages.run("pretrain", config.head, key, inputs, work)
+
+
+#: what a fine-tuning stage keeps of its run's result
+FINETUNE_INFO = ("test", "best_epoch", "train_images", "curve")
+
+
+def finetune_stage(
+    stages: Stages,
+    experiment: Experiment,
+    run: tuple[str, str, int | str, int],
+    config: FinetuneConfig,
+    sources: DataSources,
+    upstream: dict[str, StageRecord],
+) -> dict[str, Any]:
+    """One fine-tuning run of the grid, as a row of the run's results."""
+    task, init, budget, seed = run
+    root = sources.task_roots[task]
+    phantom = experiment.data.tasks[task].phantom
+    inputs = {"data": sources.key if phantom else str(root.resolve())}
+    if init in ("classifier", "doll"):
+        config = config.model_copy(update={"init_path": upstream[init].folder / "best.pt"})
+        inputs[init] = upstream[init].key
+    elif init == "checkpoint":
+        checkpoint = experiment.finetune.checkpoint
+        assert checkpoint is not None
+        config = config.model_copy(update={"init_path": checkpoint})
+        inputs["checkpoint"] = sha256_of(checkpoint)[:16]
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.segmentation.finetune import finetune
+
+        result = finetune(config, folder, resume=resuming, **stages.options())
+        return {key: result[key] for key in FINETUNE_INFO}
+
+    key = config.model_dump(mode="json", exclude={"data", "init_path"})
+    record = stages.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
+    test = record.info["test"]  # every rank has it (test.json is written by rank 0)
+    return {
+        "task": task,
+        "init": init,
+        "budget": budget,
+        "seed": seed,
+        "test_miou": test["miou"],
+        "test_mdice": test["mdice"],
+        "test_iou": test.get("iou", {}),
+        "test_dice": test.get("dice", {}),
+        "train_images": record.info["train_images"],
+        "curve": record.info["curve"],
+        "seconds": record.seconds,
+        "folder": str(record.folder),
+    }
+
+
+def run_stages(
+    experiment: Experiment,
+    cache: StageCache,
+    *,
+    device: str,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Every stage of ``experiment`` in order, through ``cache``; each stage's
+    configuration comes from :func:`~doll_core.experiment.config.stage_configs`, with the
+    paths of the upstream stages it reads filled in. :returns: the run's results."""
+    stages = Stages(cache, progress, registry or get_registry())
+    sources = data_sources(stages, experiment)
+    configs = stage_configs(experiment, sources, device=device, registry=stages.registry)
+    classifiers = {
+        name: classifier_stage(stages, name, config, sources.key)
+        for name, config in configs.classifiers.items()
+    }
+    labels = None
+    upstream: dict[str, StageRecord] = {}
+    if "doll" in experiment.finetune.inits:
+        labels = labels_stage(stages, experiment, classifiers, configs.labels, sources)
+        upstream["doll"] = pretrain_stage(stages, experiment, configs.pretrain, labels, classifiers)
+    chosen = experiment.init_classifier()
+    if "classifier" in experiment.finetune.inits and chosen is not None:
+        upstream["classifier"] = classifiers[chosen]
+    runs = [
+        finetune_stage(stages, experiment, run, config, sources, upstream)
+        for run, config in configs.finetune.items()
+    ]
+    return {
+        "experiment": experiment.name,
+        "classifiers": {n: r.info for n, r in classifiers.items()},
+        "labels": labels.info if labels is not None else None,
+        "labels_folder": str(labels.folder / "labels") if labels is not None else None,
+        "phantom": str(sources.phantom_root) if sources.phantom_root else None,
+        "pretrain": upstream["doll"].info if "doll" in upstream else None,
+        "finetune": {"runs": runs, "summary": summarise_runs(runs, ("task", "init", "budget"))},
+        "stages": [record.to_dict() for record in cache.records],
+        "stage_seconds": stage_seconds(cache.records),
+    }
+
+
 #: what a run's results keep of each explanation stage's ``generation.json``
 EXPLAIN_FIELDS = ("images_per_second", "data_wait_fraction", "workers", "device", "explainer")
 
 
-class ExperimentRunner:
-    """Runs one experiment into ``out`` with stage folders under ``stages``."""
+def describe_store(
+    store: Path,
+    explained: dict[str, StageRecord],
+    generation: dict[str, Any],
+    phantom: Path | None,
+) -> dict[str, Any]:
+    """Summary of a finished label store for a run's results: its size and speed (over the
+    per-classifier ``explained`` stages it was fused from, or its own generation when
+    there are none) and, with a ``phantom``, its localization against the true masks."""
+    from doll_core.labels.scoring import score_store
 
-    def __init__(
-        self,
-        experiment: Experiment,
-        cache: StageCache,
-        *,
-        device: str,
-        progress: bool = False,
-        registry: Registry | None = None,
-    ) -> None:
-        self.experiment = experiment
-        self.cache = cache
-        self.device = device
-        self.progress = progress
-        self.registry = registry or get_registry()
-
-    # -- stages --------------------------------------------------------------------------
-
-    def data(self) -> DataSources:
-        data = self.experiment.data
-        if data.phantom is None:
-            assert data.classification.root is not None
-            roots = {name: task.root for name, task in data.tasks.items() if task.root}
-            key = json.dumps(
-                {
-                    "classification": str(data.classification.root.resolve()),
-                    **{k: str(v.resolve()) for k, v in roots.items()},
-                },
-                sort_keys=True,
-            )
-            return DataSources(key, data.classification.root, dict(roots), None)
-        spec_values = data.phantom.model_dump()
-        workers = spec_values.pop("workers")
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.phantom.writer import PhantomSpec, write_phantom
-
-            manifest = write_phantom(
-                folder / "phantom", PhantomSpec(**spec_values), workers=workers, overwrite=resuming
-            )
-            return {
-                "seconds": manifest.get("seconds"),
-                "images_per_second": manifest.get("images_per_second"),
-            }
-
-        record = self.cache.run("phantom", "phantom", spec_values, {}, work, collective=False)
-        root = record.folder / "phantom"
-        tasks = {}
-        for name, task in data.tasks.items():
-            if task.phantom is not None:
-                tasks[name] = root / PHANTOM_TASKS[task.phantom]["folder"]
-            else:
-                assert task.root is not None
-                tasks[name] = task.root
-        classification = data.classification.root or root
-        return DataSources(record.key, classification, tasks, root)
-
-    def classifier(self, name: str, sources: DataSources) -> StageRecord:
-        data = self.experiment.data.classification
-        settings = {
-            **self.experiment.classifier_settings(name),
-            "dataset": data.dataset,
-            "dataset_options": data.options,
-            "train_split": data.train_split,
-            "val_split": data.val_split,
-            "device": self.device,
-        }
-        config = parse_config(
-            ClassifierTrainingConfig,
-            {**settings, "data": sources.classification_root},
-            source=f"classifiers.{name}",
-        )
-        key_settings = config.model_dump(mode="json", exclude={"data"})
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.training.classifier import train_classifier
-
-            result = train_classifier(
-                config, folder, resume=resuming, progress=self.progress, registry=self.registry
-            )
-            rates = [
-                e["train_images_per_second"]
-                for e in result.history
-                if e.get("train_images_per_second")
-            ]
-            return {
-                "best_epoch": result.best_epoch,
-                "mean_auroc": result.best_mean_auroc,
-                "train_images_per_second": sum(rates) / len(rates) if rates else None,
-            }
-
-        return self.cache.run("classifier", name, key_settings, {"data": sources.key}, work)
-
-    def _label_config(
-        self,
-        classifier_paths: list[Path],
-        sources: DataSources,
-        fusion: str,
-        fusion_params: dict[str, Any],
-    ) -> LabelGenerationConfig:
-        data = self.experiment.data.classification
-        return parse_config(
-            LabelGenerationConfig,
-            {
-                **self.experiment.explanation_settings(),
-                "data": sources.classification_root,
-                "dataset": data.dataset,
-                "dataset_options": data.options,
-                "classifiers": classifier_paths,
-                "fusion": fusion,
-                "fusion_params": fusion_params,
-                "device": self.device,
-            },
-            source="explanation",
-        )
-
-    def explain(self, name: str, classifier: StageRecord, sources: DataSources) -> StageRecord:
-        """One classifier's labels (no fusion), reused by every fusion of an ablation."""
-        config = self._label_config([classifier.folder / "best.pt"], sources, "mean", {})
-        key_settings = config.result_settings(
-            exclude={"data", "classifiers", "fusion", "fusion_params"}
-        )
-        inputs = {"data": sources.key, "classifier": classifier.key}
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.labels.generate import generate_labels
-
-            generate_labels(
-                config,
-                folder / "labels",
-                resume=resuming,
-                progress=self.progress,
-                registry=self.registry,
-            )
-            return json.loads((folder / "labels" / "generation.json").read_text())
-
-        return self.cache.run("explain", f"{config.explainer}-{name}", key_settings, inputs, work)
-
-    def labels(self, classifiers: dict[str, StageRecord], sources: DataSources) -> StageRecord:
-        """The fused label store. Each classifier is explained in its own stage and the
-        stores are fused after, unless targets come from the ensemble's predictions
-        (then explanation and fusion run together, in one stage)."""
-        experiment = self.experiment
-        names = experiment.explained_classifiers()
-        fusion, params = experiment.fusion.name, experiment.fusion.params
-        config = self._label_config(
-            [classifiers[n].folder / "best.pt" for n in names], sources, fusion, params
-        )
-        phantom = sources.phantom_root if experiment.report.localization else None
-        label = f"{config.explainer}-{fusion}"
-        split = config.targets != "predicted"
-        explained = {n: self.explain(n, classifiers[n], sources) for n in names} if split else {}
-
-        def describe(store: Path, manifest: dict[str, Any], labelled: int | None) -> dict[str, Any]:
-            """Summary of a finished store; ``labelled``: images each classifier labelled
-            (``None``: read from the store's ``generation.json``)."""
-            from doll_core.labels.scoring import score_store
-
-            generation = json.loads((store / "generation.json").read_text())
-            if labelled is None:
-                labelled = int(generation.get("images_this_run") or 0)
-            seconds = sum(float(r.info.get("seconds") or 0) for r in explained.values())
-            seconds += float(generation.get("seconds") or 0)
-            info: dict[str, Any] = {
-                "images": len(manifest["images"]),
-                "seconds": round(seconds, 2),
-                "images_per_second": round(labelled / seconds, 2) if seconds else None,
-                "bytes_per_image": generation.get("bytes_per_image"),
-                # per explanation stage: speed, data waiting, autocast error, compile time
-                "explain": {
-                    n: {key: g.get(key) for key in EXPLAIN_FIELDS}
-                    for n, g in (
-                        {n: r.info for n, r in explained.items()} or {"joint": generation}
-                    ).items()
-                },
-            }
-            if phantom is not None:
-                info["localization"] = score_store(store, phantom)
-            return info
-
-        if split:
-            key_settings = {"fusion": fusion, "fusion_params": params}
-            inputs = {f"explain:{n}": explained[n].key for n in names}
-
-            def work(folder: Path, resuming: bool) -> dict[str, Any]:
-                from doll_core.labels.combine import fuse_stores
-
-                store = folder / "labels"
-                manifest = fuse_stores(
-                    [explained[n].folder / "labels" for n in names],
-                    fusion,
-                    store,
-                    fusion_params=params,
-                    registry=self.registry,
-                )
-                return describe(store, manifest, _explained_images(explained))
-        else:
-            key_settings = config.result_settings(exclude={"data", "classifiers"})
-            inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
-
-            def work(folder: Path, resuming: bool) -> dict[str, Any]:
-                from doll_core.labels.generate import generate_labels
-
-                store = folder / "labels"
-                manifest = generate_labels(
-                    config, store, resume=resuming, progress=self.progress, registry=self.registry
-                )
-                return describe(store, manifest, None)
-
-        return self.cache.run("labels", label, key_settings, inputs, work, collective=not split)
-
-    def encoder_name(self) -> str | None:
-        """The segmentation encoder every fine-tuning run builds (so all inits compare
-        the same architecture)."""
-        chosen = self.experiment.init_classifier()
-        settings = self.experiment.pretrain_settings()
-        if "encoder" in settings:
-            return str(settings["encoder"])
-        if chosen is not None:
-            backbone = self.experiment.classifier_settings(chosen).get("backbone", "tiny_cnn")
-            return self.registry.get("backbone", backbone).metadata.get("encoder_name")
-        return None
-
-    def pretrain(self, labels: StageRecord, classifiers: dict[str, StageRecord]) -> StageRecord:
-        experiment = self.experiment
-        source = experiment.pretrain.encoder_from
-        values: dict[str, Any] = {
-            **experiment.pretrain_settings(),
-            "labels": labels.folder / "labels",
-            "device": self.device,
-        }
-        inputs = {"labels": labels.key}
-        if source is not None:
-            values["encoder_from"] = classifiers[source].folder / "best.pt"
-            inputs[f"classifier:{source}"] = classifiers[source].key
-        config = parse_config(PretrainConfig, values, source="pretrain")
-        key_settings = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.segmentation.pretrain import pretrain
-
-            trainer = pretrain(
-                config, folder, resume=resuming, progress=self.progress, registry=self.registry
-            )
-            metrics = json.loads((folder / "metrics.json").read_text())
-            rates = [
-                e["train_images_per_second"]
-                for e in metrics.get("history", [])
-                if e.get("train_images_per_second")
-            ]
-            return {
-                "best_epoch": trainer.best_epoch,
-                "val_soft_dice": trainer.best_metric,
-                "train_images_per_second": sum(rates) / len(rates) if rates else None,
-            }
-
-        return self.cache.run("pretrain", config.head, key_settings, inputs, work)
-
-    def finetune(
-        self,
-        task: str,
-        init: str,
-        budget: int | str,
-        seed: int,
-        sources: DataSources,
-        upstream: dict[str, StageRecord],
-    ) -> dict[str, Any]:
-        experiment = self.experiment
-        dataset, splits = experiment.data.tasks[task].reader()
-        values: dict[str, Any] = {
-            "head": experiment.pretrain_settings().get("head", "unet"),
-            **({"encoder": encoder} if (encoder := self.encoder_name()) else {}),
-            "image_size": experiment.pretrain_settings().get("image_size", 128),
-            **experiment.finetune_settings(),
-            "data": sources.task_roots[task],
-            "dataset": dataset,
-            "dataset_options": experiment.data.tasks[task].options,
-            "splits": splits,
-            "init": init,
-            "n_labeled": None if budget == "all" else budget,
-            "seed": seed,
-            "device": self.device,
-        }
-        inputs = {
-            "data": sources.key
-            if experiment.data.tasks[task].phantom
-            else str(sources.task_roots[task].resolve())
-        }
-        if init in ("classifier", "doll"):
-            source = upstream[init]
-            values["init_path"] = source.folder / "best.pt"
-            inputs[init] = source.key
-        elif init == "checkpoint":
-            assert experiment.finetune.checkpoint is not None
-            values["init_path"] = experiment.finetune.checkpoint
-            inputs["checkpoint"] = _file_digest(experiment.finetune.checkpoint)
-        config = parse_config(FinetuneConfig, values, source=f"finetune ({task})")
-        key_settings = config.model_dump(mode="json", exclude={"data", "init_path"})
-
-        def work(folder: Path, resuming: bool) -> dict[str, Any]:
-            from doll_core.segmentation.finetune import finetune
-
-            result = finetune(
-                config, folder, resume=resuming, progress=self.progress, registry=self.registry
-            )
-            keep = ("test", "best_epoch", "train_images", "curve")
-            return {key: result[key] for key in keep}
-
-        label = f"{task}-{init}-n{budget}-seed{seed}"
-        record = self.cache.run("finetune", label, key_settings, inputs, work)
-        result = record.info  # every rank has it (test.json is written by rank 0)
-        return {
-            "task": task,
-            "init": init,
-            "budget": budget,
-            "seed": seed,
-            "test_miou": result["test"]["miou"],
-            "test_mdice": result["test"]["mdice"],
-            "test_iou": result["test"].get("iou", {}),
-            "test_dice": result["test"].get("dice", {}),
-            "train_images": result["train_images"],
-            "curve": result["curve"],
-            "seconds": record.seconds,
-            "folder": str(record.folder),
-        }
-
-    # -- the whole experiment ------------------------------------------------------------
-
-    def run(self) -> dict[str, Any]:
-        experiment = self.experiment
-        sources = self.data()
-        classifiers = {name: self.classifier(name, sources) for name in experiment.classifiers}
-        finetune = experiment.finetune
-        needs_labels = "doll" in finetune.inits
-        labels = self.labels(classifiers, sources) if needs_labels else None
-        upstream: dict[str, StageRecord] = {}
-        if labels is not None:
-            upstream["doll"] = self.pretrain(labels, classifiers)
-        chosen = experiment.init_classifier()
-        if "classifier" in finetune.inits and chosen is not None:
-            upstream["classifier"] = classifiers[chosen]
-        runs = [
-            self.finetune(task, init, budget, seed, sources, upstream)
-            for task in experiment.finetune_tasks()
-            for init in finetune.inits
-            for budget in finetune.budgets
-            for seed in finetune.seeds
-        ]
-        return {
-            "experiment": experiment.name,
-            "classifiers": {n: r.info for n, r in classifiers.items()},
-            "labels": labels.info if labels is not None else None,
-            "labels_folder": str(labels.folder / "labels") if labels is not None else None,
-            "phantom": str(sources.phantom_root) if sources.phantom_root else None,
-            "pretrain": upstream["doll"].info if "doll" in upstream else None,
-            "finetune": {
-                "runs": runs,
-                "summary": summarise_runs(runs, ("task", "init", "budget")),
-            },
-            "stages": [record.to_dict() for record in self.cache.records],
-            "stage_seconds": stage_seconds(self.cache.records),
-        }
+    manifest = json.loads((store / "manifest.json").read_text())
+    stages = {n: r.info for n, r in explained.items()} or {"joint": generation}
+    labelled = max((int(g.get("images_this_run") or 0) for g in stages.values()), default=0)
+    seconds = sum(float(r.info.get("seconds") or 0) for r in explained.values())
+    seconds += float(generation.get("seconds") or 0)
+    info: dict[str, Any] = {
+        "images": len(manifest["images"]),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(labelled / seconds, 2) if seconds else None,
+        "bytes_per_image": generation.get("bytes_per_image"),
+        # per explanation stage: speed, data waiting, autocast error, compile time
+        "explain": {n: {key: g.get(key) for key in EXPLAIN_FIELDS} for n, g in stages.items()},
+    }
+    if phantom is not None:
+        info["localization"] = score_store(store, phantom)
+    return info
 
 
-def _explained_images(explained: dict[str, StageRecord]) -> int:
-    """Images per classifier store (they all label the same images)."""
-    counts = [int(r.info.get("images_this_run") or 0) for r in explained.values()]
-    return max(counts, default=0)
+def mean_rate(history: list[dict[str, Any]]) -> float | None:
+    """The mean of the epochs' ``train_images_per_second`` (``None``: none recorded)."""
+    rates = [e["train_images_per_second"] for e in history if e.get("train_images_per_second")]
+    return sum(rates) / len(rates) if rates else None
 
 
 def stage_seconds(records: list[StageRecord]) -> dict[str, float]:
@@ -480,10 +404,6 @@ def stage_seconds(records: list[StageRecord]) -> dict[str, float]:
     for record in records:
         totals[record.kind] = round(totals.get(record.kind, 0.0) + record.seconds, 2)
     return totals
-
-
-def _file_digest(path: Path) -> str:
-    return sha256_of(path)[:16]
 
 
 def run_experiment(
@@ -520,11 +440,8 @@ def run_experiment(
         write_run_record(out, device=device)
     started = time.perf_counter()
     log(f"doll run {experiment.name}: {out} (device {device})")
-    runner = ExperimentRunner(
-        experiment, cache, device=device, progress=progress, registry=registry
-    )
     with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
-        results = runner.run()
+        results = run_stages(experiment, cache, device=device, progress=progress, registry=registry)
     results["environment"] = environment(device)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results["computed"] = dict(cache.computed)

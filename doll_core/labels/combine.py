@@ -164,8 +164,12 @@ def fuse_stores(
     each) with the fusion plugin ``fusion``; the AUC-weighted fusion gets each
     classifier's validation AUROC per observation. Returns the new manifest.
 
-    Shapes: the plugin is called per shard with maps ``[N_clf, n_maps, 1, R, R]`` and
-    weights ``[N_clf, n_maps, 1]``.
+    The plugin is called once per shard through
+    :func:`~doll_core.labels.fusion.fuse_maps`, each of the shard's ``n_maps`` maps as one
+    image with one target: maps ``[N_clf, n_maps, 1, R, R]`` and weights
+    ``[N_clf, n_maps, 1]``, ``weights[k, i, 0]`` being classifier ``k``'s AUROC for the
+    observation of map ``i`` (the :class:`~doll_core.interfaces.Fusion` contract with
+    ``B = n_maps``, ``T = 1``).
     """
     registry = registry or get_registry()
     if not stores:

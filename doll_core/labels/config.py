@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from doll_core.attribution.api import DEFAULT_EXPLAINER
 from doll_core.attribution.postprocess import PostprocessConfig
 from doll_core.digests import sha256_of
+from doll_core.training.config import ClassificationSource, StageInputs
 
 #: the version of the maps a given config produces (see ``content_hash``)
 LABELS_VERSION = 2
@@ -21,32 +23,39 @@ EXECUTION_PARAMS = frozenset(
 )
 
 
-class LabelGenerationConfig(BaseModel):
-    """Everything that determines a label store's content."""
+class LabelSettings(BaseModel):
+    """The label-generation settings a user writes (``[explanation]`` of an experiment)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: Path
-    dataset: str = "chexpert"
-    dataset_options: dict[str, Any] = Field(default_factory=dict)
     split: str = "train"
-    classifiers: tuple[Path, ...] = Field(min_length=1)
-    explainer: str = "integrated_gradients"
+    explainer: str = DEFAULT_EXPLAINER
     explainer_params: dict[str, Any] = Field(default_factory=dict)
     targets: Literal["positive", "predicted", "all"] = "positive"
     threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
     postprocess: PostprocessConfig = PostprocessConfig(binarize="none")
-    fusion: str = "mean"
-    fusion_params: dict[str, Any] = Field(default_factory=dict)
     shard_size: int = Field(256, ge=1)
     label_size: int | None = Field(64, ge=8, description="side of the stored maps; None = image")
     batch_size: int = Field(16, ge=1)
     workers: int = Field(
         0, ge=0, description="DataLoader processes reading images (0 = in the main process)"
     )
-    device: str = "auto"
     on_error: Literal["skip", "fail"] = "skip"
     limit: int | None = Field(None, ge=1, description="label only the first N images")
+
+
+class LabelInputs(ClassificationSource, StageInputs):
+    """What the runner supplies to label generation: the classification set (from
+    ``[data.classification]``), the classifier checkpoints and the fusion (``[fusion]``)."""
+
+    data: Path
+    classifiers: tuple[Path, ...] = Field(min_length=1)
+    fusion: str = "mean"
+    fusion_params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LabelGenerationConfig(LabelSettings, LabelInputs):
+    """Everything that determines a label store's content."""
 
     def result_settings(self, exclude: set[str] | None = None) -> dict[str, Any]:
         """The settings as JSON without device and workers, and without the explainer

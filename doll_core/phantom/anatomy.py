@@ -91,6 +91,8 @@ class Anatomy:
     lung_maps: dict[int, np.ndarray] = field(default_factory=dict)
     markings: dict[int, np.ndarray] = field(default_factory=dict)
     heart: HeartShape | None = None
+    heart_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    clavicles: dict[int, np.ndarray] = field(default_factory=dict)
     ribs: list[Rib] = field(default_factory=list)
     mediastinum_width: float = 0.1
     body: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
@@ -138,7 +140,8 @@ def _vessels(
 
 
 def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
-    """Sample and draw one normal chest at ``size x size`` pixels."""
+    """Sample and draw one normal chest at ``size x size`` pixels (the parts in a fixed
+    order, so that a seed always draws the same chest)."""
     grid = Grid.make(
         size,
         scale=float(rng.uniform(0.86, 1.04)),
@@ -147,17 +150,26 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
     )
     edge = float(rng.uniform(0.025, 0.045))  # soft, low-contrast borders
     anatomy = Anatomy(grid=grid, edge=edge)
-    u, v = grid.u, grid.v
-    shape = grid.shape
+    for part in (_body, _lungs, _abdomen, _heart, _airway_and_spine, _clavicles, _ribs):
+        part(anatomy, rng)
+    return anatomy
 
+
+def _body(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """Soft tissue of the trunk and the shoulders."""
+    grid = anatomy.grid
     body = ellipse(grid, (0.0, 0.3), (float(rng.uniform(0.98, 1.1)), 1.35), edge=0.14)
     shoulders = sum(ellipse(grid, (s * 0.95, -0.9), (0.3, 0.25), edge=0.12) for s in SIDES)
     anatomy.body = body
     anatomy.layers["soft tissue"] = (
-        0.45 * body + 0.1 * shoulders * body + 0.025 * smooth_noise(rng, shape, 10) * body
+        0.45 * body + 0.1 * shoulders * body + 0.025 * smooth_noise(rng, grid.shape, 10) * body
     )
 
-    # lungs, each cut by its hemidiaphragm; the right one sits a little higher
+
+def _lungs(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """Lungs, each cut by its hemidiaphragm (the right one a little higher), with their
+    parenchyma and vessel markings."""
+    grid, edge, shape = anatomy.grid, anatomy.edge, anatomy.grid.shape
     lungs = np.zeros(shape, dtype=np.float32)
     for side in SIDES:
         cx = side * float(rng.uniform(0.37, 0.43))
@@ -178,7 +190,7 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
         anatomy.lungs[side] = shape_
         anatomy.lung_maps[side] = lung
         lungs += lung
-    base_gradient = 1.0 + 0.18 * np.clip(v, -1.0, 1.0)  # lower zones a little denser
+    base_gradient = 1.0 + 0.18 * np.clip(grid.v, -1.0, 1.0)  # lower zones a little denser
     anatomy.layers["lungs"] = -LUNG_ATTENUATION * lungs / base_gradient
     anatomy.layers["parenchyma"] = 0.03 * smooth_noise(rng, shape, 22) * lungs
     for side in SIDES:
@@ -187,22 +199,29 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
         anatomy.markings[side] = marks
     anatomy.layers["markings"] = anatomy.markings[-1] + anatomy.markings[1]
 
-    # abdomen below the diaphragm, with the gastric bubble under the left hemidiaphragm
+
+def _abdomen(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """The abdomen below the diaphragm, with the gastric bubble under the left
+    hemidiaphragm (no random draw)."""
+    grid, u, v = anatomy.grid, anatomy.grid.u, anatomy.grid.v
     diaphragm = np.where(u < 0, anatomy.lungs[-1].diaphragm(u), anatomy.lungs[1].diaphragm(u))
-    abdomen = smooth_inside(diaphragm - v, 0.03) * body
+    abdomen = smooth_inside(diaphragm - v, 0.03) * anatomy.body
     left = anatomy.lungs[1]
     bubble = ellipse(grid, (left.peak + 0.02, left.dome + 0.1), (0.075, 0.045), edge=0.03)
     anatomy.layers["abdomen"] = 0.06 * abdomen - 0.12 * bubble * abdomen
 
-    # heart (its apex to the patient's left, below), mediastinum, aorta, trachea, spine
+
+def _heart(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """The heart (its apex to the patient's left, below), the mediastinum and the aorta."""
+    grid = anatomy.grid
     heart = HeartShape(
         center=(float(rng.uniform(0.06, 0.12)), float(rng.uniform(0.26, 0.34))),
         radii=(float(rng.uniform(0.29, 0.34)), float(rng.uniform(0.2, 0.24))),
         angle=float(rng.uniform(0.3, 0.55)),
     )
     anatomy.heart = heart
-    heart_map = heart.draw(grid, edge)
-    anatomy.layers["heart"] = 0.3 * heart_map
+    anatomy.heart_map = heart.draw(grid, anatomy.edge)
+    anatomy.layers["heart"] = 0.3 * anatomy.heart_map
     anatomy.mediastinum_width = float(rng.uniform(0.08, 0.105))
     mediastinum = polyline(
         grid,
@@ -212,6 +231,11 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
     )
     aorta = ellipse(grid, (0.085, -0.3 + float(rng.uniform(-0.03, 0.03))), (0.055, 0.05), edge=0.03)
     anatomy.layers["mediastinum"] = 0.2 * mediastinum + 0.08 * aorta
+
+
+def _airway_and_spine(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """The trachea with both main bronchi, and the spine with its vertebrae."""
+    grid = anatomy.grid
     carina = (0.0, float(rng.uniform(-0.38, -0.3)))
     airway = polyline(grid, np.array([[0.0, -1.05], carina]), 0.027, edge=0.02)
     for side in SIDES:
@@ -225,11 +249,12 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
     anatomy.layers["airway"] = -0.13 * airway
     spine = polyline(grid, np.array([[0.0, -1.1], [0.0, 1.1]]), 0.058, edge=0.02)
     period = float(rng.uniform(0.11, 0.14))
-    vertebrae = 0.78 + 0.22 * np.cos(2 * np.pi * (v - float(rng.uniform(0, period))) / period)
+    vertebrae = 0.78 + 0.22 * np.cos(2 * np.pi * (grid.v - float(rng.uniform(0, period))) / period)
     anatomy.layers["spine"] = 0.09 * spine * vertebrae
 
-    # clavicles and ribs (bone: sharper edges)
-    clavicles: dict[int, np.ndarray] = {}
+
+def _clavicles(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """Both clavicles (bone: sharper edges)."""
     for side in SIDES:
         control = np.array(
             [
@@ -238,11 +263,15 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
                 [side * rng.uniform(0.58, 0.66), rng.uniform(-0.86, -0.77)],
             ]
         )
-        clavicles[side] = polyline(
-            grid, _curve(control, 6), np.linspace(0.03, 0.021, 6), edge=0.012
+        anatomy.clavicles[side] = polyline(
+            anatomy.grid, _curve(control, 6), np.linspace(0.03, 0.021, 6), edge=0.012
         )
-    anatomy.layers["clavicles"] = 0.2 * (clavicles[-1] + clavicles[1])
+    anatomy.layers["clavicles"] = 0.2 * (anatomy.clavicles[-1] + anatomy.clavicles[1])
 
+
+def _ribs(anatomy: Anatomy, rng: np.random.Generator) -> None:
+    """Ten posterior and six faint anterior ribs a side, then the organ masks."""
+    grid, shape = anatomy.grid, anatomy.grid.shape
     ribs = np.zeros(shape, dtype=np.float32)
     spacing = float(rng.uniform(0.105, 0.125))
     for side in SIDES:
@@ -261,13 +290,11 @@ def draw_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
             points = np.array([[side * 0.7, lateral_v], [side * 0.18, lateral_v + 0.3]])
             anatomy.layers.setdefault("anterior ribs", np.zeros(shape, dtype=np.float32))
             anatomy.layers["anterior ribs"] += 0.045 * polyline(grid, points, 0.02, edge=0.02)
-    anatomy.layers["ribs"] = RIB_ATTENUATION * ribs * body
-
+    anatomy.layers["ribs"] = RIB_ATTENUATION * ribs * anatomy.body
     anatomy.organs = {
         "right lung": anatomy.lung_maps[-1],
         "left lung": anatomy.lung_maps[1],
-        "heart": heart_map,
-        "right clavicle": clavicles[-1],
-        "left clavicle": clavicles[1],
+        "heart": anatomy.heart_map,
+        "right clavicle": anatomy.clavicles[-1],
+        "left clavicle": anatomy.clavicles[1],
     }
-    return anatomy

@@ -1,4 +1,5 @@
-"""Configurations of the segmentation stages."""
+"""Configurations of the segmentation stages: settings (what a user writes) and inputs
+(what the runner supplies), as in :mod:`doll_core.training.config`."""
 
 from __future__ import annotations
 
@@ -7,64 +8,80 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from doll_core.training.config import AugmentConfig, LoopConfig
+from doll_core.training.config import (
+    AugmentConfig,
+    ImageSettings,
+    LoopSettings,
+    Seeded,
+    StageInputs,
+)
 
 #: Segmentation augmentation moves images and masks together; brightness/contrast only
 #: on images. Off by default for masks' sake in the first release.
 NO_AUGMENT = AugmentConfig(enabled=False)
 
 
-class PretrainConfig(LoopConfig):
-    """DoLL pre-training of a whole segmentation model on a label store."""
+class SegmentationSettings(LoopSettings, ImageSettings):
+    """What every segmentation stage shares: the seg-head plugin and its options."""
 
-    labels: Path = Field(description="the label store")
-    data: Path | None = Field(None, description="dataset root (default: the store's)")
     head: str = "unet"
     head_params: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentConfig = NO_AUGMENT
+
+
+class PretrainSettings(SegmentationSettings, Seeded):
+    """DoLL pre-training of a whole segmentation model on a label store."""
+
     encoder: str | None = Field(None, description="default: the classifier's encoder")
-    encoder_from: Path | None = Field(
-        None, description="classifier checkpoint whose weights start the encoder"
-    )
-    image_size: int = Field(128, ge=16)
-    in_channels: Literal[1, 3] = 1
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
     threshold: float | None = Field(None, ge=0, le=1, description="binarise labels; None = soft")
     background_weight: float = Field(0.1, ge=0, le=1)
     dice_weight: float = Field(0.0, ge=0, description="add soft Dice with this weight")
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    augment: AugmentConfig = NO_AUGMENT
 
 
-class FinetuneConfig(LoopConfig):
+class PretrainInputs(StageInputs):
+    labels: Path = Field(description="the label store")
+    data: Path | None = Field(None, description="dataset root (default: the store's)")
+    encoder_from: Path | None = Field(
+        None, description="classifier checkpoint whose weights start the encoder"
+    )
+
+
+class PretrainConfig(PretrainSettings, PretrainInputs):
+    """Everything that determines a pre-training run."""
+
+
+class FinetuneSettings(SegmentationSettings):
     """Fine-tuning on a downstream segmentation task with few labels."""
 
-    data: Path
-    dataset: str = "segfolder"
-    dataset_options: dict[str, Any] = Field(default_factory=dict)
-    splits: Literal["random", "folders"] = "random"
     train_split: str = "Train"
     val_split: str = "Val"
     test_split: str = "Test"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    n_labeled: int | None = Field(None, ge=1, description="training images used; None = all")
-    init: Literal["random", "classifier", "doll", "checkpoint"] = "random"
-    init_path: Path | None = None
-    head: str = "unet"
-    head_params: dict[str, Any] = Field(default_factory=dict)
     encoder: str = "resnet18"
-    image_size: int = Field(128, ge=16)
-    in_channels: Literal[1, 3] = 1
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
     mode: Literal["full", "frozen_encoder", "adapter_only"] = "full"
     adapter_blocks: bool = False
     pretrained_lr_multiplier: float = Field(1.0, gt=0, le=1)
     eval_interval: int = Field(10, ge=1, description="optimiser steps between validations")
     dice_weight: float = Field(1.0, ge=0)
-    augment: AugmentConfig = NO_AUGMENT
     early_stopping_patience: int | None = Field(None, ge=1)
+
+
+class FinetuneInputs(Seeded, StageInputs):
+    """What the runner supplies to one fine-tuning run of a grid."""
+
+    data: Path
+    dataset: str = "segfolder"
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    splits: Literal["random", "folders"] = "random"
+    n_labeled: int | None = Field(None, ge=1, description="training images used; None = all")
+    init: Literal["random", "classifier", "doll", "checkpoint"] = "random"
+    init_path: Path | None = None
+
+
+class FinetuneConfig(FinetuneSettings, FinetuneInputs):
+    """Everything that determines a fine-tuning run."""
 
     @model_validator(mode="after")
     def _init_needs_a_path(self) -> FinetuneConfig:

@@ -237,7 +237,7 @@ class FinetuneTrainer(Trainer):
             model.encoder.eval()
         elif self.config.mode == "adapter_only":
             model.net.eval()
-            cast(Any, model.net).segmentation_head.train()
+            model.output_layer().train()
 
     # ------------------------------------------------------------------ steps
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:

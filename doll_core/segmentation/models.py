@@ -3,6 +3,7 @@ normalisation, with a replaceable output layer (the adapter) and weight transfer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +14,7 @@ from torch import nn
 from doll_core._version import __version__
 from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError, PluginError
+from doll_core.interfaces import SegHead
 from doll_core.models import Normalized
 from doll_core.payloads import load_payload, safe_torch_load
 from doll_core.registry import Registry, get_registry
@@ -39,46 +41,92 @@ class ResidualAdapter(nn.Module):
 
 class Segmenter(Normalized):
     """``images [B, C, H, W]`` in [0, 1] -> logits ``[B, classes, H, W]``; ``net`` is the
-    seg-head plugin's model (with ``encoder`` and ``segmentation_head``), behind the
-    input normalisation of :class:`~doll_core.models.Normalized`."""
+    model that the seg-head plugin ``seg_head`` (registered as ``head_name``) built, behind
+    the input normalisation of :class:`~doll_core.models.Normalized`.
+
+    The encoder, the output layer and the three parameter groups (encoder, decoder, head)
+    are reached only through the :class:`~doll_core.interfaces.SegHead` contract: the
+    attribute ``encoder`` and the plugin's ``output_layer`` / ``set_output_layer``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seg_head: SegHead,
+        head_name: str,
+    ) -> None:
+        super().__init__(net, mean, std)
+        # plain attributes, never submodules: the plugin object carries no weights
+        object.__setattr__(self, "seg_head", seg_head)
+        self.head_name = head_name
+
+    seg_head: SegHead
 
     @property
     def encoder(self) -> nn.Module:
         return cast(nn.Module, cast(Any, self.net).encoder)
 
+    def output_layer(self) -> nn.Module:
+        """The module in the output slot, as the seg-head plugin reports it: its output
+        convolution, or that convolution behind an adapter block after
+        :meth:`replace_output`."""
+        return self.seg_head.output_layer(self.net)
+
     def output_conv(self) -> nn.Conv2d:
-        """The output layer (the last convolution at the start of smp's
-        ``segmentation_head``, behind an adapter block if one was added)."""
-        head: Any = getattr(self.net, "segmentation_head", None)
-        first = head[0] if head is not None else None
-        if isinstance(first, nn.Sequential):
-            first = first[-1]
-        if not isinstance(first, nn.Conv2d):
+        """The output convolution (behind the adapter block, if one was added)."""
+        layer = self.output_layer()
+        if (
+            isinstance(layer, nn.Sequential)
+            and len(layer) == 2
+            and isinstance(layer[0], ResidualAdapter)
+        ):
+            layer = layer[1]
+        if not isinstance(layer, nn.Conv2d):
             raise PluginError(
-                "the segmentation model has no segmentation_head starting with a "
-                "convolution, so its output layer cannot be replaced"
+                f"seg head {self.head_name!r}: output_layer(model) returned a "
+                f"{type(layer).__name__}, not the nn.Conv2d that maps the decoder's features to "
+                "the logits, so the output layer cannot be replaced (see "
+                "doll_core.interfaces.SegHead)"
             )
-        return first
+        return layer
 
     def replace_output(self, classes: int, adapter: bool = False, seed: int = 0) -> None:
-        """A new output layer for ``classes`` downstream classes (seeded init), optionally
-        behind a zero-initialised residual adapter block."""
+        """A new output layer for ``classes`` downstream classes (seeded init, the old
+        convolution's kernel size, stride, padding, dilation and bias), optionally behind
+        a zero-initialised residual adapter block, put in place by the seg-head plugin."""
         old = self.output_conv()
         generator_state = torch.get_rng_state()
         torch.manual_seed(seed)
         try:
-            conv_options: dict[str, Any] = {"kernel_size": old.kernel_size, "padding": old.padding}
-            new: nn.Module = nn.Conv2d(old.in_channels, classes, **conv_options)
+            like_old: dict[str, Any] = {
+                "kernel_size": old.kernel_size,
+                "stride": old.stride,
+                "padding": old.padding,
+                "dilation": old.dilation,
+                "bias": old.bias is not None,
+                "padding_mode": old.padding_mode,
+            }
+            new: nn.Module = nn.Conv2d(old.in_channels, classes, **like_old)
             if adapter:
                 new = nn.Sequential(ResidualAdapter(old.in_channels), new)
         finally:
             torch.set_rng_state(generator_state)
-        cast(Any, self.net).segmentation_head[0] = new
+        self.seg_head.set_output_layer(self.net, new)
+        if self.output_layer() is not new or not any(m is new for m in self.net.modules()):
+            raise PluginError(
+                f"seg head {self.head_name!r}: after set_output_layer(model, layer), "
+                "output_layer(model) must return that layer, a submodule of the model (see "
+                "doll_core.interfaces.SegHead)"
+            )
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(cast(Any, self.net).segmentation_head.parameters())
+        """The output layer's parameters (adapter block included)."""
+        return list(self.output_layer().parameters())
 
     def decoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is neither the encoder's nor the output layer's."""
         encoder = {id(p) for p in self.encoder.parameters()}
         head = {id(p) for p in self.head_parameters()}
         return [p for p in self.net.parameters() if id(p) not in encoder | head]
@@ -106,12 +154,17 @@ class SegmenterMeta:
 def build_segmenter(meta: SegmenterMeta, registry: Registry | None = None) -> Segmenter:
     """A freshly initialised model of ``meta``'s architecture (encoder_weights=None)."""
     registry = registry or get_registry()
-    net = registry.create("seg_head", meta.head, **meta.head_params).build(
-        meta.encoder, classes=len(meta.classes), in_channels=meta.in_channels
-    )
+    seg_head = registry.create("seg_head", meta.head, **meta.head_params)
+    net = seg_head.build(meta.encoder, classes=len(meta.classes), in_channels=meta.in_channels)
     if getattr(net, "encoder", None) is None:
         raise PluginError(f"seg head {meta.head!r} built a model without an 'encoder'")
-    model = Segmenter(net, meta.mean, meta.std)
+    model = Segmenter(net, meta.mean, meta.std, seg_head, meta.head)
+    if model.output_conv().out_channels != len(meta.classes):
+        raise PluginError(
+            f"seg head {meta.head!r}: output_layer(model) has "
+            f"{model.output_conv().out_channels} output channels, but the model was built "
+            f"for {len(meta.classes)} classes (see doll_core.interfaces.SegHead)"
+        )
     if meta.adapter_blocks:
         model.replace_output(len(meta.classes), adapter=True)
     return model

@@ -1,18 +1,28 @@
-"""The classifier-training configuration (validated with pydantic, unknown keys refused)."""
+"""The classifier-training configuration (validated with pydantic, unknown keys refused).
+
+Every stage configuration is split in two: its *settings* (the keys a user writes in an
+experiment file, each default stated once, in its field) and its *inputs* (what the
+experiment runner supplies: data paths, upstream checkpoints, the device). The full stage
+configuration is both together, and is what the single-stage commands read.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from doll_core.configuration import context_registry, plugin_problems, raise_problems
 
 
-class AugmentConfig(BaseModel):
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentConfig(_Frozen):
     """Augmentation suited to radiographs: a small affine and brightness/contrast. No
     horizontal flip by default, since anatomy is lateralised (the heart is on the left)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     rotate_degrees: float = Field(7.0, ge=0, le=45)
@@ -23,10 +33,20 @@ class AugmentConfig(BaseModel):
     hflip: bool = False
 
 
-class LoopConfig(BaseModel):
-    """The fields every training stage shares (see :mod:`doll_core.training.loop`)."""
+class StageInputs(_Frozen):
+    """What the runner supplies to every stage, whatever the stage."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    device: str = "auto"
+
+    @classmethod
+    def runner_keys(cls) -> frozenset[str]:
+        """The keys of these inputs: an experiment file never sets them in a stage's
+        section (the runner fills them in from other sections)."""
+        return frozenset(cls.model_fields)
+
+
+class LoopSettings(_Frozen):
+    """The settings every training stage shares (see :mod:`doll_core.training.loop`)."""
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -37,9 +57,7 @@ class LoopConfig(BaseModel):
     early_stopping_patience: int | None = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
     augment: AugmentConfig = AugmentConfig()
-    seed: int = 0
     num_workers: int = Field(2, ge=0)
-    device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = Field(
@@ -53,25 +71,24 @@ class LoopConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-class ClassifierTrainingConfig(LoopConfig):
-    """Everything that determines a classifier-training run."""
+class Seeded(_Frozen):
+    """The seed of a training run's initial weights, data order and augmentation: a
+    setting of most stages, an input of a fine-tuning grid's runs."""
 
-    data: Path = Field(description="dataset root, e.g. the folder holding CheXpert-v1.0-small")
-    dataset: str = "chexpert"
-    dataset_options: dict[str, Any] = Field(
-        default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
-    )
-    train_split: str = "train"
-    val_split: str = "valid"
-    backbone: str = "tiny_cnn"
-    backbone_params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+
+class ImageSettings(_Frozen):
+    """The images a model takes: side, channels and the normalisation of [0, 1] pixels.
+    One value of ``mean``/``std`` serves every channel."""
+
     image_size: int = Field(128, ge=16, le=2048)
     in_channels: Literal[1, 3] = 1
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
 
     @model_validator(mode="after")
-    def _normalisation_fits_channels(self) -> ClassifierTrainingConfig:
+    def _normalisation_fits_channels(self) -> ImageSettings:
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) == 1 and self.in_channels == 3:
@@ -81,3 +98,40 @@ class ClassifierTrainingConfig(LoopConfig):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self
+
+
+class ClassificationSource(_Frozen):
+    """The reader of a classification set and its options."""
+
+    dataset: str = "chexpert"
+    dataset_options: dict[str, Any] = Field(
+        default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
+    )
+
+
+class ClassifierSettings(LoopSettings, ImageSettings, Seeded):
+    """A classifier's settings: ``[training]`` merged with its ``[classifiers.NAME]``."""
+
+    backbone: str = "tiny_cnn"
+    backbone_params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_backbone(self, info: ValidationInfo) -> ClassifierSettings:
+        registry = context_registry(info)
+        name, params = self.backbone, self.backbone_params
+        raise_problems(
+            plugin_problems(registry, "backbone", name, "backbone", params, "backbone_params")
+        )
+        return self
+
+
+class ClassifierInputs(ClassificationSource, StageInputs):
+    """What the runner supplies to classifier training (from ``[data.classification]``)."""
+
+    data: Path = Field(description="dataset root, e.g. the folder holding CheXpert-v1.0-small")
+    train_split: str = "train"
+    val_split: str = "valid"
+
+
+class ClassifierTrainingConfig(ClassifierSettings, ClassifierInputs):
+    """Everything that determines a classifier-training run."""
