@@ -64,6 +64,10 @@ def stage_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and STAGE_NAME.match(p.name))
 
 
+#: ``add(severity, path, message)``: one finding about a stage folder
+Add = Callable[[Severity, Path, str], None]
+
+
 def check_stage(folder: Path, name: Callable[[Path], str]) -> tuple[StageState, list[Finding]]:
     """Check one stage folder: its ``stage.json``, outputs, checkpoints and JSON files."""
     match = STAGE_NAME.match(folder.name)
@@ -75,51 +79,9 @@ def check_stage(folder: Path, name: Callable[[Path], str]) -> tuple[StageState, 
         findings.append(Finding(severity, name(path), message, folder.name))
 
     state = StageState(folder.name, kind, label, key, folder, "interrupted")
-    done = folder / DONE
-    if done.exists():
-        record, why = read_json(done)
-        if not isinstance(record, dict) or why is not None:
-            state.status = "unreadable"
-            state.damaged = True
-            state.recompute = f"its {DONE} is unreadable"
-            add(
-                "problem",
-                done,
-                f"{why or 'is not a JSON object'}: doll run refuses this stage, and "
-                "--resume recomputes it",
-            )
-        else:
-            state.status = "finished"
-            state.record = record
-            if record.get("key") != key or record.get("kind") != kind:
-                state.damaged = True
-                add(
-                    "problem",
-                    done,
-                    f"records stage {record.get('kind')}/{record.get('key')}, but the folder "
-                    f"is {kind}/{key}: copied from another stage?",
-                )
-            recorded = record.get("files")
-            for file, digest in sorted(recorded.items() if isinstance(recorded, dict) else []):
-                path = folder / str(file)
-                if not path.is_file():
-                    why = f"{path.name} is missing"
-                    add("problem", path, f"missing ({DONE} recorded its SHA-256)")
-                elif sha256_of(path) != digest:
-                    why = f"{path.name} no longer matches its SHA-256 in {DONE}"
-                    add(
-                        "problem",
-                        path,
-                        f"does not match the SHA-256 in {DONE} (changed or "
-                        "corrupted since the stage finished)",
-                    )
-                else:
-                    continue
-                state.damaged = True
-                state.recompute = state.recompute or why
-    finished = state.status == "finished"
-
-    if not finished and state.status != "unreadable":
+    if (folder / DONE).exists():
+        _read_record(state, add)
+    if state.status == "interrupted":
         action, detail, extra = _interrupted(state, name)
         state.resume = (action, detail)
         findings.extend(extra)
@@ -127,72 +89,134 @@ def check_stage(folder: Path, name: Callable[[Path], str]) -> tuple[StageState, 
     elif state.recompute is not None:  # resume deletes stage.json, then goes on as above
         action, detail, _ = _interrupted(state, name)
         state.resume = (action, detail)
+    if state.status == "finished":
+        _check_outputs(state, add)
+    _check_files(state, add)
+    if state.status == "finished":
+        findings.extend(_check_kind_outputs(state, name, add))
+        _verdict(state, add)
+    return state, findings
 
-    # Outputs each kind leaves for later stages.
-    if finished:
-        for relative in OUTPUTS.get(kind, ()):
-            if not (folder / relative).exists():
-                state.damaged = True
-                add("problem", folder / relative, "missing output of a finished stage")
-        for leftover in RESUME_ONLY:  # what drop_resume_state deletes when a stage finishes
-            if (folder / leftover).exists():
-                add(
-                    "warning",
-                    folder / leftover,
-                    "resume state left by a finished stage (killed while cleaning up); "
-                    "safe to delete",
-                )
 
-    # Every checkpoint and JSON file at the top of the folder (stores checked below).
+def _read_record(state: StageState, add: Add) -> None:
+    """Read ``stage.json``: finished or unreadable, and every file it recorded intact?"""
+    done, folder = state.folder / DONE, state.folder
+    record, why = read_json(done)
+    if not isinstance(record, dict) or why is not None:
+        state.status = "unreadable"
+        state.damaged = True
+        state.recompute = f"its {DONE} is unreadable"
+        add(
+            "problem",
+            done,
+            f"{why or 'is not a JSON object'}: doll run refuses this stage, and "
+            "--resume recomputes it",
+        )
+        return
+    state.status = "finished"
+    state.record = record
+    if record.get("key") != state.key or record.get("kind") != state.kind:
+        state.damaged = True
+        add(
+            "problem",
+            done,
+            f"records stage {record.get('kind')}/{record.get('key')}, but the folder "
+            f"is {state.kind}/{state.key}: copied from another stage?",
+        )
+    recorded = record.get("files")
+    for file, digest in sorted(recorded.items() if isinstance(recorded, dict) else []):
+        path = folder / str(file)
+        if not path.is_file():
+            why = f"{path.name} is missing"
+            add("problem", path, f"missing ({DONE} recorded its SHA-256)")
+        elif sha256_of(path) != digest:
+            why = f"{path.name} no longer matches its SHA-256 in {DONE}"
+            add(
+                "problem",
+                path,
+                f"does not match the SHA-256 in {DONE} (changed or "
+                "corrupted since the stage finished)",
+            )
+        else:
+            continue
+        state.damaged = True
+        state.recompute = state.recompute or why
+
+
+def _check_outputs(state: StageState, add: Add) -> None:
+    """The outputs a finished stage of its kind leaves for later stages, and no resume
+    state left behind."""
+    for relative in OUTPUTS.get(state.kind, ()):
+        if not (state.folder / relative).exists():
+            state.damaged = True
+            add("problem", state.folder / relative, "missing output of a finished stage")
+    for leftover in RESUME_ONLY:  # what drop_resume_state deletes when a stage finishes
+        if (state.folder / leftover).exists():
+            add(
+                "warning",
+                state.folder / leftover,
+                "resume state left by a finished stage (killed while cleaning up); safe to delete",
+            )
+
+
+def _check_files(state: StageState, add: Add) -> None:
+    """Every checkpoint and JSON file at the top of the folder (stores: see
+    :func:`_check_kind_outputs`)."""
+    finished = state.status == "finished"
     redo = state.resume is not None and state.resume[0] == "redo"
-    for path in sorted(folder.iterdir()):
+    for path in sorted(state.folder.iterdir()):
         if TEMPORARY.match(path.name):
             add("warning", path, LEFTOVER)
-        elif path.suffix == ".pt" and path.is_file():
+            continue
+        if path.suffix == ".pt" and path.is_file():
             if path.name == "state.pt" and not finished:
                 continue  # checked by _interrupted
             _, why = check_torch_file(path)
-            if why is not None:
-                if finished:
-                    state.damaged = True
-                add("warning" if redo else "problem", path, why)
         elif path.suffix == ".json" and path.is_file() and path.name != DONE:
             _, why = read_json(path)
-            if why is not None:
-                if finished:
-                    state.damaged = True
-                add("warning" if redo else "problem", path, why)
+        else:
+            continue
+        if why is not None:
+            state.damaged = state.damaged or finished
+            add("warning" if redo else "problem", path, why)
 
-    if finished and kind == "phantom":
-        phantom_json = folder / "phantom" / "PHANTOM.json"
-        if phantom_json.exists():
-            _, why = read_json(phantom_json)
-            if why is not None:
-                state.damaged = True
-                add("problem", phantom_json, why)
-    if finished and kind in STORE_KINDS and (folder / "labels").is_dir():
+
+def _check_kind_outputs(state: StageState, name: Callable[[Path], str], add: Add) -> list[Finding]:
+    """A finished phantom's ``PHANTOM.json``, a finished store stage's label store."""
+    folder = state.folder
+    phantom_json = folder / "phantom" / "PHANTOM.json"
+    if state.kind == "phantom" and phantom_json.exists():
+        _, why = read_json(phantom_json)
+        if why is not None:
+            state.damaged = True
+            add("problem", phantom_json, why)
+    if state.kind in STORE_KINDS and (folder / "labels").is_dir():
         store = check_label_store(folder / "labels", name=name, finished=True, stage=folder.name)
-        findings.extend(store.findings)
         if any(f.severity == "problem" for f in store.findings):
             state.damaged = True
+        return store.findings
+    return []
 
-    if finished and not state.damaged:
+
+def _verdict(state: StageState, add: Add) -> None:
+    """The one line that says what becomes of a finished stage."""
+    done = state.folder / DONE
+    if not state.damaged:
         version = state.record.get("doll")
-        add("ok", folder, f"finished ({kind} {label}; DoLL {version})")
-    elif finished and state.recompute is not None:
+        add("ok", state.folder, f"finished ({state.kind} {state.label}; DoLL {version})")
+    elif state.recompute is not None:
         add(
             "problem",
             done,
             f"{state.recompute}: doll run refuses this stage, and --resume recomputes it",
         )
-    elif finished:
+    else:
         add(
             "problem",
             done,
             "this stage is marked finished, so --resume reuses it as it is; delete "
             f"{DONE} to have --resume redo it",
         )
-    return state, findings
 
 
 def _interrupted(
