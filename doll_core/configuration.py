@@ -45,7 +45,7 @@ def error_items(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
             for key, text in item["ctx"]["problems"]:
                 items.append(((*item["loc"], *(key.split(".") if key else ())), text))
         else:
-            unknown = item["type"] == "extra_forbidden"
+            unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
             items.append((tuple(item["loc"]), "unknown key" if unknown else item["msg"]))
     return items
 

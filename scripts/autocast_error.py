@@ -97,6 +97,7 @@ def measure(
     :param model: a classifier with 14 outputs, on the device of ``images``.
     :param images: ``[B, C, H, W]``.
     """
+    from doll_core.attribution.engine import EngineOptions
     from doll_core.registry import get_registry
 
     targets = torch.arange(14, device=images.device).repeat(len(images), 1)
@@ -104,15 +105,15 @@ def measure(
     def maps(autocast: str | None, fp32_stem: bool = False) -> tuple[torch.Tensor, float]:
         """The maps, and the seconds of a second call (the first tunes cuDNN for new
         shapes and makes the explainer's own fp32 check)."""
-        explainer = get_registry().create(
-            "explainer",
-            "integrated_gradients",
-            n_steps=n_steps,
+        engine = EngineOptions(
             max_rows=max_rows,
             autocast=autocast,
             fp32_stem=fp32_stem,
             completeness=False,
             autocast_check_every=10**9,  # measured here, against strict fp32
+        )
+        explainer = get_registry().create(
+            "explainer", "integrated_gradients", n_steps=n_steps, engine=engine
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -105,12 +105,10 @@ def integrated_gradients(
     forward passes), and by default the fp16 error measured on the first call only, so that
     the timed calls do not include the fp32 check. (Runs 1 and 2 of 2026-11-27 predate the
     ``completeness`` switch: their engine timings include the delta's two forwards.)"""
+    from doll_core.attribution.engine import EngineOptions
     from doll_core.registry import get_registry
 
-    return get_registry().create(
-        "explainer",
-        "integrated_gradients",
-        n_steps=n_steps,
+    engine = EngineOptions(
         max_rows=rows,
         autocast=autocast,
         compile=compile,
@@ -118,6 +116,9 @@ def integrated_gradients(
         autocast_check_every=autocast_check_every,
         completeness=False,
         fp32_stem=fp32_stem,
+    )
+    return get_registry().create(
+        "explainer", "integrated_gradients", n_steps=n_steps, engine=engine
     )
 
 

@@ -93,3 +93,18 @@ def test_explain_scores_table(small_phantom: Path, checkpoint: Path, tmp_path: P
     assert [line.split("|")[1].strip() for line in table[2:]] == ["gradcam", "saliency"]
     rows = json.loads(out.with_suffix(".json").read_text())
     assert rows[0]["maps"] > 0 and 0 <= rows[0]["means"]["pixel_auroc"] <= 1
+
+
+def test_explain_takes_engine_options_apart_from_explainer_parameters(
+    small_phantom: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    image, _, _ = _image_with_findings(small_phantom)
+    out = tmp_path / "maps.png"
+    base = [*_explain(checkpoint, image, out), "--explainer", "saliency"]
+    result = runner.invoke(app, [*base, "--set", "engine.max_rows=1"])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(app, [*base, "--set", "engine.bogus=1"])
+    assert bad.exit_code == 2 and "--set engine: bogus: unknown key" in bad.stderr
+    with pytest.warns(FutureWarning, match=r"--set saliency.KEY: max_rows.*--set engine.KEY"):
+        old = runner.invoke(app, [*base, "--set", "saliency.max_rows=1"])
+    assert old.exit_code == 0, old.output

@@ -21,6 +21,7 @@ from captum.attr import (
 from torch import nn
 
 import doll_core
+from doll_core.attribution.engine import EngineOptions
 from doll_core.errors import DollError, PluginError
 
 
@@ -84,7 +85,13 @@ def test_integrated_gradients(in_channels: int, method: str) -> None:
     model = _model(in_channels)
     images = torch.rand(4, in_channels, 16, 16)
     ours = doll_core.explain(
-        model, images, TARGETS, "integrated_gradients", n_steps=20, method=method, max_rows=24
+        model,
+        images,
+        TARGETS,
+        "integrated_gradients",
+        n_steps=20,
+        method=method,
+        engine=EngineOptions(max_rows=24),
     )
     captum = IntegratedGradients(model)
     reference = _reference(
@@ -128,7 +135,7 @@ def test_completeness_is_reported_over_calls_and_falls_with_more_steps() -> None
         relative[steps] = report["relative_delta"]
     assert relative[64] < relative[2] / 4
     quiet = doll_core.get_registry().create(
-        "explainer", "integrated_gradients", n_steps=4, completeness=False
+        "explainer", "integrated_gradients", n_steps=4, engine=EngineOptions(completeness=False)
     )
     quiet.attribute(model, images, TARGETS)
     assert quiet.last_delta is None and quiet.performance_report()["completeness"] is None
@@ -138,7 +145,7 @@ def test_completeness_every_measures_every_nth_call_per_model() -> None:
     models = [_model(1), _model(1)]
     images = torch.rand(2, 1, 16, 16)
     plugin = doll_core.get_registry().create(
-        "explainer", "integrated_gradients", n_steps=4, completeness_every=3
+        "explainer", "integrated_gradients", n_steps=4, engine=EngineOptions(completeness_every=3)
     )
     measured = []
     for call in range(7):
@@ -163,7 +170,9 @@ def test_saliency_and_input_x_gradient(in_channels: int) -> None:
     )
     ixg = InputXGradient(model)
     _assert_close(
-        doll_core.explain(model, images, TARGETS, "input_x_gradient", max_rows=3),
+        doll_core.explain(
+            model, images, TARGETS, "input_x_gradient", engine=EngineOptions(max_rows=3)
+        ),
         _reference(lambda x, t: ixg.attribute(x, target=t), images),
     )
 
@@ -230,7 +239,8 @@ def test_deeplift_refuses_shared_activations() -> None:
 def test_occlusion(in_channels: int) -> None:
     model = _model(in_channels)
     images = torch.rand(4, in_channels, 16, 16)
-    ours = doll_core.explain(model, images, TARGETS, "occlusion", window=4, stride=2, max_rows=5)
+    engine = EngineOptions(max_rows=5)
+    ours = doll_core.explain(model, images, TARGETS, "occlusion", window=4, stride=2, engine=engine)
     captum = Occlusion(model)
     reference = _reference(
         lambda x, t: captum.attribute(
@@ -246,7 +256,7 @@ def test_reduced_precision_comes_with_its_measured_error() -> None:
     model = _model(3)
     images = torch.rand(4, 3, 16, 16)
     plugin = doll_core.get_registry().create(
-        "explainer", "integrated_gradients", n_steps=8, autocast="bf16"
+        "explainer", "integrated_gradients", n_steps=8, engine=EngineOptions(autocast="bf16")
     )
     with pytest.warns(RuntimeWarning, match="bf16 autocast: relative error .* against fp32"):
         maps = plugin.attribute(model, images, TARGETS)
@@ -256,4 +266,6 @@ def test_reduced_precision_comes_with_its_measured_error() -> None:
     assert plugin.autocast_error > 0
     assert plugin.last_delta is not None and plugin.last_delta.shape == TARGETS.shape
     with pytest.raises(DollError, match="autocast must be None, 'fp16' or 'bf16'"):
-        doll_core.get_registry().create("explainer", "saliency", autocast="fp8")
+        doll_core.get_registry().create(
+            "explainer", "saliency", engine=EngineOptions(autocast="fp8")
+        )

@@ -6,6 +6,7 @@ compute time recorded)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import warnings
@@ -45,9 +46,12 @@ def test_compiled_integrated_gradients_equal_eager_and_compile_once() -> None:
     images = torch.rand(5, 1, 24, 24)
     # 5 images, 3 per pass: the last pass is padded to the same 3 x 4 rows
     targets = torch.tensor([[0, 3, -1], [1, -1, -1], [2, 5, 7], [4, -1, -1], [6, 8, -1]])
-    eager = doll_core.explain(model, images, targets, n_steps=4, max_rows=12)
+    eager = doll_core.explain(model, images, targets, n_steps=4, engine=EngineOptions(max_rows=12))
     explainer = get_registry().create(
-        "explainer", "integrated_gradients", n_steps=4, max_rows=12, compile=True
+        "explainer",
+        "integrated_gradients",
+        n_steps=4,
+        engine=EngineOptions(max_rows=12, compile=True),
     )
     first = explainer.attribute(model, images, targets)
     torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-6)
@@ -118,7 +122,7 @@ def test_autocast_error_is_measured_per_call_and_reported() -> None:
     images = torch.rand(3, 1, 16, 16)
     targets = torch.tensor([[0, 1], [2, -1], [3, 4]])
     explainer = get_registry().create(
-        "explainer", "integrated_gradients", n_steps=4, autocast="bf16"
+        "explainer", "integrated_gradients", n_steps=4, engine=EngineOptions(autocast="bf16")
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -143,7 +147,9 @@ def test_channels_last_rows_give_the_same_maps() -> None:
     targets = torch.tensor([[0, 1], [2, -1]])
     plain = doll_core.explain(model, images, targets, n_steps=4)
     model = model.to(memory_format=torch.channels_last)
-    fast = doll_core.explain(model, images, targets, n_steps=4, channels_last=True)
+    fast = doll_core.explain(
+        model, images, targets, n_steps=4, engine=EngineOptions(channels_last=True)
+    )
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
 
 
@@ -280,7 +286,10 @@ def test_fp16_overflow_falls_back_to_an_unscaled_gradient() -> None:
 def test_every_classifier_gets_its_autocast_check() -> None:
     models = {"a": _tiny_model(), "b": _tiny_model()}
     explainer = get_registry().create(
-        "explainer", "integrated_gradients", n_steps=2, autocast="bf16", autocast_check_every=2
+        "explainer",
+        "integrated_gradients",
+        n_steps=2,
+        engine=EngineOptions(autocast="bf16", autocast_check_every=2),
     )
     measured: list[str] = []
     images = torch.rand(2, 1, 16, 16)
@@ -419,7 +428,7 @@ def test_a_memory_budget_is_measured_once_per_model_and_gives_the_same_maps() ->
     # at 5 rows per pass (1 image each) are 3 passes per call
     assert forwards["n"] == 1 + 3 + 3
     explainer = get_registry().create(
-        "explainer", "saliency", max_rows=None, memory_budget_mb=budget_mb
+        "explainer", "saliency", engine=EngineOptions(max_rows=None, memory_budget_mb=budget_mb)
     )
     explainer.attribute(model, images, targets)
     assert explainer.performance_report()["row_limit"] == 5
@@ -519,10 +528,9 @@ def test_fp32_stem_runs_the_engine_s_first_conv_in_fp32_under_autocast(fp32_stem
         "explainer",
         "integrated_gradients",
         n_steps=4,
-        autocast="bf16",
-        fp32_stem=fp32_stem,
-        autocast_check_every=10**6,
-        completeness=False,
+        engine=EngineOptions(
+            autocast="bf16", fp32_stem=fp32_stem, autocast_check_every=10**6, completeness=False
+        ),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -539,13 +547,18 @@ def test_fp32_stem_compiles_its_view_and_reports_that_compile() -> None:
     model = _tiny_model()
     images = torch.rand(3, 1, 16, 16)
     targets = torch.tensor([[0, 3], [1, -1], [2, 4]])
-    options = dict(n_steps=4, autocast="bf16", fp32_stem=True, completeness=False, max_rows=8)
+    options = EngineOptions(autocast="bf16", fp32_stem=True, completeness=False, max_rows=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        eager = get_registry().create("explainer", "integrated_gradients", **options)
+        eager = get_registry().create(
+            "explainer", "integrated_gradients", n_steps=4, engine=options
+        )
         expected = eager.attribute(model, images, targets)
         explainer = get_registry().create(
-            "explainer", "integrated_gradients", compile=True, **options
+            "explainer",
+            "integrated_gradients",
+            n_steps=4,
+            engine=dataclasses.replace(options, compile=True),
         )
         maps = explainer.attribute(model, images, targets)
     torch.testing.assert_close(maps, expected, rtol=1e-3, atol=1e-5)

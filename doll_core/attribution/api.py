@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
+from doll_core.attribution.engine import EngineOptions
+from doll_core.configuration import describe_validation_error
 from doll_core.errors import DollError, PluginError
 from doll_core.registry import Registry, get_registry
 
@@ -52,6 +58,68 @@ def check_attributions(
 
 #: The explainer used when none is named (``doll_core.explain``, label generation).
 DEFAULT_EXPLAINER = "integrated_gradients"
+#: The names of the engine's execution options (the fields of :class:`EngineOptions`).
+ENGINE_KEYS = frozenset(field.name for field in dataclasses.fields(EngineOptions))
+
+
+def split_engine_options(
+    params: Mapping[str, Any], where: str, new_place: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(explainer parameters, engine options)`` of a parameter table written before the
+    engine options had a place of their own; each engine option found there is named in a
+    :class:`FutureWarning` that says where it goes now (``new_place``). Deprecated: such
+    tables keep working until DoLL 0.3."""
+    moved = {key: value for key, value in params.items() if key in ENGINE_KEYS}
+    if moved:
+        warnings.warn(
+            f"{where}: {', '.join(sorted(moved))}: engine options belong in {new_place}, "
+            "not among an explainer's parameters (the old place works until DoLL 0.3)",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return {k: v for k, v in params.items() if k not in ENGINE_KEYS}, moved
+
+
+def engine_options(values: Mapping[str, Any], source: str) -> EngineOptions:
+    """:class:`EngineOptions` from ``values`` (a table a user wrote), checked by pydantic.
+
+    :raises DollError: naming every bad key under ``source``.
+    """
+    try:
+        return TypeAdapter(EngineOptions).validate_python(dict(values))
+    except ValidationError as exc:
+        raise DollError(describe_validation_error(exc, source)) from None
+
+
+def create_explainer(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    engine: EngineOptions | None = None,
+    *,
+    registry: Registry | None = None,
+) -> Any:
+    """Explainer plugin ``name`` built with ``params``, and with ``engine`` when its
+    factory takes an ``engine`` keyword (the engine explainers, Grad-CAM, Occlusion); an
+    explainer that takes none ignores the options, with a warning if any was set.
+
+    :param engine: execution options (default: ``EngineOptions()``).
+    """
+    registry = registry or get_registry()
+    factory = registry.get("explainer", name).factory
+    values = dict(params or {})
+    try:
+        takes_engine = "engine" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        takes_engine = False
+    if takes_engine:
+        values["engine"] = engine or EngineOptions()
+    elif engine is not None and engine.changed():
+        warnings.warn(
+            f"explainer {name!r} takes no engine options; ignored: {engine.changed()}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return registry.create("explainer", name, **values)
 
 
 def explain(
@@ -60,6 +128,7 @@ def explain(
     targets: torch.Tensor,
     explainer: str = DEFAULT_EXPLAINER,
     *,
+    engine: EngineOptions | None = None,
     registry: Registry | None = None,
     **params: Any,
 ) -> torch.Tensor:
@@ -70,6 +139,9 @@ def explain(
     :param images: float ``[B, C, H, W]``.
     :param targets: long ``[B, T]`` observation indices, ``-1`` = no target.
     :param explainer: an explainer plugin name (``doll plugins list --kind explainer``).
+    :param engine: the engine's execution options (:class:`EngineOptions`: rows per pass,
+        autocast, compile, ...); default: ``EngineOptions()``. Engine options among
+        ``params`` still work, with a :class:`FutureWarning`, until DoLL 0.3.
     :param params: the explainer's parameters, e.g. ``n_steps=32``.
     :returns: float32 ``[B, T, H, W]``: raw attributions summed over input channels, no
         post-processing; maps with NaN/Inf are zeroed (with a warning).
@@ -87,7 +159,10 @@ def explain(
         )
     if bool((targets < -1).any()):
         raise DollError("targets hold values below -1; use -1 for 'no target'")
-    plugin = (registry or get_registry()).create("explainer", explainer, **params)
+    params, moved = split_engine_options(params, "doll_core.explain", "engine=EngineOptions(...)")
+    if moved:
+        engine = dataclasses.replace(engine or EngineOptions(), **moved)
+    plugin = create_explainer(explainer, params, engine, registry=registry)
     maps, bad = check_attributions(
         plugin.attribute(model, images, targets.to(images.device)),
         images,

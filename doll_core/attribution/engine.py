@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from doll_core.attribution.stem import fp32_stem_view
 from doll_core.compiling import CompiledModule, compiled
+from doll_core.errors import DollError
 
 #: ``make_rows(images_chunk [k, C, H, W], image_index [k], samples slice) -> rows [k*s, C, H, W]``
 #: (image-major: the rows of image 0 first).
@@ -35,7 +38,11 @@ RowMaker = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine batches and computes.
+    """How the engine batches, computes and checks: execution options, shared by every
+    engine explainer and passed to it once, as ``engine=`` (an experiment's
+    ``[explanation.engine]``). They never change what a map means, only how fast it is made
+    and what is measured about it; those that move its values by more than rounding
+    (:data:`HASHED_OPTIONS`) are part of a label store's hash.
 
     ``max_rows``: rows per forward pass; ``memory_budget_mb``: derive ``max_rows`` from a
     budget instead (activation memory estimated from one row); ``autocast``: ``None``,
@@ -48,16 +55,52 @@ class EngineOptions:
     share one compiled graph (benchmarks; the padding rows are wasted work);
     ``fp32_stem``: under ``autocast``, run the model's first convolution in fp32 and pass
     its output on in fp32 (see :mod:`doll_core.attribution.stem`: the half-precision
-    rounding of that output moves the maps most).
+    rounding of that output moves the maps most); ``autocast_check_every``: measure the
+    autocast error against fp32 on every N-th call (the first included; reduced precision
+    is never left unmeasured); ``completeness``, ``completeness_every``: Integrated
+    Gradients measures its completeness delta (two forward passes of the batch) on every
+    N-th call, or, off, never.
     """
 
-    max_rows: int | None = 64
-    memory_budget_mb: float | None = None
-    autocast: str | None = None
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    max_rows: Annotated[int, Field(ge=1)] | None = 64
+    memory_budget_mb: Annotated[int | float, Field(gt=0)] | None = None  # as written (hashed)
+    autocast: Literal["fp16", "bf16"] | None = None
     compile: bool = False
     channels_last: bool = False
-    pad_rows: int | None = None
+    pad_rows: Annotated[int, Field(ge=1)] | None = None
     fp32_stem: bool = False
+    autocast_check_every: Annotated[int, Field(ge=1)] = 1
+    completeness: bool = True
+    completeness_every: Annotated[int, Field(ge=1)] = 1
+
+    def __post_init__(self) -> None:
+        """The checks of an options object made in Python (pydantic checks the same when
+        it reads ``[explanation.engine]``)."""
+        if self.autocast not in (None, "fp16", "bf16"):
+            raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {self.autocast!r}")
+        for name in ("autocast_check_every", "completeness_every"):
+            if int(getattr(self, name)) < 1:
+                raise DollError(
+                    f"{name} must be >= 1 (reduced precision is never left unmeasured), "
+                    f"got {getattr(self, name)}"
+                )
+
+    def changed(self) -> dict[str, Any]:
+        """The options that differ from the defaults."""
+        default = EngineOptions()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+#: Options that move a map's values beyond rounding (the row count and memory budget
+#: change how rows are batched, autocast and the fp32 stem its precision): a label store's
+#: hash includes them.
+HASHED_OPTIONS = ("max_rows", "memory_budget_mb", "autocast", "fp32_stem")
 
 
 #: fp16 backward passes multiply the target logit by this and divide the gradient by it

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from doll_core.attribution.api import explain
+from doll_core.attribution.engine import EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig, postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.data.imageio import read_mask, resize_mask
@@ -112,6 +113,7 @@ class _Scoring:
     batch_size: int
     randomization_images: int
     progress: Callable[[str, int, int], None] | None
+    engine: EngineOptions | None
 
     def explainer(self, name: str, params: dict[str, Any]) -> ExplainerScores:
         """One explainer's scores (or the error that stopped it)."""
@@ -128,7 +130,8 @@ class _Scoring:
         try:
             for start, images, targets, ids in _batches(self.dataset, self.chosen, self.batch_size):
                 started = time.perf_counter()
-                maps = explain(self.model, images, targets, name, registry=self.registry, **params)
+                options = {"engine": self.engine, "registry": self.registry, **params}
+                maps = explain(self.model, images, targets, name, **options)
                 seconds += time.perf_counter() - started
                 size = (int(images.shape[-2]), int(images.shape[-1]))
                 truth = lesion_masks(self.root, ids, targets, size)
@@ -140,9 +143,7 @@ class _Scoring:
                     scores[metric.name].append(metric(ranked[real], truth[real], chosen_binary))
                 maps_done += int(real.sum())
                 if start < self.randomization_images:
-                    random_maps = explain(
-                        self.random_model, images, targets, name, registry=self.registry, **params
-                    )
+                    random_maps = explain(self.random_model, images, targets, name, **options)
                     similarity.append(randomization_similarity(maps[real], random_maps[real]))
                 if self.progress is not None:
                     self.progress(name, min(start + self.batch_size, total), total)
@@ -171,9 +172,11 @@ def score_explainers(
     randomization_images: int = 16,
     registry: Registry | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    engine: EngineOptions | None = None,
 ) -> list[ExplainerScores]:
     """Localisation scores of each explainer on the first ``count`` images of ``split``
-    that have at least one positive observation with a mask."""
+    that have at least one positive observation with a mask; ``engine``: the execution
+    options every explainer that takes them runs with."""
     registry = registry or get_registry()
     root = Path(data_root)
     dataset = registry.create(
@@ -193,6 +196,7 @@ def score_explainers(
         batch_size,
         randomization_images,
         progress,
+        engine,
     )
     params = explainer_params or {}
     return [scoring.explainer(name, params.get(name, {})) for name in explainers]

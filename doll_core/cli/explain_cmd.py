@@ -11,7 +11,12 @@ import numpy as np
 import torch
 import typer
 
-from doll_core.attribution.api import DEFAULT_EXPLAINER
+from doll_core.attribution.api import (
+    DEFAULT_EXPLAINER,
+    engine_options,
+    split_engine_options,
+)
+from doll_core.attribution.engine import EngineOptions
 from doll_core.cli.data_cmd import parse_set
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
@@ -47,15 +52,24 @@ def _target_indices(values: list[str], probabilities: torch.Tensor) -> list[int]
     return indices
 
 
-def _explainer_params(settings: list[str]) -> dict[str, dict[str, Any]]:
-    """``--set NAME.KEY=VALUE`` items -> ``{explainer: {key: value}}``."""
+def _explainer_params(settings: list[str]) -> tuple[dict[str, dict[str, Any]], EngineOptions]:
+    """``--set NAME.KEY=VALUE`` items -> ``({explainer: {key: value}}, engine options)``;
+    ``--set engine.KEY=VALUE`` sets an engine option (rows per pass, autocast, ...)."""
     params: dict[str, dict[str, Any]] = {}
+    engine: dict[str, Any] = {}
     for key, value in parse_set(settings).items():
         name, _, parameter = key.partition(".")
         if not parameter:
-            raise DollError(f"--set takes EXPLAINER.KEY=VALUE, got {key!r}")
-        params.setdefault(name, {})[parameter] = value
-    return params
+            raise DollError(f"--set takes EXPLAINER.KEY=VALUE or engine.KEY=VALUE, got {key!r}")
+        if name == "engine":
+            engine[parameter] = value
+        else:
+            params.setdefault(name, {})[parameter] = value
+    for name, table in params.items():
+        where, new_place = f"--set {name}.KEY", "--set engine.KEY=VALUE"
+        params[name], moved = split_engine_options(table, where, new_place)
+        engine = {**moved, **engine}
+    return params, engine_options(engine, "--set engine")
 
 
 def explain_command(
@@ -79,7 +93,8 @@ def explain_command(
     settings: list[str] = typer.Option(
         [],
         "--set",
-        help="Explainer parameter NAME.KEY=VALUE, e.g. integrated_gradients.n_steps=64.",
+        help="Explainer parameter NAME.KEY=VALUE, e.g. integrated_gradients.n_steps=64, "
+        "or engine option engine.KEY=VALUE, e.g. engine.max_rows=32.",
     ),
 ) -> None:
     """Explain one image with one or more explainers and save the maps as a picture."""
@@ -96,7 +111,7 @@ def explain_command(
         probabilities = torch.sigmoid(model(pixels[None]))[0]
     indices = _target_indices(targets, probabilities)
     target_tensor = torch.tensor([indices], dtype=torch.long)
-    params = _explainer_params(settings)
+    params, engine = _explainer_params(settings)
     truth: dict[int, np.ndarray] = {}
     for item in mask:
         observation, sep, path = item.partition("=")
@@ -107,7 +122,9 @@ def explain_command(
         truth[index] = resize_mask(loaded, (meta.image_size, meta.image_size))[0].numpy() > 0.5
     soft_maps = {}
     for name in _explainer_names(explainer):
-        raw = explain(model, pixels[None], target_tensor, name, **params.get(name, {}))
+        raw = explain(
+            model, pixels[None], target_tensor, name, engine=engine, **params.get(name, {})
+        )
         soft_maps[name] = postprocess(
             raw, PostprocessConfig(binarize="none"), targets=target_tensor
         ).soft[0]
@@ -131,7 +148,10 @@ def explain_scores_command(
     split: str = typer.Option("valid", "--split", help="train or valid."),
     out: Path | None = typer.Option(None, "--out", help="Write the Markdown table here."),
     settings: list[str] = typer.Option(
-        [], "--set", help="Explainer parameter NAME.KEY=VALUE, e.g. occlusion.window=16."
+        [],
+        "--set",
+        help="Explainer parameter NAME.KEY=VALUE, e.g. occlusion.window=16, or engine "
+        "option engine.KEY=VALUE.",
     ),
 ) -> None:
     """Score explainers' localisation on a phantom's ground-truth lesion masks."""
@@ -139,7 +159,7 @@ def explain_scores_command(
     from doll_core.checkpoint import load_classifier
 
     model, meta = load_classifier(checkpoint)
-    params = _explainer_params(settings)
+    params, engine = _explainer_params(settings)
     names = _explainer_names(explainer or ["all"])
     results = score_explainers(
         model,
@@ -150,6 +170,7 @@ def explain_scores_command(
         split=split,
         count=count,
         explainer_params=params,
+        engine=engine,
     )
     table = scores_table(results)
     typer.echo(table)

@@ -7,20 +7,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from doll_core.attribution.api import DEFAULT_EXPLAINER
+from doll_core.attribution.api import DEFAULT_EXPLAINER, split_engine_options
+from doll_core.attribution.engine import HASHED_OPTIONS, EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig
 from doll_core.digests import sha256_of
 from doll_core.training.config import ClassificationSource, StageInputs
 
 #: the version of the maps a given config produces (see ``content_hash``)
 LABELS_VERSION = 2
-#: explainer parameters that change speed or reporting, not the maps (beyond rounding, as
-#: the device does): left out of a store's hash and of stage keys
-EXECUTION_PARAMS = frozenset(
-    {"compile", "channels_last", "autocast_check_every", "completeness", "completeness_every"}
-)
 
 
 class LabelSettings(BaseModel):
@@ -30,7 +26,12 @@ class LabelSettings(BaseModel):
 
     split: str = "train"
     explainer: str = DEFAULT_EXPLAINER
-    explainer_params: dict[str, Any] = Field(default_factory=dict)
+    explainer_params: dict[str, Any] = Field(
+        default_factory=dict, description="the explainer's parameters (its maps' meaning)"
+    )
+    engine: EngineOptions = Field(
+        default_factory=EngineOptions, description="execution options ([explanation.engine])"
+    )
     targets: Literal["positive", "predicted", "all"] = "positive"
     threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
     postprocess: PostprocessConfig = PostprocessConfig(binarize="none")
@@ -42,6 +43,24 @@ class LabelSettings(BaseModel):
     )
     on_error: Literal["skip", "fail"] = "skip"
     limit: int | None = Field(None, ge=1, description="label only the first N images")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_options_apart(cls, values: Any) -> Any:
+        """Engine options written among ``explainer_params`` (before 0.2) move to
+        ``engine``, with a warning; ``engine``'s own keys win."""
+        params = values.get("explainer_params") if isinstance(values, dict) else None
+        if isinstance(params, dict):
+            params, moved = split_engine_options(
+                params, "explainer_params", "[explanation.engine] (the engine key)"
+            )
+            if moved:
+                engine = values.get("engine")
+                if isinstance(engine, EngineOptions):
+                    engine = engine.changed()
+                merged = {**moved, **(engine if isinstance(engine, dict) else {})}
+                values = {**values, "explainer_params": params, "engine": merged}
+        return values
 
 
 class LabelInputs(ClassificationSource, StageInputs):
@@ -58,14 +77,17 @@ class LabelGenerationConfig(LabelSettings, LabelInputs):
     """Everything that determines a label store's content."""
 
     def result_settings(self, exclude: set[str] | None = None) -> dict[str, Any]:
-        """The settings as JSON without device and workers, and without the explainer
-        parameters that only change how fast the maps are made or what is reported about
-        them (:data:`EXECUTION_PARAMS`); ``exclude`` drops more fields."""
-        payload = self.model_dump(mode="json", exclude={"device", "workers", *(exclude or set())})
+        """The settings as JSON without device and workers, and of the engine options only
+        those that move the maps' values (:data:`~doll_core.attribution.engine.HASHED_OPTIONS`,
+        where not at their default), listed with the explainer parameters as they were
+        before the engine options had a section of their own, so that stage keys and store
+        hashes stay those of earlier DoLL versions; ``exclude`` drops more fields."""
+        exclude = {"device", "workers", "engine", *(exclude or set())}
+        payload = self.model_dump(mode="json", exclude=exclude)
         if "explainer_params" in payload:
-            payload["explainer_params"] = {
-                k: v for k, v in payload["explainer_params"].items() if k not in EXECUTION_PARAMS
-            }
+            changed = self.engine.changed()
+            hashed = {key: changed[key] for key in HASHED_OPTIONS if key in changed}
+            payload["explainer_params"] = {**payload["explainer_params"], **hashed}
         return payload
 
     def content_hash(self) -> str:

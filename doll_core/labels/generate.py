@@ -24,7 +24,7 @@ from torch.nn import functional
 from torch.utils.data import DataLoader
 
 from doll_core.atomic import atomic_write_text
-from doll_core.attribution.api import check_attributions
+from doll_core.attribution.api import check_attributions, create_explainer
 from doll_core.attribution.postprocess import postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.checkpoint import ClassifierMeta, load_classifier
@@ -136,10 +136,12 @@ class _Labeller:
     ) -> None:
         self.config, self.models, self.metas = config, models, metas
         self.label_size, self.device = label_size, device
-        self.explainer = registry.create("explainer", config.explainer, **config.explainer_params)
+        self.explainer = create_explainer(
+            config.explainer, config.explainer_params, config.engine, registry=registry
+        )
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            if config.explainer_params.get("channels_last"):
+            if config.engine.channels_last:
                 for model in models:
                     model.to(memory_format=torch.channels_last)
         self.fusion = registry.create("fusion", config.fusion, **config.fusion_params)

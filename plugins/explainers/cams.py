@@ -32,13 +32,14 @@ class GradCAM:
         layer: str | None = None,
         relu: bool = True,
         interpolation: str = "bilinear",
-        max_rows: int | None = 64,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
         """:param layer: dotted module name (default: the backbone's CAM layer).
         :param interpolation: how the map is upsampled to the image (``bilinear``,
             ``nearest``, ``bicubic``)."""
         self.layer, self.relu, self.interpolation = layer, relu, interpolation
-        self.options = EngineOptions(max_rows=max_rows)
+        self.options = engine or EngineOptions()  # its row limit batches the passes
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor

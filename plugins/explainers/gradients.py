@@ -29,8 +29,8 @@ METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "
 class _EngineExplainer:
     """Shared by the engine's explainers: reduced precision only with its error measured.
 
-    With ``autocast`` set, the first image of every call (or of every
-    ``autocast_check_every``-th call, the first included) is explained again in fp32
+    With ``engine.autocast`` set, the first image of every call (or of every
+    ``engine.autocast_check_every``-th call, the first included) is explained again in fp32
     (eagerly) and the relative error (max |difference| / max |fp32 map|) is stored in
     ``autocast_error`` (the last call) and ``autocast_errors`` (every call), reported in a
     warning on the first call and in :meth:`performance_report`, so that a
@@ -40,33 +40,12 @@ class _EngineExplainer:
     any fallback to eager are in :meth:`performance_report` too.
     """
 
-    def __init__(
-        self,
-        max_rows: int | None,
-        memory_budget_mb: float | None,
-        autocast: str | None,
-        compile: bool,
-        channels_last: bool,
-        autocast_check_every: int,
-        fp32_stem: bool = False,
-    ) -> None:
-        """The engine options every engine explainer takes (see its own docstring)."""
-        if autocast not in (None, "fp16", "bf16"):
-            raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
-        if int(autocast_check_every) < 1:
-            raise DollError(
-                "autocast_check_every must be >= 1 (reduced precision is never left "
-                f"unmeasured), got {autocast_check_every}"
-            )
-        self.options = EngineOptions(
-            max_rows=max_rows,
-            memory_budget_mb=memory_budget_mb,
-            autocast=autocast,
-            compile=bool(compile),
-            channels_last=bool(channels_last),
-            fp32_stem=bool(fp32_stem),
-        )
-        self.autocast_check_every = int(autocast_check_every)
+    def __init__(self, engine: EngineOptions | None = None) -> None:
+        """:param engine: the execution options (:class:`EngineOptions`), shared by every
+        engine explainer; default: ``EngineOptions()``."""
+        if engine is not None and not isinstance(engine, EngineOptions):
+            raise DollError(f"engine must be an EngineOptions, got {type(engine).__name__}")
+        self.options = engine or EngineOptions()
         #: the relative error of the last check, and of every check (all models together)
         self.autocast_error: float | None = None
         self.autocast_errors: list[float] = []
@@ -126,7 +105,7 @@ class _EngineExplainer:
         explained = torch.nonzero((targets >= 0).any(dim=1)).flatten()
         if (
             self.options.autocast is not None
-            and calls % self.autocast_check_every == 0
+            and calls % self.options.autocast_check_every == 0
             and len(explained)  # measured on the first image that has a target
         ):
             first = int(explained[0])
@@ -159,31 +138,16 @@ class IntegratedGradients(_EngineExplainer):
         baseline: str | float = "zeros",
         blur_sigma: float = 0.05,
         seed: int = 0,
-        max_rows: int | None = 64,
-        memory_budget_mb: float | None = None,
-        autocast: str | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
-        autocast_check_every: int = 1,
-        fp32_stem: bool = False,
-        completeness: bool = True,
-        completeness_every: int = 1,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
         """:param n_steps: integration points. :param method: ``gausslegendre`` or a
         Riemann rule (``riemann_left|right|middle|trapezoid``). :param baseline:
-        ``zeros``, ``blurred``, ``uniform``, ``mean`` or a grey value. :param max_rows:
-        rows per forward pass; or :param memory_budget_mb: to derive it.
-        :param autocast: ``fp16``/``bf16`` (report its error against fp32).
-        :param compile: ``torch.compile`` the model (GPU; compile time reported, eager
-        fallback). :param channels_last: channels-last rows (GPU).
-        :param autocast_check_every: measure the autocast error on every N-th call.
-        :param fp32_stem: under ``autocast``, run the first convolution in fp32 and pass
-        its output on in fp32: the rounding of that output moves the maps most (see
-        :mod:`doll_core.attribution.stem`).
-        :param completeness: measure the completeness delta (two forward passes of the
-        batch) into ``last_delta`` and :meth:`performance_report`; off saves them.
-        :param completeness_every: measure it on every N-th call (per model, the first
-        included) only."""
+        ``zeros``, ``blurred``, ``uniform``, ``mean`` or a grey value. :param seed: the
+        seed of a random (``uniform``) baseline. :param engine: the execution options
+        (:class:`~doll_core.attribution.engine.EngineOptions`); its ``completeness`` and
+        ``completeness_every`` say on which calls the completeness delta (two forward
+        passes of the batch) goes into ``last_delta`` and :meth:`performance_report`."""
         if method not in METHODS:
             raise DollError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if n_steps < 1:
@@ -191,19 +155,7 @@ class IntegratedGradients(_EngineExplainer):
         self.n_steps, self.method = n_steps, method
         self.baseline = check_baseline(baseline)
         self.blur_sigma, self.seed = blur_sigma, seed
-        super().__init__(
-            max_rows,
-            memory_budget_mb,
-            autocast,
-            compile,
-            channels_last,
-            autocast_check_every,
-            fp32_stem,
-        )
-        if int(completeness_every) < 1:
-            raise DollError(f"completeness_every must be >= 1, got {completeness_every}")
-        self.completeness = bool(completeness)
-        self.completeness_every = int(completeness_every)
+        super().__init__(engine)
         #: completeness delta of the last call, ``[B, T]``: sum of the attribution minus
         #: (logit at the image - logit at the baseline); 0 where the target is -1
         self.last_delta: torch.Tensor | None = None
@@ -217,7 +169,7 @@ class IntegratedGradients(_EngineExplainer):
         records the completeness delta in ``last_delta`` (on the calls it is measured)."""
         maps = super().attribute(model, images, targets)
         _, calls = self._models[id(model)]
-        if not self.completeness or (calls - 1) % self.completeness_every:
+        if not self.options.completeness or (calls - 1) % self.options.completeness_every:
             return maps
         baseline = make_baseline(images, self.baseline, blur_sigma=self.blur_sigma, seed=self.seed)
         self.last_delta, gain = self._delta(model, images, baseline, targets, maps)
@@ -297,24 +249,11 @@ class Saliency(_EngineExplainer):
     def __init__(
         self,
         abs: bool = True,
-        max_rows: int | None = 64,
-        memory_budget_mb: float | None = None,
-        autocast: str | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
-        autocast_check_every: int = 1,
-        fp32_stem: bool = False,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
         self.abs = abs
-        super().__init__(
-            max_rows,
-            memory_budget_mb,
-            autocast,
-            compile,
-            channels_last,
-            autocast_check_every,
-            fp32_stem,
-        )
+        super().__init__(engine)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -336,23 +275,10 @@ class InputXGradient(_EngineExplainer):
 
     def __init__(
         self,
-        max_rows: int | None = 64,
-        memory_budget_mb: float | None = None,
-        autocast: str | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
-        autocast_check_every: int = 1,
-        fp32_stem: bool = False,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
-        super().__init__(
-            max_rows,
-            memory_budget_mb,
-            autocast,
-            compile,
-            channels_last,
-            autocast_check_every,
-            fp32_stem,
-        )
+        super().__init__(engine)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions
@@ -370,28 +296,15 @@ class SmoothGrad(_EngineExplainer):
         stdev: float = 0.15,
         seed: int = 0,
         abs: bool = True,
-        max_rows: int | None = 64,
-        memory_budget_mb: float | None = None,
-        autocast: str | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
-        autocast_check_every: int = 1,
-        fp32_stem: bool = False,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
         """:param stdev: noise standard deviation in image units ([0, 1] images).
         :param seed: the noise seed (the same seed gives captum's NoiseTunnel noise)."""
         if n_samples < 1 or stdev < 0:
             raise DollError("n_samples must be >= 1 and stdev >= 0")
         self.n_samples, self.stdev, self.seed, self.abs = n_samples, stdev, seed, abs
-        super().__init__(
-            max_rows,
-            memory_budget_mb,
-            autocast,
-            compile,
-            channels_last,
-            autocast_check_every,
-            fp32_stem,
-        )
+        super().__init__(engine)
 
     def _maps(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, options: EngineOptions

@@ -14,14 +14,19 @@ class Occlusion:
     averaged over the windows that cover each pixel."""
 
     def __init__(
-        self, window: int = 16, stride: int = 8, baseline: float = 0.0, max_rows: int | None = 64
+        self,
+        window: int = 16,
+        stride: int = 8,
+        baseline: float = 0.0,
+        *,
+        engine: EngineOptions | None = None,
     ) -> None:
         """:param window: side of the square window in pixels (all channels at once).
         :param stride: step between windows. :param baseline: value put in the window."""
         if window < 1 or stride < 1:
             raise DollError("window and stride must be >= 1")
         self.window, self.stride, self.baseline = window, stride, baseline
-        self.options = EngineOptions(max_rows=max_rows)
+        self.options = engine or EngineOptions()  # its row limit batches the passes
 
     @torch.no_grad()
     def attribute(

@@ -17,6 +17,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 import doll_core
+from doll_core.attribution.engine import EngineOptions
 from doll_core.registry import get_registry
 
 STEPS, TARGETS = 16, 14
@@ -46,7 +47,7 @@ def test_bench_engine_vs_captum_integrated_gradients(
 
     def engine() -> torch.Tensor:
         return doll_core.explain(
-            model, images, targets, "integrated_gradients", n_steps=STEPS, max_rows=64
+            model, images, targets, "integrated_gradients", n_steps=STEPS, engine=EngineOptions()
         )
 
     ours = benchmark.pedantic(engine, rounds=3, iterations=1, warmup_rounds=1)
@@ -80,7 +81,10 @@ def test_bench_compiled_engine_vs_eager(benchmark: Any) -> None:
     images = torch.rand(4, 1, 64, 64)
     targets = torch.arange(TARGETS).repeat(4, 1)
     compiled = get_registry().create(
-        "explainer", "integrated_gradients", n_steps=STEPS, max_rows=64, compile=True
+        "explainer",
+        "integrated_gradients",
+        n_steps=STEPS,
+        engine=EngineOptions(max_rows=64, compile=True),
     )
     ours = benchmark.pedantic(
         lambda: compiled.attribute(model, images, targets), rounds=3, iterations=1, warmup_rounds=1
@@ -88,7 +92,7 @@ def test_bench_compiled_engine_vs_eager(benchmark: Any) -> None:
     eager_seconds = []
     for _ in range(3):
         started = time.perf_counter()
-        reference = doll_core.explain(model, images, targets, n_steps=STEPS, max_rows=64)
+        reference = doll_core.explain(model, images, targets, n_steps=STEPS)
         eager_seconds.append(time.perf_counter() - started)
     error = float((ours - reference).abs().max() / reference.abs().max())
     assert error <= 1e-4
@@ -115,7 +119,10 @@ def test_bench_engine_host_overhead(benchmark: Any, targets_per_image: int) -> N
     targets = torch.full((8, TARGETS), -1)
     targets[:, :targets_per_image] = torch.arange(targets_per_image)
     explainer = get_registry().create(
-        "explainer", "integrated_gradients", n_steps=50, max_rows=100, completeness=False
+        "explainer",
+        "integrated_gradients",
+        n_steps=50,
+        engine=EngineOptions(max_rows=100, completeness=False),
     )
     benchmark.pedantic(
         lambda: explainer.attribute(model, images, targets),
