@@ -88,7 +88,8 @@ PHANTOM_TASKS: dict[str, dict[str, Any]] = {
     "infection": {"folder": "COVID-QU-Ex", "dataset": "covid-qu-ex", "splits": "folders"},
 }
 
-#: The stage sections of an experiment and the inputs the runner fills in for them.
+#: The stage sections of an experiment and the inputs the runner fills in for them (a
+#: section that sets one is told so; ``[classifiers.NAME]`` as ``[training]``).
 RUNNER_INPUTS: dict[str, type[StageInputs]] = {
     "training": ClassifierInputs,
     "explanation": LabelInputs,
@@ -548,35 +549,19 @@ def _non_finite_numbers(node: Mapping[str, Any] | list[Any], prefix: str = "") -
     return problems
 
 
-def _runner_key_problems(document: Mapping[str, Any]) -> list[str]:
-    """``SECTION.key: set by the runner ...`` for each input key written in a stage's
-    section (the runner fills it in from other sections)."""
-    tables: dict[str, Any] = {name: document.get(name) for name in RUNNER_INPUTS}
-    classifiers = document.get("classifiers")
-    for name, table in classifiers.items() if isinstance(classifiers, dict) else ():
-        tables[f"classifiers.{name}"] = table
-    problems = []
-    for where, table in tables.items():
-        inputs: type[StageInputs] = RUNNER_INPUTS.get(where, ClassifierInputs)
-        section, settings = _SECTIONS.get(where, (BaseModel, BaseModel))
-        own = set(section.model_fields) - set(settings.model_fields)  # the grid, encoder_from
-        for key in table if isinstance(table, dict) else ():
-            if key in inputs.runner_keys() - own:
-                problems.append(f"{where}.{key}: set by the runner from other sections; remove it")
-    return problems
-
-
-#: the experiment sections that extend a stage's settings, and those settings
-_SECTIONS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-    "explanation": (ExplanationSection, LabelSettings),
-    "pretrain": (PretrainSection, PretrainSettings),
-    "finetune": (FinetuneSection, FinetuneSettings),
-}
+def _is_runner_key(loc: tuple[Any, ...]) -> bool:
+    """Is ``loc`` a key of a stage section that the runner fills in (``[classifiers.NAME]``
+    counts as ``[training]``)?"""
+    if loc[:1] == ("classifiers",):
+        loc = ("training", *loc[2:])
+    inputs = RUNNER_INPUTS.get(str(loc[0])) if len(loc) == 2 else None
+    return inputs is not None and str(loc[1]) in inputs.runner_keys()
 
 
 def _structure_problems(error: ValidationError, document: Mapping[str, Any]) -> list[str]:
     """One ``dotted.key: message`` per problem, a classifier's key that came from
-    ``[training]`` named there (once, not once per classifier)."""
+    ``[training]`` named there (once, not once per classifier), and a stage's input key
+    (:data:`RUNNER_INPUTS`) written in its section said to be the runner's."""
     found = document.get("training")
     training: dict[str, Any] = found if isinstance(found, dict) else {}
     classifiers = document.get("classifiers")
@@ -592,6 +577,8 @@ def _structure_problems(error: ValidationError, document: Mapping[str, Any]) -> 
             )
             if keys and keys[0] in training and keys[0] not in own:
                 loc = ("training", *loc[2:])
+        if message == "unknown key" and _is_runner_key(loc):
+            message = "set by the runner from other sections; remove it"
         line = f"{'.'.join(str(part) for part in loc) or '(top level)'}: {message}"
         if line not in lines:
             lines.append(line)
@@ -673,18 +660,12 @@ def validate_experiment(
     if not_finite:  # nan and inf are valid TOML, and pydantic takes them for any float
         raise DollError("\n  ".join([heading, *not_finite]))
     registry = registry or get_registry()
-    problems = _runner_key_problems(document)
     try:
         experiment = Experiment.model_validate(dict(document), context={"registry": registry})
     except ValidationError as exc:
-        runner_keys = {line.split(":")[0] for line in problems}
-        problems += [
-            line
-            for line in _structure_problems(exc, document)
-            if not (line.endswith(": unknown key") and line.split(":")[0] in runner_keys)
-        ]
+        problems = _structure_problems(exc, document)
     else:
-        problems += _cross_section_problems(experiment, registry)
+        problems = _cross_section_problems(experiment, registry)
     if problems:
         raise DollError("\n  ".join([heading, *problems]))
     return experiment

@@ -97,20 +97,6 @@ class Stages:
     progress: bool
     registry: Registry
 
-    def run(
-        self,
-        kind: str,
-        label: str,
-        key: dict[str, Any],
-        inputs: dict[str, str],
-        work: Work,
-        *,
-        collective: bool = True,
-    ) -> StageRecord:
-        """A stage through the cache: ``work(folder, resuming)`` runs unless a finished
-        stage has the same key; with ``collective``, every rank takes part."""
-        return self.cache.run(kind, label, key, inputs, work, collective=collective)
-
     def options(self) -> dict[str, Any]:
         """The keyword arguments every stage function takes from the run."""
         return {"progress": self.progress, "registry": self.registry}
@@ -135,7 +121,7 @@ def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
         manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
         return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
 
-    record = stages.run("phantom", "phantom", spec_values, {}, work, collective=False)
+    record = stages.cache.run("phantom", "phantom", spec_values, {}, work, collective=False)
     root = record.folder / "phantom"
     tasks = {
         name: root / PHANTOM_TASKS[task.phantom]["folder"] if task.phantom else task.root
@@ -159,7 +145,7 @@ def classifier_stage(
         }
 
     key = config.model_dump(mode="json", exclude={"data"})
-    return stages.run("classifier", name, key, {"data": data}, work)
+    return stages.cache.run("classifier", name, key, {"data": data}, work)
 
 
 def _generate(stages: Stages, config: LabelGenerationConfig) -> Work:
@@ -187,7 +173,7 @@ def explain_stage(
     config = labels.model_copy(update=update)
     key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
     inputs = {"data": data, "classifier": classifier.key}
-    return stages.run(
+    return stages.cache.run(
         "explain", f"{config.explainer}-{name}", key, inputs, _generate(stages, config)
     )
 
@@ -216,7 +202,7 @@ def labels_stage(
             generation = generate(folder, resuming)
             return describe_store(folder / "labels", {}, generation, phantom)
 
-        return stages.run("labels", label, key, inputs, joint)
+        return stages.cache.run("labels", label, key, inputs, joint)
     explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}
 
     def fuse(folder: Path, resuming: bool) -> dict[str, Any]:
@@ -231,7 +217,7 @@ def labels_stage(
 
     key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
     inputs = {f"explain:{n}": explained[n].key for n in names}
-    return stages.run("labels", label, key, inputs, fuse, collective=False)
+    return stages.cache.run("labels", label, key, inputs, fuse, collective=False)
 
 
 def pretrain_stage(
@@ -261,7 +247,7 @@ def pretrain_stage(
         }
 
     key = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
-    return stages.run("pretrain", config.head, key, inputs, work)
+    return stages.cache.run("pretrain", config.head, key, inputs, work)
 
 
 #: what a fine-tuning stage keeps of its run's result
@@ -297,7 +283,7 @@ def finetune_stage(
         return {key: result[key] for key in FINETUNE_INFO}
 
     key = config.model_dump(mode="json", exclude={"data", "init_path"})
-    record = stages.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
+    record = stages.cache.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
     test = record.info["test"]  # every rank has it (test.json is written by rank 0)
     return {
         "task": task,
