@@ -86,7 +86,8 @@ def parameter_groups(
 
 class Trainer:
     """Generic training run; see the module docstring. ``config`` needs the loop fields of
-    :class:`doll_core.training.config.LoopConfig` and ``to_json_dict()``."""
+    :class:`doll_core.training.config.LoopSettings`, a ``seed``, a ``device`` and
+    ``to_json_dict()``."""
 
     #: config fields that may change when a run is resumed
     resumable_changes: frozenset[str] = frozenset(
