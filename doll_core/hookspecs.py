@@ -70,7 +70,9 @@ def doll_register_explainers(register: RegisterCallback) -> None:
 
     :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
         returns a :class:`doll_core.interfaces.Explainer` (``attribute``; shapes and
-        duties are stated there).
+        duties are stated there). ``params`` are what change the maps; a factory that
+        also declares a keyword ``engine`` gets the engine's execution options there
+        (:class:`doll_core.attribution.engine.EngineOptions`).
 
     Example::
 

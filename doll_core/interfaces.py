@@ -64,7 +64,13 @@ class Backbone(Protocol):
 @runtime_checkable
 class Explainer(Protocol):
     """An attribution method (registered by
-    :func:`doll_core.hookspecs.doll_register_explainers`)."""
+    :func:`doll_core.hookspecs.doll_register_explainers`).
+
+    Its factory's parameters are those that change the maps. A factory that declares a
+    keyword ``engine`` is given the engine's execution options there, one
+    :class:`doll_core.attribution.engine.EngineOptions` (rows per pass, autocast, compile,
+    check intervals), by :func:`doll_core.attribution.api.create_explainer`; one without it
+    gets none."""
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor

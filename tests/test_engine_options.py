@@ -119,3 +119,37 @@ def test_engine_options_go_to_explainers_that_take_them_and_are_reported_otherwi
     with pytest.warns(FutureWarning, match=r"doll_core.explain: max_rows: engine options"):
         old = doll_core.explain(model, images, targets, "saliency", max_rows=1)
     torch.testing.assert_close(old, rows)
+
+
+def test_every_old_place_of_an_engine_option_works_and_wins_over_the_section() -> None:
+    ig = 'explanation.explainer="integrated_gradients"'
+    with pytest.warns(FutureWarning, match=r"explainer_params: max_rows"):
+        general = validate_experiment(_document(ig, "explanation.explainer_params={max_rows = 8}"))
+    assert general.explanation.engine.max_rows == 8
+    assert general.explanation.explainer_params == {}
+    with pytest.warns(FutureWarning, match=r"explanation.params.integrated_gradients: compile"):
+        overridden = validate_experiment(
+            _document(
+                ig,
+                "explanation.engine={compile = true, max_rows = 8}",
+                "explanation.params.integrated_gradients={compile = false}",
+            )
+        )
+    assert overridden.explanation.engine == EngineOptions(compile=False, max_rows=8)
+
+
+def test_engine_options_stay_refused_where_no_explainer_takes_them() -> None:
+    with pytest.raises(DollError, match=r"explanation.params.lrp.max_rows: explainer 'lrp'"):
+        validate_experiment(
+            _document('explanation.explainer="lrp"', "explanation.params.lrp={max_rows = 8}")
+        )
+    with pytest.raises(DollError, match="engine must be an EngineOptions"):
+        validate_experiment(_document("explanation.params.gradcam={engine = {max_rows = 8}}"))
+    with pytest.raises(DollError, match=r"explanation\.engine"):
+        validate_experiment(
+            _document(
+                'explanation.explainer="integrated_gradients"',
+                'explanation.engine="fast"',
+                "explanation.params.integrated_gradients={max_rows = 8}",
+            )
+        )

@@ -80,6 +80,33 @@ def split_engine_options(
     return {k: v for k, v in params.items() if k not in ENGINE_KEYS}, moved
 
 
+def with_engine_options(values: dict[str, Any], moved: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a label-generation table) with the engine options ``moved`` from an old
+    place merged into its ``engine`` table, over what that table says (a ``--set`` in the
+    old place is meant to win); an ``engine`` that is not a table is left for pydantic to
+    refuse."""
+    if not moved:
+        return values
+    own = values.get("engine")
+    if isinstance(own, EngineOptions):
+        own = own.changed()
+    if own is not None and not isinstance(own, Mapping):
+        return values
+    return {**values, "engine": {**(own or {}), **moved}}
+
+
+def takes_engine(name: Any, registry: Registry | None = None) -> bool:
+    """Does explainer ``name``'s factory take an ``engine`` keyword (``False`` for a name
+    that is not an explainer: its own check says so)?"""
+    registry = registry or get_registry()
+    if not isinstance(name, str) or name not in registry.names("explainer"):
+        return False
+    try:
+        return "engine" in inspect.signature(registry.get("explainer", name).factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
 def engine_options(values: Mapping[str, Any], source: str) -> EngineOptions:
     """:class:`EngineOptions` from ``values`` (a table a user wrote), checked by pydantic.
 
@@ -105,13 +132,14 @@ def create_explainer(
     :param engine: execution options (default: ``EngineOptions()``).
     """
     registry = registry or get_registry()
-    factory = registry.get("explainer", name).factory
+    registry.get("explainer", name)  # an unknown name: the registry's message
     values = dict(params or {})
-    try:
-        takes_engine = "engine" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a builtin without a signature
-        takes_engine = False
-    if takes_engine:
+    if "engine" in values:
+        raise DollError(
+            f"explainer {name!r}: engine options are not a parameter; pass engine= (in an "
+            "experiment, [explanation.engine])"
+        )
+    if takes_engine(name, registry):
         values["engine"] = engine or EngineOptions()
     elif engine is not None and engine.changed():
         warnings.warn(

@@ -97,6 +97,19 @@ class EngineOptions:
         }
 
 
+def engine_or_default(engine: Any) -> EngineOptions:
+    """``engine``, checked to be an :class:`EngineOptions`, or the defaults for ``None``
+    (what every explainer that takes ``engine=`` does with it)."""
+    if engine is None:
+        return EngineOptions()
+    if not isinstance(engine, EngineOptions):
+        raise DollError(
+            f"engine must be an EngineOptions, got {type(engine).__name__} (in an experiment, "
+            "engine options go in [explanation.engine], not among an explainer's parameters)"
+        )
+    return engine
+
+
 #: Options that move a map's values beyond rounding (the row count and memory budget
 #: change how rows are batched, autocast and the fp32 stem its precision): a label store's
 #: hash includes them.

@@ -49,8 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from doll_core.attribution.api import split_engine_options
-from doll_core.attribution.engine import EngineOptions
+from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
 from doll_core.configuration import (
     Problems,
     context_registry,
@@ -200,9 +199,10 @@ class ExplanationSection(LabelSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _engine_options_apart(cls, values: Any) -> Any:
-        """Engine options written in ``[explanation.params.NAME]`` (before 0.2) move to
-        ``[explanation.engine]`` when NAME is the chosen explainer, with a warning."""
+    def _engine_options_out_of_params(cls, values: Any, info: ValidationInfo) -> Any:
+        """Engine options written in ``[explanation.params.NAME]`` (before 0.2) for an
+        explainer that takes them move to ``[explanation.engine]`` when NAME is the chosen
+        explainer (the old place winning, as a ``--set`` there means), with a warning."""
         tables = values.get("params") if isinstance(values, dict) else None
         if not isinstance(tables, dict):
             return values
@@ -210,16 +210,12 @@ class ExplanationSection(LabelSettings):
         params: dict[str, Any] = {}
         engine: dict[str, Any] = {}
         for name, table in tables.items():
-            if isinstance(table, dict):
+            if isinstance(table, dict) and takes_engine(name, context_registry(info)):
                 where = f"explanation.params.{name}"
                 table, moved = split_engine_options(table, where, "[explanation.engine]")
                 engine |= moved if name == chosen else {}
             params[name] = table
-        own = values.get("engine")
-        own = own.changed() if isinstance(own, EngineOptions) else own
-        if engine:
-            values = {**values, "engine": {**engine, **(own if isinstance(own, dict) else {})}}
-        return {**values, "params": params}
+        return {**with_engine_options(values, engine), "params": params}
 
     def label_settings(self) -> dict[str, Any]:
         """The :class:`LabelSettings` values, ``params[explainer]`` merged into

@@ -7,11 +7,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from doll_core.attribution.api import DEFAULT_EXPLAINER, split_engine_options
+from doll_core.attribution.api import (
+    DEFAULT_EXPLAINER,
+    split_engine_options,
+    takes_engine,
+    with_engine_options,
+)
 from doll_core.attribution.engine import HASHED_OPTIONS, EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig
+from doll_core.configuration import context_registry
 from doll_core.digests import sha256_of
 from doll_core.training.config import ClassificationSource, StageInputs
 
@@ -46,21 +52,16 @@ class LabelSettings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _engine_options_apart(cls, values: Any) -> Any:
-        """Engine options written among ``explainer_params`` (before 0.2) move to
-        ``engine``, with a warning; ``engine``'s own keys win."""
+    def _engine_options_apart(cls, values: Any, info: ValidationInfo) -> Any:
+        """Engine options written among ``explainer_params`` (before 0.2) of an explainer
+        that takes them move to ``engine`` (the old place winning), with a warning."""
         params = values.get("explainer_params") if isinstance(values, dict) else None
-        if isinstance(params, dict):
-            params, moved = split_engine_options(
-                params, "explainer_params", "[explanation.engine] (the engine key)"
-            )
-            if moved:
-                engine = values.get("engine")
-                if isinstance(engine, EngineOptions):
-                    engine = engine.changed()
-                merged = {**moved, **(engine if isinstance(engine, dict) else {})}
-                values = {**values, "explainer_params": params, "engine": merged}
-        return values
+        name = values.get("explainer", DEFAULT_EXPLAINER) if isinstance(values, dict) else None
+        if not isinstance(params, dict) or not takes_engine(name, context_registry(info)):
+            return values
+        new_place = "engine (in an experiment, [explanation.engine])"
+        params, moved = split_engine_options(params, "explainer_params", new_place)
+        return {**with_engine_options(values, moved), "explainer_params": params}
 
 
 class LabelInputs(ClassificationSource, StageInputs):

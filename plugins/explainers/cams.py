@@ -6,7 +6,12 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from doll_core.attribution.engine import EngineOptions, frozen_eval, rows_per_chunk
+from doll_core.attribution.engine import (
+    EngineOptions,
+    engine_or_default,
+    frozen_eval,
+    rows_per_chunk,
+)
 from doll_core.errors import DollError
 
 
@@ -36,10 +41,12 @@ class GradCAM:
         engine: EngineOptions | None = None,
     ) -> None:
         """:param layer: dotted module name (default: the backbone's CAM layer).
+        :param engine: execution options; Grad-CAM uses their row limit (``max_rows``,
+            ``memory_budget_mb``) only.
         :param interpolation: how the map is upsampled to the image (``bilinear``,
             ``nearest``, ``bicubic``)."""
         self.layer, self.relu, self.interpolation = layer, relu, interpolation
-        self.options = engine or EngineOptions()  # its row limit batches the passes
+        self.options = engine_or_default(engine)  # its row limits batch the passes
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor

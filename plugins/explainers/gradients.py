@@ -14,6 +14,7 @@ from torch import nn
 from doll_core.attribution.api import relative_errors
 from doll_core.attribution.engine import (
     EngineOptions,
+    engine_or_default,
     network_to_run,
     rows_per_chunk,
     slot_gradients,
@@ -43,9 +44,7 @@ class _EngineExplainer:
     def __init__(self, engine: EngineOptions | None = None) -> None:
         """:param engine: the execution options (:class:`EngineOptions`), shared by every
         engine explainer; default: ``EngineOptions()``."""
-        if engine is not None and not isinstance(engine, EngineOptions):
-            raise DollError(f"engine must be an EngineOptions, got {type(engine).__name__}")
-        self.options = engine or EngineOptions()
+        self.options = engine_or_default(engine)
         #: the relative error of the last check, and of every check (all models together)
         self.autocast_error: float | None = None
         self.autocast_errors: list[float] = []

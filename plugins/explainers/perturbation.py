@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from doll_core.attribution.engine import EngineOptions, frozen_eval, rows_per_chunk
+from doll_core.attribution.engine import (
+    EngineOptions,
+    engine_or_default,
+    frozen_eval,
+    rows_per_chunk,
+)
 from doll_core.errors import DollError
 
 
@@ -22,11 +27,13 @@ class Occlusion:
         engine: EngineOptions | None = None,
     ) -> None:
         """:param window: side of the square window in pixels (all channels at once).
+        :param engine: execution options; Occlusion uses their row limit (``max_rows``,
+            ``memory_budget_mb``) only.
         :param stride: step between windows. :param baseline: value put in the window."""
         if window < 1 or stride < 1:
             raise DollError("window and stride must be >= 1")
         self.window, self.stride, self.baseline = window, stride, baseline
-        self.options = engine or EngineOptions()  # its row limit batches the passes
+        self.options = engine_or_default(engine)  # its row limits batch the passes
 
     @torch.no_grad()
     def attribute(
