@@ -79,7 +79,7 @@ def explain_command(
     explainer: list[str] = typer.Option(
         [],
         "--explainer",
-        help="Explainer plugin (repeatable), or 'all'. Default: integrated_gradients.",
+        help=f"Explainer plugin (repeatable), or 'all'. Default: {DEFAULT_EXPLAINER}.",
     ),
     targets: list[str] = typer.Option(
         [],
