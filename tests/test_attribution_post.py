@@ -178,3 +178,14 @@ def test_relative_errors_equal_hand_computed_values() -> None:
     assert errors["max_abs"] == pytest.approx(1.0)
     assert errors["l2"] == pytest.approx(3.0 / 7.0**0.5)
     assert relative_errors(value, torch.zeros(2, 2)) == {"max_abs": 0.0, "l2": 0.0}
+
+
+def test_a_flat_map_has_no_signal_whatever_the_smoothing_rounds() -> None:
+    """A constant map is flat at its floor: smoothing it in float32 must not turn its
+    rounding into a label (hypothesis found -3e38 everywhere, sigma 1, becoming 1s and 0s)."""
+    maps = torch.full((1, 1, 4, 5), -3e38)
+    for sigma in (0.0, 1.0):
+        post = postprocess(
+            maps, PostprocessConfig(sign="none", smooth_sigma=sigma, binarize="none")
+        )
+        assert post.no_signal == 1 and not bool(post.soft.any())

@@ -96,6 +96,10 @@ def postprocess(
     elif config.sign == "absolute":
         maps = maps.abs()
     maps = _unit_scale(maps)
+    # flat at its floor: no signal, whatever rounding the smoothing below adds to it
+    raw = maps.flatten(2)
+    floor = raw.amin(dim=2).clamp(max=0) if config.sign == "none" else torch.zeros_like(raw[..., 0])
+    has_signal = raw.amax(dim=2) > floor
     if config.smooth_sigma > 0:
         radius = max(1, math.ceil(3 * config.smooth_sigma))
         size = min(2 * radius + 1, 2 * (min(maps.shape[-2:]) // 2) - 1)
@@ -111,7 +115,7 @@ def postprocess(
     # at the floor: it is scaled by its maximum rather than dropped as having no signal
     high = torch.where(high > low, high, flat.amax(dim=2, keepdim=True))
     span = high - low
-    signal = (span > 0).squeeze(2) & finite & real
+    signal = (span > 0).squeeze(2) & has_signal & finite & real
     scaled = ((flat - low) / torch.where(span > 0, span, 1.0)).clamp(0, 1)
     scaled = torch.where(signal[:, :, None], scaled, torch.zeros_like(scaled)).view_as(maps)
     if config.gamma is not None:
