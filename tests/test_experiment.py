@@ -373,3 +373,8 @@ def test_doll_run_under_torchrun_with_two_gloo_processes(
     log = (out / "log.txt").read_text().splitlines()
     assert sum("finished in" in line for line in log) == 2  # one writer per run
     assert all((folder / "stage.json").is_file() for folder in (out / "stages").iterdir())
+
+
+def test_a_budget_below_one_image_is_named_by_its_key() -> None:
+    with pytest.raises(DollError, match=r"finetune\.budgets\.0"):
+        validate_experiment(_document(**{"finetune.budgets": "[0]"}))

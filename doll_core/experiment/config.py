@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
@@ -291,7 +291,9 @@ class FinetuneSection(FinetuneSettings):
 
     tasks: list[str] | None = Field(None, description="default: every task in [data.tasks]")
     inits: list[Init] = Field(default_factory=lambda: list(DEFAULT_INITS))
-    budgets: list[int | Literal["all"]] = Field(default_factory=lambda: list(DEFAULT_BUDGETS))
+    budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
+        default_factory=lambda: list(DEFAULT_BUDGETS)
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     classifier: str | None = Field(
         None, description="for init 'classifier'; default: pretrain.encoder_from"
