@@ -311,17 +311,15 @@ class Registry:
             parameters = inspect.signature(info.factory, eval_str=True).parameters
         except Exception:  # a builtin without a signature, or an unresolvable annotation
             return []
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            takes = ", ".join(parameters) or "no parameters"
-            unknown = [
-                (key, f"{plugin} has no parameter {key!r}; it takes: {takes}")
-                for key in params
-                if key not in parameters
-            ]
-            if unknown or not types:
-                return unknown
-        if not types:
-            return []
+        takes = ", ".join(parameters) or "no parameters"
+        any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        unknown = [
+            (key, f"{plugin} has no parameter {key!r}; it takes: {takes}")
+            for key in params
+            if key not in parameters and not any_keyword
+        ]
+        if unknown or not types:
+            return unknown
         fields: dict[str, Any] = {
             key: (parameter.annotation, ...)
             for key, parameter in parameters.items()

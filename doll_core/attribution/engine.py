@@ -80,12 +80,13 @@ class EngineOptions:
         it reads ``[explanation.engine]``)."""
         if self.autocast not in (None, "fp16", "bf16"):
             raise DollError(f"autocast must be None, 'fp16' or 'bf16', got {self.autocast!r}")
-        for name in ("autocast_check_every", "completeness_every"):
-            if int(getattr(self, name)) < 1:
-                raise DollError(
-                    f"{name} must be >= 1 (reduced precision is never left unmeasured), "
-                    f"got {getattr(self, name)}"
-                )
+        if int(self.autocast_check_every) < 1:
+            raise DollError(
+                "autocast_check_every must be >= 1 (reduced precision is never left "
+                f"unmeasured), got {self.autocast_check_every}"
+            )
+        if int(self.completeness_every) < 1:
+            raise DollError(f"completeness_every must be >= 1, got {self.completeness_every}")
 
     def changed(self) -> dict[str, Any]:
         """The options that differ from the defaults."""

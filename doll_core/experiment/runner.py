@@ -148,18 +148,6 @@ def classifier_stage(
     return stages.cache.run("classifier", name, key, {"data": data}, work)
 
 
-def _generate(stages: Stages, config: LabelGenerationConfig) -> Work:
-    """Label generation into the stage folder's ``labels``; its info: ``generation.json``."""
-
-    def work(folder: Path, resuming: bool) -> dict[str, Any]:
-        from doll_core.labels.generate import generate_labels
-
-        generate_labels(config, folder / "labels", resume=resuming, **stages.options())
-        return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
-
-    return work
-
-
 def explain_stage(
     stages: Stages, name: str, classifier: StageRecord, labels: LabelGenerationConfig, data: str
 ) -> StageRecord:
@@ -173,9 +161,14 @@ def explain_stage(
     config = labels.model_copy(update=update)
     key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
     inputs = {"data": data, "classifier": classifier.key}
-    return stages.cache.run(
-        "explain", f"{config.explainer}-{name}", key, inputs, _generate(stages, config)
-    )
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.labels.generate import generate_labels
+
+        generate_labels(config, folder / "labels", resume=resuming, **stages.options())
+        return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
+
+    return stages.cache.run("explain", f"{config.explainer}-{name}", key, inputs, work)
 
 
 def labels_stage(
@@ -196,11 +189,13 @@ def labels_stage(
     if config.targets == "predicted":
         key = config.result_settings(exclude={"data", "classifiers"})
         inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
-        generate = _generate(stages, config)
 
         def joint(folder: Path, resuming: bool) -> dict[str, Any]:
-            generation = generate(folder, resuming)
-            return describe_store(folder / "labels", {}, generation, phantom)
+            from doll_core.labels.generate import generate_labels
+
+            store = folder / "labels"
+            manifest = generate_labels(config, store, resume=resuming, **stages.options())
+            return describe_store(store, manifest, {}, phantom)
 
         return stages.cache.run("labels", label, key, inputs, joint)
     explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}
@@ -208,12 +203,15 @@ def labels_stage(
     def fuse(folder: Path, resuming: bool) -> dict[str, Any]:
         from doll_core.labels.combine import fuse_stores
 
-        stores = [explained[n].folder / "labels" for n in names]
-        options: dict[str, Any] = {"fusion_params": config.fusion_params}
-        options["registry"] = stages.registry
-        fuse_stores(stores, config.fusion, folder / "labels", **options)
-        generation = json.loads((folder / "labels" / GENERATION).read_text())
-        return describe_store(folder / "labels", explained, generation, phantom)
+        stores, store = [explained[n].folder / "labels" for n in names], folder / "labels"
+        manifest = fuse_stores(
+            stores,
+            config.fusion,
+            store,
+            fusion_params=config.fusion_params,
+            registry=stages.registry,
+        )
+        return describe_store(store, manifest, explained, phantom)
 
     key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
     inputs = {f"explain:{n}": explained[n].key for n in names}
@@ -350,16 +348,17 @@ EXPLAIN_FIELDS = ("images_per_second", "data_wait_fraction", "workers", "device"
 
 def describe_store(
     store: Path,
+    manifest: dict[str, Any],
     explained: dict[str, StageRecord],
-    generation: dict[str, Any],
     phantom: Path | None,
 ) -> dict[str, Any]:
-    """Summary of a finished label store for a run's results: its size and speed (over the
-    per-classifier ``explained`` stages it was fused from, or its own generation when
-    there are none) and, with a ``phantom``, its localization against the true masks."""
+    """Summary of a finished label store (``manifest``: the one its writer returned) for a
+    run's results: its size and speed (over the per-classifier ``explained`` stages it was
+    fused from, or its own generation when there are none) and, with a ``phantom``, its
+    localization against the true masks."""
     from doll_core.labels.scoring import score_store
 
-    manifest = json.loads((store / "manifest.json").read_text())
+    generation = json.loads((store / GENERATION).read_text())
     stages = {n: r.info for n, r in explained.items()} or {"joint": generation}
     labelled = max((int(g.get("images_this_run") or 0) for g in stages.values()), default=0)
     seconds = sum(float(r.info.get("seconds") or 0) for r in explained.values())
