@@ -124,7 +124,7 @@ def _print_summary(console: Console, title: str, summary: dict[str, Any]) -> Non
     facts.add_column("what", style="bold")
     facts.add_column("value")
     for key, value in summary.items():
-        if key in ("observations", "pixel_fraction", "skipped"):
+        if key in ("observations", "pixel_fraction", "ignored_fraction", "mask_values", "skipped"):
             continue
         facts.add_row(
             key,
@@ -147,14 +147,28 @@ def _print_summary(console: Console, title: str, summary: dict[str, Any]) -> Non
             )
         console.print(table)
     if "pixel_fraction" in summary:
-        table = Table()
-        table.add_column("class")
-        table.add_column("pixel fraction", justify="right")
-        for name, fraction in summary["pixel_fraction"].items():
-            table.add_row(Text(name), f"{fraction:.4f}")
-        console.print(table)
+        _print_mask_tables(console, summary)
     for skipped in summary.get("skipped", []):
         typer.echo(f"warning: skipped {skipped['path']}: {skipped['reason']}", err=True)
+
+
+def _print_mask_tables(console: Console, summary: dict[str, Any]) -> None:
+    ignored = summary.get("ignored_fraction", {})
+    table = Table()
+    table.add_column("class")
+    table.add_column("pixel fraction", justify="right")
+    table.add_column("ignored fraction", justify="right")
+    for name, fraction in summary["pixel_fraction"].items():
+        table.add_row(Text(name), f"{fraction:.4f}", f"{ignored.get(name, 0.0):.4f}")
+    console.print(table)
+    values = Table(title="mask values met (fraction of the mask files' pixels)")
+    values.add_column("class")
+    values.add_column("value", justify="right")
+    values.add_column("fraction", justify="right")
+    for name, fractions in summary.get("mask_values", {}).items():
+        for value, fraction in fractions.items():
+            values.add_row(Text(name), value, f"{fraction:.4f}")
+    console.print(values)
 
 
 @data_app.command("preview")

@@ -1,13 +1,24 @@
 """Image and mask reading for every dataset reader, and the JSRT ``.IMG`` format.
 
-Images come back as ``float32 [C, H, W]`` in ``[0, 1]``; masks as ``bool [H, W]``.
-8-bit and 16-bit grayscale and RGB(A) files are accepted; 16-bit values are divided by
-65535, 8-bit by 255. Any failure to read raises :class:`ImageReadError` with the path and
-the reason, which the readers turn into a skip record or a user error per ``on_error``.
+Images come back as ``float32 [C, H, W]`` in ``[0, 1]``; masks as ``bool [H, W]``. A
+file's format is what its content says (Pillow reads the file's signature), whatever its
+name: a PNG behind a ``.jpg`` name reads as the PNG it is. Any failure to read raises
+:class:`ImageReadError` with the path and the reason, which the readers turn into a skip
+record or a user error per ``on_error``.
+
+One rule makes every image one grey channel (:func:`pil_to_array`): a palette (``P``) is
+looked up; 16-bit values (``I;16``) are divided by 65535 and 8-bit ones by 255; colour
+(``RGB``, and the colour of ``RGBA``) becomes ITU-R 601 luma, ``0.299 R + 0.587 G +
+0.114 B``, computed in float before any rounding; an opacity channel (``LA``, ``RGBA``)
+is left out, since a radiograph's pixels are what it stores, not what it would show over
+a background. Burned-in colour annotations (arrows, text) therefore become grey like the
+rest; :class:`ImageFacts` counts their pixels so that ``doll data inspect`` can say which
+files carry them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +43,47 @@ class ImageReadError(DollError):
         super().__init__(f"cannot read {self.path}: {reason}")
 
 
-def _open_fully(path: Path, draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
+#: A pixel whose channels spread more than this (max - min, on the [0, 1] scale) is
+#: coloured: burned-in annotation rather than a tinted grey (JPEG leaves spreads of ~0.05).
+COLOUR_SPREAD = 0.15
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a file was, before it became ``float32 [C, H, W]``: its ``format`` (by
+    content), PIL ``mode``, native ``size`` ``(H, W)`` (before any JPEG draft scaling),
+    and for colour files the fraction of coloured pixels (:data:`COLOUR_SPREAD`)."""
+
+    format: str
+    mode: str
+    size: tuple[int, int]
+    colour_fraction: float | None = None
+
+
+def _open_fully(
+    path: Path, draft: tuple[str, tuple[int, int]] | None = None
+) -> tuple[Image.Image, ImageFacts]:
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     try:
         with Image.open(path) as handle:
+            facts = ImageFacts(
+                str(handle.format), handle.mode, (int(handle.height), int(handle.width))
+            )
             if draft is not None and handle.format == "JPEG":
                 # decode a JPEG at the smallest DCT scale that is still >= the target size
                 handle.draft(*draft)
             handle.load()  # decode now: a truncated file fails here, not later
-            return handle.copy()
+            return handle.copy(), facts
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt or unsupported image ({exc})") from None
 
 
 def pil_to_array(image: Image.Image, *, grayscale: bool) -> np.ndarray:
-    """A PIL image as ``float32 [C, H, W]`` in ``[0, 1]`` (C = 1 if ``grayscale`` else 3)."""
+    """A PIL image as ``float32 [C, H, W]`` in ``[0, 1]`` (C = 1 if ``grayscale`` else 3),
+    by the module's one rule (opacity left out, colour to ITU-R 601 luma in float); ``I``
+    (32-bit) files are scaled by 65535 when a value exceeds 255, else by 255; ``F`` files
+    are taken as they are."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         values = np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
         channels = values[None]
@@ -58,10 +94,10 @@ def pil_to_array(image: Image.Image, *, grayscale: bool) -> np.ndarray:
     elif image.mode == "F":
         channels = np.asarray(image, dtype=np.float32)[None]
     else:
-        if image.mode not in ("L", "RGB"):
-            image = image.convert(
-                "RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L"
-            )
+        if image.mode == "LA":
+            image = image.getchannel("L")
+        elif image.mode not in ("L", "RGB"):
+            image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
         values = np.asarray(image, dtype=np.float32) / 255.0
         channels = values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
     if grayscale and channels.shape[0] == 3:
@@ -81,10 +117,31 @@ def read_image(
     :param at_least: ``(H, W)`` the caller will resize to; a JPEG is then decoded at a
         reduced scale that is still at least that large (much faster for big files).
     """
+    image, _ = _open_image(Path(path), grayscale, at_least)
+    return pil_to_array(image, grayscale=grayscale)
+
+
+def read_image_and_facts(
+    path: str | Path, *, grayscale: bool = True, at_least: tuple[int, int] | None = None
+) -> tuple[np.ndarray, ImageFacts]:
+    """:func:`read_image`, and the :class:`ImageFacts` of the file (counting coloured
+    pixels costs a pass over a colour file)."""
+    image, facts = _open_image(Path(path), grayscale, at_least)
+    if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        colour = np.asarray(image.convert("RGB"), dtype=np.int16)
+        spread = colour.max(axis=2) - colour.min(axis=2)
+        fraction = float((spread > COLOUR_SPREAD * 255).mean()) if spread.size else 0.0
+        facts = ImageFacts(facts.format, facts.mode, facts.size, round(fraction, 6))
+    return pil_to_array(image, grayscale=grayscale), facts
+
+
+def _open_image(
+    path: Path, grayscale: bool, at_least: tuple[int, int] | None
+) -> tuple[Image.Image, ImageFacts]:
     draft = None
     if at_least is not None:
         draft = ("L" if grayscale else "RGB", (at_least[1], at_least[0]))
-    return pil_to_array(_open_fully(Path(path), draft), grayscale=grayscale)
+    return _open_fully(path, draft)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -98,7 +155,16 @@ def read_mask(path: str | Path) -> np.ndarray:
     indices are not (the foreground index made transparent), is read by index; an image
     whose colour is all black and whose opacity draws the shape is read by opacity.
     """
-    image = _open_fully(Path(path))
+    return mask_from_image(open_mask_file(Path(path)))
+
+
+def open_mask_file(path: Path) -> Image.Image:
+    """A mask file, opened and decoded (:class:`ImageReadError` when it cannot be)."""
+    return _open_fully(path)[0]
+
+
+def mask_from_image(image: Image.Image) -> np.ndarray:
+    """:func:`read_mask`'s reading of an opened file: ``bool [H, W]``."""
     indices = np.asarray(image) if image.mode == "P" else None
     if indices is not None:
         colours = len(image.getpalette() or []) // 3
@@ -118,15 +184,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     if indices is not None and not shown.any() and bool((indices > 0).any()):
         return indices > 0
     return shown
-
-
-def read_index_mask(path: str | Path) -> np.ndarray:
-    """Read an index mask (one integer class value per pixel) as ``int64 [H, W]``."""
-    image = _open_fully(Path(path))
-    values = np.asarray(image)
-    if values.ndim == 3:
-        raise ImageReadError(path, "an index mask must have one channel, this one has several")
-    return values.astype(np.int64)
 
 
 def read_jsrt_img(path: str | Path, shape: tuple[int, int] = JSRT_SHAPE) -> np.ndarray:

@@ -11,7 +11,12 @@ Sample dicts:
 - classification: ``image`` float32 ``[C, H, W]`` in ``[0, 1]``, ``labels`` float32
   ``[14]``, ``label_mask`` bool ``[14]`` (False = leave out of the loss), ``id`` str;
 - segmentation: ``image`` float32 ``[C, H, W]``, ``mask`` float32 ``[K, H, W]`` of 0/1,
-  ``id`` str.
+  ``id`` str, ``report`` dict (what the files held, for ``doll data inspect``) and, when
+  the reader leaves some mask values out, ``mask_weight`` float32 ``[K, H, W]`` (0 =
+  leave the pixel out of the loss and the scores).
+
+:func:`collate_samples` gathers the samples' ``report`` dicts, with their ``id``, under
+``"reports"`` instead of batching them.
 """
 
 from __future__ import annotations
@@ -130,10 +135,15 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def collate_samples(batch: Sequence[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
-    """Batch the readable samples (``default_collate``) and list the skipped ones under
-    ``"skipped"``. A batch whose samples were all skipped holds only ``"skipped"``."""
+    """Batch the readable samples (``default_collate``), list their ``report`` dicts under
+    ``"reports"`` and the skipped samples under ``"skipped"``. A batch whose samples were
+    all skipped holds only ``"skipped"``."""
     good = [sample for sample in batch if not isinstance(sample, SkippedSample)]
+    reports = [{"id": s["id"], **s["report"]} for s in good if "report" in s]
+    good = [{k: v for k, v in sample.items() if k != "report"} for sample in good]
     collated: dict[str, Any] = default_collate(good) if good else {}
+    if reports:
+        collated["reports"] = reports
     collated["skipped"] = [sample for sample in batch if isinstance(sample, SkippedSample)]
     return collated
 

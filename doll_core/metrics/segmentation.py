@@ -4,7 +4,8 @@ Rule for absent classes: intersections, unions and sizes are summed over all ima
 the split before dividing, per class. An image where a class is absent from both the
 prediction and the truth adds nothing; a false positive on an image without the class
 enlarges the union. A class absent from the whole split (empty truth and prediction) has
-no score (nan) and is left out of the means.
+no score (nan) and is left out of the means. Pixels of weight 0 (a reader's
+``ignore_values``) count in no sum.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ class SegmentationScores:
         self.intersection, self.union = zeros.clone(), zeros.clone()
         self.predicted, self.truth = zeros.clone(), zeros.clone()
 
-    def update(self, prediction: torch.Tensor, truth: torch.Tensor) -> None:
+    def update(
+        self, prediction: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> None:
         """:param prediction: / :param truth: bool ``[B, K, H, W]``, K = ``len(classes)``.
+        :param weight: ``[B, K, H, W]``; pixels where it is 0 are left out (default: none).
 
         :raises DollError: when the shapes differ or are not that: broadcasting one
             against the other would give scores of the wrong pixels or classes.
@@ -51,6 +55,14 @@ class SegmentationScores:
                 f"{list(truth.shape)} differ in shape"
             )
         p, t = prediction.bool(), truth.bool()
+        if weight is not None:
+            if weight.shape != truth.shape:
+                raise DollError(
+                    f"segmentation scores: weight {list(weight.shape)} and truth "
+                    f"{list(truth.shape)} differ in shape"
+                )
+            kept = weight > 0
+            p, t = p & kept, t & kept
         dims = (0, 2, 3)
         self.intersection += (p & t).sum(dim=dims).double().cpu()
         self.union += (p | t).sum(dim=dims).double().cpu()

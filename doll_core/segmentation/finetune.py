@@ -245,11 +245,13 @@ class FinetuneTrainer(Trainer):
             raise DollError("a whole fine-tuning batch was unreadable")
         images = self.to_device(batch["image"], image=True)
         mask = self.to_device(batch["mask"])
+        weight = self.to_device(batch["mask_weight"]) if "mask_weight" in batch else None
         with self.autocast():
             logits = self.trained(images)
-        loss = weighted_bce(logits, mask)
+        loss = weighted_bce(logits, mask, weight)
         if self.config.dice_weight > 0:
-            loss = loss + self.config.dice_weight * soft_dice_loss(logits, mask)
+            dice = soft_dice_loss(logits, mask, weight=weight)
+            loss = loss + self.config.dice_weight * dice
         return loss, len(images)
 
     @torch.no_grad()
@@ -271,7 +273,8 @@ class FinetuneTrainer(Trainer):
                 continue
             with self.autocast():
                 logits = model(self.to_device(batch["image"], image=True)).float()
-            scores.update(logits > 0, self.to_device(batch["mask"]) > 0.5)
+            weight = self.to_device(batch["mask_weight"]) if "mask_weight" in batch else None
+            scores.update(logits > 0, self.to_device(batch["mask"]) > 0.5, weight)
         total = SegmentationScores(self.classes)
         for part in all_gather_objects(self.context, scores):
             total.merge(part)

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from doll_core.data.imageio import read_mask
+from doll_core.data.maskrule import MaskRule
 from doll_core.data.samples import ImageDataset, OnError, check_choice
 from doll_core.errors import DollError
 from doll_plugins.datasets.masks import (
     files_by_stem,
     load_image_and_masks,
     pixel_fractions,
+    read_class_masks,
     require_file,
 )
 
@@ -37,14 +38,19 @@ class CovidQuEx(ImageDataset):
         grayscale: bool = True,
         on_error: OnError = "skip",
         follow_links: bool = False,
+        foreground_values: Sequence[int] | None = None,
+        ignore_values: Sequence[int] = (),
     ) -> None:
         """:param follow_links: read files that symbolic links lead to outside ``root``.
         :param root: the folder holding ``Infection Segmentation Data`` or that folder.
         :param split: ``Train``, ``Val`` or ``Test`` (any case).
         :param task: ``infection`` (infection masks) or ``lungs`` (lung masks).
         :param categories: which of ``COVID-19``, ``Non-COVID``, ``Normal`` to read.
+        :param foreground_values: / :param ignore_values: which mask values are foreground
+            and which are left out (:class:`~doll_core.data.maskrule.MaskRule`).
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        self.rule = MaskRule.from_options(foreground_values, ignore_values)
         #: where listed files must stay (None: symbolic links are followed anywhere)
         self.contained_in: Path | None = None if follow_links else self.root
         by_lower = {s.lower(): s for s in SPLITS}
@@ -95,9 +101,8 @@ class CovidQuEx(ImageDataset):
             "image",
             root=self.contained_in,
         )
-        sample = load_image_and_masks(
-            self, image_path, [read_mask(mask_path)], self.sample_id(index)
-        )
+        masks = read_class_masks(self.rule, {self.task: [mask_path]})
+        sample = load_image_and_masks(self, image_path, masks, self.sample_id(index), self.rule)
         sample["category"] = category
         return sample
 

@@ -6,20 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from doll_core.data.imageio import (
-    JSRT_SHAPE,
-    jsrt_to_display,
-    read_jsrt_img,
-    read_mask,
-    resize_image,
-    resize_mask,
-)
+from doll_core.data.imageio import JSRT_SHAPE, ImageFacts, jsrt_to_display, read_jsrt_img
+from doll_core.data.maskrule import MaskRule
 from doll_core.data.samples import ImageDataset, OnError
 from doll_core.errors import DollError
-from doll_plugins.datasets.masks import files_by_stem, pixel_fractions, require_file, same_size
+from doll_plugins.datasets.masks import (
+    files_by_stem,
+    pixel_fractions,
+    read_class_masks,
+    require_file,
+    segmentation_sample,
+)
 
 #: SCR's organ folder names.
 SCR_ORGANS = ("left lung", "right lung", "heart", "left clavicle", "right clavicle")
@@ -44,6 +43,8 @@ class JSRT(ImageDataset):
         on_error: OnError = "skip",
         image_shape: Sequence[int] = JSRT_SHAPE,
         follow_links: bool = False,
+        foreground_values: Sequence[int] | None = None,
+        ignore_values: Sequence[int] = (),
     ) -> None:
         """:param follow_links: read files that symbolic links lead to outside ``root``.
         :param root: a folder holding the ``.IMG`` files and the SCR ``masks`` folders
@@ -52,8 +53,12 @@ class JSRT(ImageDataset):
             ``left clavicle``, ``right clavicle``) or merged ones (``lungs``, ``clavicles``).
         :param fold: only images with masks in this SCR fold (``fold1``/``fold2``).
         :param image_shape: raw image shape; JSRT's is 2048 x 2048.
+        :param foreground_values: / :param ignore_values: which mask values (SCR's GIFs:
+            palette indices) are foreground and which are left out
+            (:class:`~doll_core.data.maskrule.MaskRule`).
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        self.rule = MaskRule.from_options(foreground_values, ignore_values)
         #: where listed files must stay (None: symbolic links are followed anywhere)
         self.contained_in: Path | None = None if follow_links else self.root
         known = (*SCR_ORGANS, *MERGED_CLASSES)
@@ -98,28 +103,25 @@ class JSRT(ImageDataset):
             require_file(self._images, stem, self.root, "image", root=self.contained_in),
             self.image_shape,
         )
-        image = resize_image(torch.from_numpy(jsrt_to_display(raw)), self.size)
+        image = torch.from_numpy(jsrt_to_display(raw))
         if not self.grayscale:
             image = image.repeat(3, 1, 1)
-        paths = {
-            organ: require_file(
-                table, stem, self._mask_dirs[organ], f"{organ} mask", root=self.contained_in
-            )
-            for organ, table in self._masks.items()
-        }
-        checked = same_size([(path, read_mask(path)) for path in paths.values()])
-        organ_masks = dict(zip(paths, checked, strict=True))
-        stacked = np.stack(
-            [
-                np.logical_or.reduce([organ_masks[o] for o in MERGED_CLASSES.get(c, (c,))])
-                for c in self.classes
+        files = {
+            name: [
+                require_file(
+                    self._masks[organ],
+                    stem,
+                    self._mask_dirs[organ],
+                    f"{organ} mask",
+                    root=self.contained_in,
+                )
+                for organ in MERGED_CLASSES.get(name, (name,))
             ]
-        )
-        mask = resize_mask(
-            torch.from_numpy(stacked.astype(np.float32)),
-            (int(image.shape[-2]), int(image.shape[-1])),
-        )
-        return {"image": image, "mask": mask, "id": stem}
+            for name in self.classes
+        }
+        facts = ImageFacts("JSRT", "I;16B", self.image_shape)
+        masks = read_class_masks(self.rule, files)
+        return segmentation_sample(self, image, facts, masks, stem, self.rule)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -1,5 +1,11 @@
-"""Helpers shared by the segmentation readers: finding files by stem, stacking masks and
-summarising pixel fractions.
+"""Helpers shared by the segmentation readers: finding files by stem, reading masks by
+the readers' :class:`~doll_core.data.maskrule.MaskRule`, making samples and summarising
+what the masks hold.
+
+A segmentation sample is ``image`` float32 ``[C, H, W]``, ``mask`` float32 ``[K, H, W]``
+of 0/1, ``id``, ``report`` (what the files were: :func:`segmentation_sample`) and, when
+the reader ignores some mask values, ``mask_weight`` float32 ``[K, H, W]``: 0 at ignored
+pixels, 1 elsewhere.
 
 Every file a reader opens goes through :func:`require_file`, which checks it with
 :func:`~doll_core.data.paths.resolves_inside`: a listed file that is a symbolic link out of
@@ -9,18 +15,29 @@ that reason (or stops the run with ``on_error="fail"``) like any other unreadabl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from doll_core.data.imageio import ImageReadError, read_image, resize_image, resize_mask
+from doll_core.data.imageio import (
+    ImageFacts,
+    ImageReadError,
+    read_image_and_facts,
+    resize_image,
+    resize_mask,
+)
+from doll_core.data.maskrule import MaskRead, MaskRule
 from doll_core.data.paths import resolves_inside
 from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+#: ``doll data inspect`` counts an image as annotated in colour when at least this
+#: fraction of its pixels is coloured (a JPEG's chroma noise stays far below it).
+ANNOTATED_COLOUR_FRACTION = 5e-4
 
 
 def files_by_stem(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
@@ -94,22 +111,103 @@ def same_size(masks: Sequence[tuple[Path, np.ndarray]]) -> list[np.ndarray]:
     return [mask for _, mask in masks]
 
 
-def load_image_and_masks(
-    dataset: ImageDataset, image_path: Path, masks: Iterable[np.ndarray], sample_id: str
+@dataclass(frozen=True)
+class ClassMasks:
+    """One sample's masks at their files' size: per class, ``foreground`` and ``ignored``
+    (``bool [H, W]``), and the value ``counts`` of its files (summed when several files,
+    such as JSRT's two lungs, make one class)."""
+
+    foreground: list[np.ndarray]
+    ignored: list[np.ndarray]
+    counts: dict[str, dict[str, int]]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.foreground[0].shape[0]), int(self.foreground[0].shape[1]))
+
+
+def read_class_masks(rule: MaskRule, files: Mapping[str, Sequence[Path]]) -> ClassMasks:
+    """Read every class's binary mask files (``{class: [file, ...]}``) by ``rule``; a class
+    of several files is their union, and a pixel one file ignores is ignored unless
+    another file makes it foreground.
+
+    :raises ImageReadError: for an unreadable file, or files of different sizes.
+    """
+    reads: dict[str, list[MaskRead]] = {}
+    pairs: list[tuple[Path, np.ndarray]] = []
+    for name, paths in files.items():
+        reads[name] = [rule.read(path) for path in paths]
+        pairs += [(path, read.foreground) for path, read in zip(paths, reads[name], strict=True)]
+    same_size(pairs)
+    foreground, ignored, counts = [], [], {}
+    for name, parts in reads.items():
+        union = np.logical_or.reduce([part.foreground for part in parts])
+        foreground.append(union)
+        ignored.append(np.logical_or.reduce([part.ignored for part in parts]) & ~union)
+        counts[name] = _summed([part.counts for part in parts])
+    return ClassMasks(foreground, ignored, counts)
+
+
+def _summed(tables: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for table in tables:
+        for value, count in table.items():
+            total[value] = total.get(value, 0) + count
+    return dict(sorted(total.items(), key=lambda item: (item[0] == "other", len(item[0]), item[0])))
+
+
+def segmentation_sample(
+    dataset: ImageDataset,
+    image: torch.Tensor,
+    facts: ImageFacts,
+    masks: ClassMasks,
+    sample_id: str,
+    rule: MaskRule,
 ) -> dict[str, Any]:
-    """A segmentation sample: the image resized to the dataset size, the ``bool [H, W]``
-    masks stacked to float32 ``[K, H, W]`` at the same size."""
-    image = to_tensor(read_image(image_path, grayscale=dataset.grayscale, at_least=dataset.size))
+    """A segmentation sample (see the module) from an image ``[C, H, W]`` as read and its
+    masks: the image resized to the dataset size, the masks (and, when ``rule`` ignores
+    values, ``mask_weight``) to the image's, nearest-neighbour with separate x/y scales.
+
+    ``report`` says what the files held: ``mask_values`` (:attr:`ClassMasks.counts`),
+    ``mask_resized`` ``{"from": [H, W], "to": [H, W]}`` when the masks' size differs from
+    the image's native size, and ``colour_fraction`` for colour image files.
+    """
     image = resize_image(image, dataset.size)
-    stacked = torch.from_numpy(np.stack(list(masks)).astype(np.float32))
-    stacked = resize_mask(stacked, (int(image.shape[-2]), int(image.shape[-1])))
-    return {"image": image, "mask": stacked, "id": sample_id}
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    stacked = torch.from_numpy(np.stack(masks.foreground).astype(np.float32))
+    sample: dict[str, Any] = {"image": image, "mask": resize_mask(stacked, size), "id": sample_id}
+    if rule.ignores:
+        weight = torch.from_numpy((~np.stack(masks.ignored)).astype(np.float32))
+        sample["mask_weight"] = resize_mask(weight, size)
+    report: dict[str, Any] = {"mask_values": masks.counts}
+    if masks.size != facts.size:
+        report["mask_resized"] = {"from": list(masks.size), "to": list(facts.size)}
+    if facts.colour_fraction is not None:
+        report["colour_fraction"] = facts.colour_fraction
+    sample["report"] = report
+    return sample
+
+
+def load_image_and_masks(
+    dataset: ImageDataset, image_path: Path, masks: ClassMasks, sample_id: str, rule: MaskRule
+) -> dict[str, Any]:
+    """:func:`segmentation_sample` of an image file (read at no less than the dataset
+    size) and its masks."""
+    array, facts = read_image_and_facts(
+        image_path, grayscale=dataset.grayscale, at_least=dataset.size
+    )
+    return segmentation_sample(dataset, to_tensor(array), facts, masks, sample_id, rule)
 
 
 def pixel_fractions(dataset: ImageDataset, classes: Sequence[str]) -> dict[str, Any]:
-    """Mean foreground fraction per class over the readable samples (reads every mask)."""
-    totals = np.zeros(len(classes))
-    readable = 0
+    """What the readable samples' masks hold (reads every sample): per class the mean
+    foreground and ignored fractions of a sample's pixels (at the dataset size), and the
+    fraction of pixels of each value met in the mask files (at their own size); the
+    number of samples whose masks were resized to their image, and of colour images
+    with burned-in colour annotation (:data:`ANNOTATED_COLOUR_FRACTION`)."""
+    totals, ignored = np.zeros(len(classes)), np.zeros(len(classes))
+    values: dict[str, dict[str, int]] = {name: {} for name in classes}
+    readable = resized = coloured = 0
     skipped: list[dict[str, str]] = []
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -118,11 +216,29 @@ def pixel_fractions(dataset: ImageDataset, classes: Sequence[str]) -> dict[str, 
             continue
         readable += 1
         totals += sample["mask"].float().mean(dim=(1, 2)).numpy()
-    fractions = totals / max(readable, 1)
+        if "mask_weight" in sample:
+            ignored += (1 - sample["mask_weight"]).mean(dim=(1, 2)).numpy()
+        report = sample.get("report", {})
+        for name, counts in report.get("mask_values", {}).items():
+            values[name] = _summed([values.get(name, {}), counts])
+        resized += "mask_resized" in report
+        coloured += report.get("colour_fraction", 0) >= ANNOTATED_COLOUR_FRACTION
+    fractions, ignored = totals / max(readable, 1), ignored / max(readable, 1)
     return {
         "readable": readable,
         "pixel_fraction": {
             name: round(float(f), 6) for name, f in zip(classes, fractions, strict=True)
         },
+        "ignored_fraction": {
+            name: round(float(f), 6) for name, f in zip(classes, ignored, strict=True)
+        },
+        "mask_values": {name: _as_fractions(table) for name, table in values.items()},
+        "masks_resized_to_image": resized,
+        "images_with_colour_annotation": coloured,
         "skipped": skipped,
     }
+
+
+def _as_fractions(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {value: round(count / total, 6) for value, count in counts.items()} if total else {}

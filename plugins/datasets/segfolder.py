@@ -1,23 +1,22 @@
-"""segfolder: an image folder and either one binary-mask folder per class or one folder
-of index masks, matched to images by file stem."""
+"""segfolder: an image folder and either one binary-mask folder per class, one folder of
+binary masks of one class, or one folder of index masks, matched to images by file stem."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
-
-from doll_core.data.imageio import ImageReadError, read_index_mask, read_mask
-from doll_core.data.samples import ImageDataset, OnError
+from doll_core.data.maskrule import MaskRule
+from doll_core.data.samples import ImageDataset, OnError, check_choice
 from doll_core.errors import DollError
 from doll_plugins.datasets.masks import (
+    ClassMasks,
     files_by_stem,
     load_image_and_masks,
     pixel_fractions,
+    read_class_masks,
     require_file,
-    same_size,
 )
 
 
@@ -35,18 +34,27 @@ class SegFolder(ImageDataset):
         grayscale: bool = True,
         on_error: OnError = "skip",
         follow_links: bool = False,
+        foreground_values: Sequence[int] | None = None,
+        ignore_values: Sequence[int] = (),
+        layout: Literal["auto", "folders", "binary", "index"] = "auto",
     ) -> None:
         """:param follow_links: read files that symbolic links lead to outside ``root``
             (refused by default, like paths that climb out of it).
         :param images: image folder, relative to ``root``.
-        :param masks: mask folder, relative to ``root``. If it has sub-folders, each is a
-            class of binary masks (any non-zero pixel is foreground); otherwise it holds
-            index masks, pixel value ``v`` in ``1..K`` meaning ``classes[v - 1]`` and 0
-            background.
-        :param classes: class names (and order). Binary folders: a subset of the
-            sub-folders (default: all, sorted). Index masks: required.
+        :param masks: mask folder, relative to ``root``, read by ``layout``.
+        :param layout: ``folders``: each sub-folder of ``masks`` is a class of binary
+            masks; ``binary``: ``masks`` holds the binary masks of one class (named
+            ``classes[0]``, default the folder's name), as V7 and many publishers ship
+            them; ``index``: ``masks`` holds index masks, pixel value ``v`` in ``1..K``
+            meaning ``classes[v - 1]`` and 0 background; ``auto``: ``folders`` if
+            ``masks`` has sub-folders, else ``index``.
+        :param classes: class names (and order). Folders: a subset of the sub-folders
+            (default: all, sorted). Index masks: required. Binary: at most one.
+        :param foreground_values: / :param ignore_values: which mask values are foreground
+            and which are left out (:class:`~doll_core.data.maskrule.MaskRule`).
         """
         super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        self.rule = MaskRule.from_options(foreground_values, ignore_values)
         #: where listed files must stay (None: symbolic links are followed anywhere)
         self.contained_in: Path | None = None if follow_links else self.root
         self.image_dir = self.root / images
@@ -59,24 +67,40 @@ class SegFolder(ImageDataset):
             raise DollError(f"segfolder: no image files in {self.image_dir}")
         self._stems = sorted(self._images)
         subfolders = sorted(p.name for p in self.mask_dir.iterdir() if p.is_dir())
-        self.index_masks = not subfolders
-        if self.index_masks:
+        chosen = check_choice("layout", layout, ("auto", "folders", "binary", "index"))
+        if chosen == "auto":
+            chosen = "folders" if subfolders else "index"
+        self.layout = chosen
+        self.index_masks = chosen == "index"
+        if chosen == "index":
             if not classes:
                 raise DollError(
                     f"segfolder: {self.mask_dir} holds index masks; name their classes "
-                    "with classes=[...] (value 1 = first class)"
+                    "with classes=[...] (value 1 = first class), or set layout = 'binary' "
+                    "for binary masks of one class"
+                )
+            if foreground_values is not None:
+                raise DollError(
+                    "segfolder: foreground_values applies to binary masks; index masks name "
+                    "their classes by the values 1..K"
                 )
             self.classes = list(classes)
-            self._masks = {"": files_by_stem(self.mask_dir)}
+            self._mask_dirs = {"": self.mask_dir}
+        elif chosen == "binary":
+            if classes is not None and len(classes) != 1:
+                raise DollError("segfolder: layout 'binary' holds one class; give at most one")
+            self.classes = list(classes or [self.mask_dir.name])
+            self._mask_dirs = {self.classes[0]: self.mask_dir}
         else:
             self.classes = list(classes) if classes else subfolders
             unknown = [c for c in self.classes if c not in subfolders]
             if unknown:
                 raise DollError(
                     f"segfolder: no mask folder for classes {unknown} in {self.mask_dir}; "
-                    f"it has: {', '.join(subfolders)}"
+                    f"it has: {', '.join(subfolders) or 'no sub-folders'}"
                 )
-            self._masks = {c: files_by_stem(self.mask_dir / c) for c in self.classes}
+            self._mask_dirs = {c: self.mask_dir / c for c in self.classes}
+        self._masks = {c: files_by_stem(folder) for c, folder in self._mask_dirs.items()}
 
     def __len__(self) -> int:
         return len(self._stems)
@@ -84,36 +108,30 @@ class SegFolder(ImageDataset):
     def sample_id(self, index: int) -> str:
         return self._stems[index]
 
-    def _read_masks(self, stem: str) -> list[np.ndarray]:
+    def _read_masks(self, stem: str) -> ClassMasks:
+        def find(name: str, what: str) -> Path:
+            folder = self._mask_dirs[name]
+            return require_file(self._masks[name], stem, folder, what, root=self.contained_in)
+
         if not self.index_masks:
-            paths = [
-                require_file(
-                    self._masks[c], stem, self.mask_dir / c, f"{c} mask", root=self.contained_in
-                )
-                for c in self.classes
-            ]
-            return same_size([(path, read_mask(path)) for path in paths])
-        path = require_file(
-            self._masks[""], stem, self.mask_dir, "index mask", root=self.contained_in
-        )
-        values = read_index_mask(path)
-        if int(values.max(initial=0)) > len(self.classes):
-            raise ImageReadError(
-                path,
-                f"index mask holds value {int(values.max())} but only "
-                f"{len(self.classes)} classes are configured",
-            )
-        return [values == k + 1 for k in range(len(self.classes))]
+            files = {c: [find(c, f"{c} mask")] for c in self.classes}
+            return read_class_masks(self.rule, files)
+        values, read = self.rule.read_index(find("", "index mask"), len(self.classes))
+        foreground = [values == k + 1 for k in range(len(self.classes))]
+        ignored = [read.ignored] * len(self.classes)
+        return ClassMasks(foreground, ignored, {c: read.counts for c in self.classes})
 
     def load(self, index: int) -> dict[str, Any]:
         stem = self._stems[index]
         image = require_file(self._images, stem, self.image_dir, "image", root=self.contained_in)
-        return load_image_and_masks(self, image, self._read_masks(stem), stem)
+        return load_image_and_masks(self, image, self._read_masks(stem), stem, self.rule)
 
     def summary(self) -> dict[str, Any]:
         return {
             "images": len(self),
             "classes": self.classes,
-            "mask_layout": "index" if self.index_masks else "binary folders",
+            "mask_layout": self.layout,
+            "foreground_values": list(self.rule.foreground_values or []) or "any non-zero",
+            "ignore_values": list(self.rule.ignore_values),
             **pixel_fractions(self, self.classes),
         }
