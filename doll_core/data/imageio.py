@@ -4,6 +4,7 @@ Images come back as ``float32 [C, H, W]`` in ``[0, 1]``; masks as ``bool [H, W]`
 8-bit and 16-bit grayscale and RGB(A) files are accepted; 16-bit values are divided by
 65535, 8-bit by 255. Any failure to read raises :class:`ImageReadError` with the path and
 the reason, which the readers turn into a skip record or a user error per ``on_error``.
+DICOM files (by content) are read by :mod:`doll_core.data.dicom`.
 """
 
 from __future__ import annotations
@@ -78,13 +79,24 @@ def read_image(
 ) -> np.ndarray:
     """Read an image file as ``float32 [C, H, W]`` in ``[0, 1]``.
 
+    A DICOM file (by content: :func:`doll_core.data.dicom.is_dicom`) is read by the rules
+    of :mod:`doll_core.data.dicom`; ``at_least`` does not apply to it.
+
     :param at_least: ``(H, W)`` the caller will resize to; a JPEG is then decoded at a
         reduced scale that is still at least that large (much faster for big files).
     """
+    from doll_core.data import dicom  # imported here: that module imports this one
+
+    if dicom.is_dicom(path):
+        return dicom.read_dicom(path, grayscale=grayscale)
     draft = None
     if at_least is not None:
         draft = ("L" if grayscale else "RGB", (at_least[1], at_least[0]))
-    return pil_to_array(_open_fully(Path(path), draft), grayscale=grayscale)
+    try:
+        image = _open_fully(Path(path), draft)
+    except ImageReadError as exc:
+        raise dicom.not_dicom_either(exc) from None
+    return pil_to_array(image, grayscale=grayscale)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

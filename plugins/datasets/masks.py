@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from doll_core.data.dicom import DICOM_SUFFIXES
 from doll_core.data.imageio import ImageReadError, read_image, resize_image, resize_mask
 from doll_core.data.paths import resolves_inside
 from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+#: what a reader lists as images; a file's content, not its name, decides how it is read
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *DICOM_SUFFIXES)
 
 
 def files_by_stem(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
