@@ -14,6 +14,7 @@ is left out, since a radiograph's pixels are what it stores, not what it would s
 a background. Burned-in colour annotations (arrows, text) therefore become grey like the
 rest; :class:`ImageFacts` counts their pixels so that ``doll data inspect`` can say which
 files carry them.
+DICOM files (by content, whatever their name) are read by :mod:`doll_core.data.dicom`.
 """
 
 from __future__ import annotations
@@ -114,9 +115,16 @@ def read_image(
 ) -> np.ndarray:
     """Read an image file as ``float32 [C, H, W]`` in ``[0, 1]``.
 
+    A DICOM file (by content: :func:`doll_core.data.dicom.is_dicom`) is read by the rules
+    of :mod:`doll_core.data.dicom`; ``at_least`` does not apply to it.
+
     :param at_least: ``(H, W)`` the caller will resize to; a JPEG is then decoded at a
         reduced scale that is still at least that large (much faster for big files).
     """
+    from doll_core.data import dicom  # imported here: that module imports this one
+
+    if dicom.is_dicom(path):
+        return dicom.read_dicom(path, grayscale=grayscale)
     image, _ = _open_image(Path(path), grayscale, at_least)
     return pil_to_array(image, grayscale=grayscale)
 
@@ -126,6 +134,11 @@ def read_image_and_facts(
 ) -> tuple[np.ndarray, ImageFacts]:
     """:func:`read_image`, and the :class:`ImageFacts` of the file (counting coloured
     pixels costs a pass over a colour file)."""
+    from doll_core.data import dicom
+
+    if dicom.is_dicom(path):
+        array = dicom.read_dicom(path, grayscale=grayscale)
+        return array, ImageFacts("DICOM", "", (int(array.shape[-2]), int(array.shape[-1])))
     image, facts = _open_image(Path(path), grayscale, at_least)
     if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
         colour = np.asarray(image.convert("RGB"), dtype=np.int16)
@@ -138,10 +151,16 @@ def read_image_and_facts(
 def _open_image(
     path: Path, grayscale: bool, at_least: tuple[int, int] | None
 ) -> tuple[Image.Image, ImageFacts]:
+    """A file that is not DICOM, opened (drafted to ``at_least`` if a JPEG)."""
+    from doll_core.data import dicom
+
     draft = None
     if at_least is not None:
         draft = ("L" if grayscale else "RGB", (at_least[1], at_least[0]))
-    return _open_fully(path, draft)
+    try:
+        return _open_fully(path, draft)
+    except ImageReadError as exc:
+        raise dicom.not_dicom_either(exc) from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

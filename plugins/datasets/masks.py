@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from doll_core.data.dicom import DICOM_SUFFIXES
 from doll_core.data.imageio import (
     ImageFacts,
     ImageReadError,
@@ -34,7 +35,8 @@ from doll_core.data.maskrule import MaskRead, MaskRule
 from doll_core.data.paths import resolves_inside
 from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+#: what a reader lists as images; a file's content, not its name, decides how it is read
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *DICOM_SUFFIXES)
 #: ``doll data inspect`` counts an image as annotated in colour when at least this
 #: fraction of its pixels is coloured (a JPEG's chroma noise stays far below it).
 ANNOTATED_COLOUR_FRACTION = 5e-4
