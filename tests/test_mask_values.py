@@ -276,3 +276,15 @@ def test_data_inspect_reports_values_and_the_ignored_fraction(tmp_path: Path) ->
         app, ["data", "inspect", "segfolder", str(tmp_path), "--set", "ignore_values=[-3]"]
     )
     assert bad.exit_code == 2 and "ignore_values" in bad.output
+
+
+def test_a_large_folder_is_listed_not_decoded_up_front(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks" / "lungs").mkdir(parents=True)
+    for index in range(1000):  # not images at all: any decoding up front would fail
+        (tmp_path / "images" / f"{index}.png").write_bytes(b"not a png")
+        (tmp_path / "masks" / "lungs" / f"{index}.png").write_bytes(b"not a png")
+    dataset = _segfolder(tmp_path, ignore_values=[127])
+    assert len(dataset) == 1000
+    skipped = dataset[7]
+    assert skipped.id == "7" and "corrupt or unsupported" in skipped.reason
