@@ -287,4 +287,4 @@ def test_a_large_folder_is_listed_not_decoded_up_front(tmp_path: Path) -> None:
     dataset = _segfolder(tmp_path, ignore_values=[127])
     assert len(dataset) == 1000
     skipped = dataset[7]
-    assert skipped.id == "7" and "corrupt or unsupported" in skipped.reason
+    assert skipped.id == dataset.sample_id(7) and "corrupt or unsupported" in skipped.reason
