@@ -142,3 +142,44 @@ def test_export_at_native_sizes_and_as_png(
     ]
     bad = runner.invoke(app, ["labels", "export", str(store), str(out), "--format", "tiff"])
     assert bad.exit_code == 2 and "unknown export format 'tiff'" in bad.stderr
+
+
+def test_labels_score_against_ground_truth_is_export_then_compare(
+    tmp_path: Path, labels: dict[str, dict[str, np.ndarray]]
+) -> None:
+    store = make_store(tmp_path / "store", labels)
+    heart = np.zeros((12, 20), dtype=bool)
+    heart[:, 12:] = True  # the right of the image, where the ramp is high
+    opacity = np.zeros((12, 20), dtype=bool)
+    opacity[0:2, 0:3] = True  # away from the blob: IoU 0, a miss
+    gt = tmp_path / "gt.json"
+    gt.write_text(
+        json.dumps(
+            {
+                "patient64541_study1_view1_frontal": {
+                    "Cardiomegaly": encode_mask(heart),
+                    "Airspace Opacity": encode_mask(opacity),
+                }
+            }
+        )
+    )
+    spec = f"chexlocalize:{gt}"
+    scored = runner.invoke(app, ["labels", "score", str(store), "--ground-truth", spec])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(scored.stdout)
+    assert (report["images"], report["unmatched"], report["maps"]) == (1, 1, 2)
+    per = report["per_observation"]
+    assert per["Cardiomegaly"]["hit_rate"] == 1.0 and per["Lung Opacity"]["hit_rate"] == 0.0
+    assert per["Lung Opacity"]["chexlocalize_miou"] == 0.0
+    exported = tmp_path / "labels.json"
+    runner.invoke(app, ["labels", "export", str(store), str(exported), "--size-from", spec])
+    compared = runner.invoke(app, ["localization", "compare", str(exported), spec, "--json"])
+    assert compared.exit_code == 0, compared.output
+    miou = json.loads(compared.stdout)["per_observation"]
+    for name in ("Cardiomegaly", "Lung Opacity"):
+        assert per[name]["chexlocalize_miou"] == pytest.approx(miou[name]["miou"], abs=1e-12)
+    assert 0 < per["Cardiomegaly"]["chexlocalize_miou"] < 1
+    both = runner.invoke(
+        app, ["labels", "score", str(store), "--ground-truth", spec, "--data", "x"]
+    )
+    assert both.exit_code == 2 and "one of them" in both.stderr

@@ -99,13 +99,36 @@ def inspect(
 
 @labels_app.command("score")
 def score(
-    store: Path = typer.Argument(..., help="A label store made from a phantom."),
-    phantom: Path = typer.Option(..., "--data", help="The phantom folder (lesion masks)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Binarisation for IoU and Dice."),
+    store: Path = typer.Argument(..., help="A label store."),
+    phantom: Path | None = typer.Option(
+        None, "--data", help="The phantom folder (lesion masks) the store was made from."
+    ),
+    ground_truth: str | None = typer.Option(
+        None,
+        "--ground-truth",
+        help="Score against this ground truth instead of a phantom's masks: KIND:PATH, KIND "
+        "chexlocalize, nih-bbox or coco. Store ids match its image ids as doll labels "
+        "export matches them; maps are compared at the native size.",
+    ),
+    threshold: float = typer.Option(
+        EXPORT_THRESHOLD, "--threshold", help="Binarisation for IoU and Dice (and mIoU)."
+    ),
 ) -> None:
-    """Localisation of the labels against the phantom's true lesion masks."""
-    from doll_core.labels.scoring import score_store
+    """Localisation of the labels against the phantom's true lesion masks, or against
+    ground truth (with CheXlocalize's mIoU and hit rate, per observation)."""
+    from doll_core.errors import DollError
+    from doll_core.labels.scoring import score_store, score_store_against
 
+    if (phantom is None) == (ground_truth is None):
+        raise DollError("labels score takes a phantom (--data) or --ground-truth, one of them")
+    if ground_truth is not None:
+        from doll_core.cli.localization_cmd import json_safe
+        from doll_core.groundtruth.specs import read_ground_truth
+
+        result = score_store_against(store, read_ground_truth(ground_truth), threshold)
+        typer.echo(json.dumps(json_safe(result), indent=2))
+        return
+    assert phantom is not None
     typer.echo(json.dumps(score_store(store, phantom, threshold), indent=2))
 
 
