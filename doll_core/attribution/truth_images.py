@@ -3,9 +3,10 @@
 The images are the files under a folder whose paths match the ground truth's image ids
 (:func:`~doll_core.groundtruth.matching.find_images`); each is read as the classifier
 reads its data (grey or RGB, resized to its input size: bilinear, anti-aliased) and
-explained for the observations whose true mask is not empty (never No Finding, nor a
-finding without a CheXpert observation). Its maps are scored at the image's native size
-(:mod:`doll_core.groundtruth.scoring`).
+explained for the observations the ground truth annotates for it (found without drawing
+a mask; never No Finding, nor a finding without a CheXpert observation). A mask that
+still comes out empty has undefined scores, which the means skip. Its maps are scored at
+the image's native size (:mod:`doll_core.groundtruth.scoring`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ NOT_EXPLAINED = ("No Finding",)
 
 
 class GroundTruthImages:
-    """The first ``count`` images (by ground-truth id) under ``folder`` with a positive
+    """The first ``count`` images (by ground-truth id) under ``folder`` with an annotated
     observation in ``truth`` (module docstring)."""
 
     def __init__(
@@ -42,7 +43,7 @@ class GroundTruthImages:
         for image_id in sorted(files):
             targets = [
                 OBSERVATIONS.index(name)
-                for name in truth.positives(image_id)
+                for name in truth.annotated(image_id)
                 if name in OBSERVATIONS and name not in NOT_EXPLAINED
             ]
             if targets:

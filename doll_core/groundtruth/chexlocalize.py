@@ -9,7 +9,9 @@
   writes): ``{image_id: {TASK: {"size": [H, W], "counts": RLE}}}`` in COCO's RLE.
 
 Task names are mapped to observations (``"Airspace Opacity"`` is ``"Lung Opacity"``).
-A CheXlocalize file covers its ten tasks: a task an image does not list is absent.
+A CheXlocalize file covers its ten tasks: a task an image does not list is absent, and so
+is one whose RLE is all zeros (CheXlocalize writes every task for every image), which
+adds no part to the image (its size still counts).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from PIL import Image, ImageDraw
 from doll_core.errors import DollError
 from doll_core.groundtruth.files import json_object, load_json
 from doll_core.groundtruth.names import CHEXLOCALIZE_OBSERVATIONS, observation_name
-from doll_core.groundtruth.rle import decode_rle, rle_size
+from doll_core.groundtruth.rle import decode_rle, rle_size, string_counts
 from doll_core.groundtruth.truth import GroundTruth, ImageTruth, MaskPart
 
 #: The key of an annotations entry that holds the image's size.
 SIZE_KEY = "img_size"
+#: The longest RLE code of a mask of zeros only (one run, 5 bits a character: 2**35 pixels).
+_EMPTY_CODE_LENGTH = 7
 Point = tuple[float, float]
 
 
@@ -93,13 +97,23 @@ def _annotations_entry(entry: dict[str, Any], where: str) -> ImageTruth:
     return image
 
 
+def _all_zeros(rle: dict[str, Any], size: tuple[int, int], where: str) -> bool:
+    """Whether ``rle`` is one run of ``H * W`` zeros, as CheXlocalize writes an absent task
+    (told from its short code without decoding anything longer)."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return counts == [size[0] * size[1]]
+    return len(counts) <= _EMPTY_CODE_LENGTH and string_counts(counts, where) == [size[0] * size[1]]
+
+
 def _segmentations_entry(entry: dict[str, Any], where: str) -> ImageTruth:
     sizes = {}
     image = ImageTruth(None)
     for task, rle in entry.items():
         task_where = f"{where} {task!r}"
         sizes[task] = rle_size(rle, task_where)
-        image.add(observation_name(task), _rle_part(rle, task_where))
+        if not _all_zeros(rle, sizes[task], task_where):
+            image.add(observation_name(task), _rle_part(rle, task_where))
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{task} {list(size)}" for task, size in sizes.items())
         raise DollError(f"{where}: its masks differ in size ({listed})")
