@@ -1,8 +1,11 @@
-"""Score explainers' localisation against ground-truth masks (the phantom's lesion masks).
+"""Score explainers' localisation against ground-truth masks: the phantom's lesion masks,
+or any ground truth (:mod:`doll_core.groundtruth`) with the images of a folder.
 
 For each image with findings, every positive observation is explained; each map is
-post-processed and compared with the observation's mask by every localisation metric.
-A model-randomisation check compares maps of the trained classifier with maps of a copy
+post-processed and compared with the observation's mask by every localisation metric: at
+the model's input size for the phantom, at the image's native size for ground truth,
+with CheXlocalize's mIoU and hit rate (:mod:`doll_core.groundtruth.scoring`). A
+model-randomisation check compares maps of the trained classifier with maps of a copy
 whose weights were re-initialised.
 """
 
@@ -23,9 +26,12 @@ from doll_core.attribution.api import explain
 from doll_core.attribution.engine import EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig, postprocess
 from doll_core.attribution.targets import select_targets
+from doll_core.attribution.truth_images import Batch, GroundTruthImages
 from doll_core.data.imageio import read_mask, resize_mask
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
+from doll_core.groundtruth.scoring import CHEXLOCALIZE_SCORES, ScoreTable
+from doll_core.groundtruth.truth import GroundTruth
 from doll_core.metrics.localization import (
     LOCALIZATION_METRICS,
     nanmean,
@@ -40,10 +46,12 @@ from doll_core.registry import Registry, get_registry
 
 @dataclass
 class ExplainerScores:
-    """Mean score per metric (nan-skipping), how many maps, seconds per image."""
+    """Mean score per metric (nan-skipping), the same per observation (with its number of
+    maps), how many maps, seconds per image."""
 
     explainer: str
     means: dict[str, float] = field(default_factory=dict)
+    per_observation: dict[str, dict[str, float]] = field(default_factory=dict)
     maps: int = 0
     seconds_per_image: float = math.nan
     randomization_similarity: float = math.nan
@@ -100,24 +108,61 @@ def _batches(
 
 
 @dataclass
+class _PhantomImages:
+    """The phantom's images with findings and their lesion masks, at the model's size."""
+
+    dataset: Any
+    chosen: list[int]
+    root: Path
+
+    @property
+    def total(self) -> int:
+        return len(self.chosen)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        return _batches(self.dataset, self.chosen, batch_size)
+
+    def score(
+        self,
+        ids: list[str],
+        targets: torch.Tensor,
+        soft: torch.Tensor,
+        binary: torch.Tensor | None,
+        table: ScoreTable,
+        threshold: float | None,
+    ) -> None:
+        """Add every localisation metric of the maps ``soft`` ``[B, T, H, W]`` (IoU and Dice
+        on ``binary``) to ``table``; ``threshold`` is not used."""
+        size = (int(soft.shape[-2]), int(soft.shape[-1]))
+        truth = lesion_masks(self.root, ids, targets, size)
+        real = targets >= 0
+        chosen_binary = None if binary is None else binary[real]
+        values = {m.name: m(soft[real], truth[real], chosen_binary) for m in LOCALIZATION_METRICS}
+        for k, index in enumerate(targets[real].tolist()):
+            table.add(OBSERVATIONS[index], {name: float(v[k]) for name, v in values.items()})
+
+
+_Images = _PhantomImages | GroundTruthImages
+
+
+@dataclass
 class _Scoring:
     """What scoring every explainer shares: the models, the images, the truth."""
 
     model: Classifier
     random_model: nn.Module
-    dataset: Any
-    chosen: list[int]
-    root: Path
+    images: _Images
     post: PostprocessConfig
     registry: Registry
     batch_size: int
     randomization_images: int
     progress: Callable[[str, int, int], None] | None
     engine: EngineOptions | None
+    threshold: float | None = None
 
     def explainer(self, name: str, params: dict[str, Any]) -> ExplainerScores:
         """One explainer's scores (or the error that stopped it)."""
-        scores: dict[str, list[torch.Tensor]] = {m.name: [] for m in LOCALIZATION_METRICS}
+        table = ScoreTable()
         outcome = ExplainerScores(name)
         similarity: list[float] = []
         seconds, maps_done = 0.0, 0
@@ -126,21 +171,17 @@ class _Scoring:
         unclipped = self.post.model_copy(
             update={"clip_percentile": None, "gamma": None, "binarize": "none"}
         )
-        total = len(self.chosen)
+        total = self.images.total
         try:
-            for start, images, targets, ids in _batches(self.dataset, self.chosen, self.batch_size):
+            for start, images, targets, ids in self.images.batches(self.batch_size):
                 started = time.perf_counter()
                 options = {"engine": self.engine, "registry": self.registry, **params}
                 maps = explain(self.model, images, targets, name, **options)
                 seconds += time.perf_counter() - started
-                size = (int(images.shape[-2]), int(images.shape[-1]))
-                truth = lesion_masks(self.root, ids, targets, size)
                 binary = postprocess(maps, self.post, targets=targets).binary
                 ranked = postprocess(maps, unclipped, targets=targets).soft
+                self.images.score(ids, targets, ranked, binary, table, self.threshold)
                 real = targets >= 0
-                for metric in LOCALIZATION_METRICS:
-                    chosen_binary = None if binary is None else binary[real]
-                    scores[metric.name].append(metric(ranked[real], truth[real], chosen_binary))
                 maps_done += int(real.sum())
                 if start < self.randomization_images:
                     random_maps = explain(self.random_model, images, targets, name, **options)
@@ -150,7 +191,8 @@ class _Scoring:
         except DollError as exc:
             outcome.error = str(exc)
             return outcome
-        outcome.means = {k: nanmean(torch.cat(v)) for k, v in scores.items()}
+        outcome.means = table.means()
+        outcome.per_observation = table.per_observation()
         outcome.maps = maps_done
         outcome.seconds_per_image = seconds / total
         outcome.randomization_similarity = nanmean(torch.tensor(similarity, dtype=torch.float64))
@@ -173,41 +215,85 @@ def score_explainers(
     registry: Registry | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     engine: EngineOptions | None = None,
+    ground_truth: GroundTruth | None = None,
+    threshold: float | None = None,
 ) -> list[ExplainerScores]:
     """Localisation scores of each explainer on the first ``count`` images of ``split``
     that have at least one positive observation with a mask; ``engine``: the execution
-    options every explainer that takes them runs with."""
+    options every explainer that takes them runs with.
+
+    With ``ground_truth``, ``data_root`` is a folder of images matched to its image ids
+    (``split`` is not used) and the maps are scored against it at the native size
+    (:mod:`doll_core.attribution.truth_images`), with CheXlocalize's mIoU (Otsu's
+    segmentation, or ``threshold``) and hit rate.
+    """
     registry = registry or get_registry()
     root = Path(data_root)
-    dataset = registry.create(
-        "dataset", "chexpert", root=root, split=split, size=image_size, grayscale=in_channels == 1
-    )
-    chosen = _images_with_findings(dataset, count)
-    if not chosen:
-        raise DollError(f"no images with positive findings in the {split} split of {root}")
+    images: _Images
+    if ground_truth is not None:
+        images = GroundTruthImages(
+            root, ground_truth, size=image_size, grayscale=in_channels == 1, count=count
+        )
+    else:
+        dataset = registry.create(
+            "dataset",
+            "chexpert",
+            root=root,
+            split=split,
+            size=image_size,
+            grayscale=in_channels == 1,
+        )
+        chosen = _images_with_findings(dataset, count)
+        if not chosen:
+            raise DollError(f"no images with positive findings in the {split} split of {root}")
+        images = _PhantomImages(dataset, chosen, root)
     scoring = _Scoring(
         model,
         randomized_copy(model),
-        dataset,
-        chosen,
-        root,
+        images,
         post or PostprocessConfig(),
         registry,
         batch_size,
         randomization_images,
         progress,
         engine,
+        threshold,
     )
     params = explainer_params or {}
     return [scoring.explainer(name, params.get(name, {})) for name in explainers]
 
 
+def _score_columns(results: Sequence[ExplainerScores]) -> list[tuple[str, bool]]:
+    """``(name, higher is better)`` of the scores the results hold: CheXlocalize's (with
+    ground truth) before the project's metrics."""
+    held = {name for r in results for name in r.means}
+    columns = [(name, True) for name in CHEXLOCALIZE_SCORES if name in held]
+    return columns + [(m.name, m.higher_is_better) for m in LOCALIZATION_METRICS]
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def per_observation_table(results: Sequence[ExplainerScores]) -> str:
+    """A Markdown table of each explainer's mean scores per observation."""
+    columns = _score_columns(results)
+    header = ["explainer", "observation", "maps", *(f"{n} {_arrow(h)}" for n, h in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for result in results:
+        for observation, means in result.per_observation.items():
+            cells = [f"{means.get(name, math.nan):.3f}" for name, _ in columns]
+            row = [result.explainer, observation, str(int(means["maps"])), *cells]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def scores_table(results: Sequence[ExplainerScores]) -> str:
     """A Markdown table of :func:`score_explainers` results (arrows give score direction)."""
-    metrics = [m for m in LOCALIZATION_METRICS]
+    columns = _score_columns(results)
     header = [
         "explainer",
-        *(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in metrics),
+        *(f"{name} {_arrow(higher)}" for name, higher in columns),
         "randomisation similarity ↓",
         "maps",
         "s / image",
@@ -221,7 +307,7 @@ def scores_table(results: Sequence[ExplainerScores]) -> str:
                 + f" | refused: {result.error.split(':')[0]} |"
             )
             continue
-        cells = [f"{result.means[m.name]:.3f}" for m in metrics]
+        cells = [f"{result.means.get(name, math.nan):.3f}" for name, _ in columns]
         cells += [
             f"{result.randomization_similarity:.3f}",
             str(result.maps),

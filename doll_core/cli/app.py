@@ -22,6 +22,7 @@ from doll_core.cli import (
     explain_cmd,
     info_cmd,
     labels_cmd,
+    localization_cmd,
     plugins_cmd,
     run_cmd,
     segment_cmd,
@@ -122,6 +123,7 @@ app.command("train-classifier")(train_cmd.train_classifier_command)
 app.command("explain")(explain_cmd.explain_command)
 app.command("explain-scores")(explain_cmd.explain_scores_command)
 app.add_typer(labels_cmd.labels_app, name="labels")
+app.add_typer(localization_cmd.localization_app, name="localization")
 app.command("pretrain")(segment_cmd.pretrain_command)
 app.command("finetune")(segment_cmd.finetune_command)
 app.command("compare-inits")(segment_cmd.compare_command)

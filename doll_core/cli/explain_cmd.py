@@ -1,5 +1,5 @@
 """``doll explain`` (a picture of the maps of one image) and ``doll explain-scores``
-(localisation scores of explainers on a phantom)."""
+(localisation scores of explainers on a phantom, or on ground truth)."""
 
 from __future__ import annotations
 
@@ -142,10 +142,29 @@ def explain_command(
 
 def explain_scores_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint (best.pt)."),
-    data: Path = typer.Option(..., "--data", help="A phantom folder (with lesion masks)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="A phantom folder (with lesion masks); with --ground-truth, the folder of its "
+        "images (searched recursively, matched to its image ids).",
+    ),
+    ground_truth: str | None = typer.Option(
+        None,
+        "--ground-truth",
+        help="Score against this ground truth at the images' native size: KIND:PATH, KIND "
+        "chexlocalize, nih-bbox or coco. Adds CheXlocalize's mIoU and hit rate.",
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="With --ground-truth: CheXlocalize's segmentation of a map normalised to [0, 1] "
+        "at this fixed threshold (> it). Default: Otsu's threshold, as CheXlocalize.",
+    ),
     explainer: list[str] = typer.Option([], "--explainer", help="Explainer (repeatable) or 'all'."),
     count: int = typer.Option(200, "--count", min=1, help="Images with findings to score."),
-    split: str = typer.Option("valid", "--split", help="train or valid."),
+    split: str = typer.Option("valid", "--split", help="train or valid (phantom only)."),
     out: Path | None = typer.Option(None, "--out", help="Write the Markdown table here."),
     settings: list[str] = typer.Option(
         [],
@@ -154,10 +173,19 @@ def explain_scores_command(
         "option engine.KEY=VALUE.",
     ),
 ) -> None:
-    """Score explainers' localisation on a phantom's ground-truth lesion masks."""
-    from doll_core.attribution.scoring import score_explainers, scores_table
+    """Score explainers' localisation on a phantom's ground-truth lesion masks, or on
+    radiologists' ground truth (CheXlocalize, NIH boxes, COCO), per observation."""
+    from doll_core.attribution.scoring import (
+        per_observation_table,
+        score_explainers,
+        scores_table,
+    )
     from doll_core.checkpoint import load_classifier
+    from doll_core.groundtruth.specs import read_ground_truth
 
+    if threshold is not None and ground_truth is None:
+        raise DollError("--threshold sets CheXlocalize's segmentation: it needs --ground-truth")
+    truth = read_ground_truth(ground_truth) if ground_truth is not None else None
     model, meta = load_classifier(checkpoint)
     params, engine = _explainer_params(settings)
     names = _explainer_names(explainer or ["all"])
@@ -171,8 +199,12 @@ def explain_scores_command(
         count=count,
         explainer_params=params,
         engine=engine,
+        ground_truth=truth,
+        threshold=threshold,
     )
     table = scores_table(results)
+    if truth is not None:
+        table += "\n" + per_observation_table(results)
     typer.echo(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import typer
 
 from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import parse_config
+from doll_core.labels.export import EXPORT_THRESHOLD
 
 labels_app = typer.Typer(
     help="Generate, inspect and score DoLL label stores.", no_args_is_help=True
@@ -98,11 +99,73 @@ def inspect(
 
 @labels_app.command("score")
 def score(
-    store: Path = typer.Argument(..., help="A label store made from a phantom."),
-    phantom: Path = typer.Option(..., "--data", help="The phantom folder (lesion masks)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Binarisation for IoU and Dice."),
+    store: Path = typer.Argument(..., help="A label store."),
+    phantom: Path | None = typer.Option(
+        None, "--data", help="The phantom folder (lesion masks) the store was made from."
+    ),
+    ground_truth: str | None = typer.Option(
+        None,
+        "--ground-truth",
+        help="Score against this ground truth instead of a phantom's masks: KIND:PATH, KIND "
+        "chexlocalize, nih-bbox or coco. Store ids match its image ids as doll labels "
+        "export matches them; maps are compared at the native size.",
+    ),
+    threshold: float = typer.Option(
+        EXPORT_THRESHOLD, "--threshold", help="Binarisation for IoU and Dice (and mIoU)."
+    ),
 ) -> None:
-    """Localisation of the labels against the phantom's true lesion masks."""
-    from doll_core.labels.scoring import score_store
+    """Localisation of the labels against the phantom's true lesion masks, or against
+    ground truth (with CheXlocalize's mIoU and hit rate, per observation)."""
+    from doll_core.errors import DollError
+    from doll_core.labels.scoring import score_store, score_store_against
 
+    if (phantom is None) == (ground_truth is None):
+        raise DollError("labels score takes a phantom (--data) or --ground-truth, one of them")
+    if ground_truth is not None:
+        from doll_core.cli.localization_cmd import json_safe
+        from doll_core.groundtruth.specs import read_ground_truth
+
+        result = score_store_against(store, read_ground_truth(ground_truth), threshold)
+        typer.echo(json.dumps(json_safe(result), indent=2))
+        return
+    assert phantom is not None
     typer.echo(json.dumps(score_store(store, phantom, threshold), indent=2))
+
+
+@labels_app.command("export")
+def export(
+    store: Path = typer.Argument(..., help="A label store folder."),
+    out: Path = typer.Argument(..., help="The JSON file (chexlocalize) or folder (png) to write."),
+    export_format: str = typer.Option(
+        "chexlocalize", "--format", help="chexlocalize (COCO RLE JSON) or png (one mask a file)."
+    ),
+    threshold: float = typer.Option(
+        EXPORT_THRESHOLD, "--threshold", help="Foreground where the label is >= this (and > 0)."
+    ),
+    size_from: str | None = typer.Option(
+        None,
+        "--size-from",
+        help="Ground truth KIND:PATH: write each image at its native size there, under its "
+        "id there (what CheXlocalize's eval.py needs). Default: the store's map size.",
+    ),
+) -> None:
+    """Write a label store as binary segmentations CheXlocalize's evaluation and COCO tools
+    read (COCO RLE JSON as CheXlocalize writes it), or as PNG masks."""
+    from doll_core.groundtruth.specs import read_ground_truth
+    from doll_core.labels.export import export_store
+
+    sizes = read_ground_truth(size_from) if size_from is not None else None
+    report = export_store(
+        store,
+        out,
+        export_format,  # type: ignore[arg-type]  # checked by export_store
+        threshold=threshold,
+        sizes=sizes,
+    )
+    typer.echo(f"wrote {report.out}: {report.masks} masks of {report.images} images")
+    if report.left_out:
+        typer.echo(
+            f"warning: {len(report.left_out)} images left out, {sizes.source if sizes else ''} "
+            f"does not list them (first: {report.left_out[0]})",
+            err=True,
+        )

@@ -1,4 +1,5 @@
-"""Localisation of a label store's maps against the phantom's true lesion masks."""
+"""Localisation of a label store's maps against true masks: the phantom's lesion masks
+(:func:`score_store`) or any ground truth (:func:`score_store_against`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import numpy as np
 import torch
 
 from doll_core.data.imageio import read_mask, resize_mask
+from doll_core.groundtruth.matching import match_ids
+from doll_core.groundtruth.scoring import ScoreTable, score_map
+from doll_core.groundtruth.truth import GroundTruth
+from doll_core.labels.export import EXPORT_THRESHOLD, binary_label
 from doll_core.labels.store import LabelStore
+from doll_core.metrics.chexlocalize import resize_map
 from doll_core.metrics.localization import LOCALIZATION_METRICS, nanmean, nanstd
 from doll_core.observations import OBSERVATIONS
 from doll_core.phantom.layout import lesion_mask_path
@@ -44,3 +50,36 @@ def score_store(store: str | Path, phantom: str | Path, threshold: float = 0.5) 
         spread[metric.name] = nanstd(values)
     result["std"] = spread
     return result
+
+
+def score_store_against(
+    store: str | Path, truth: GroundTruth, threshold: float = EXPORT_THRESHOLD
+) -> dict[str, Any]:
+    """Every score of :mod:`doll_core.groundtruth.scoring` for each map of the store whose
+    image matches one of ``truth``'s (:mod:`doll_core.groundtruth.matching`) and whose
+    observation ``truth`` covers, at the image's native size: the label resized
+    (bilinear) and binarised as ``doll labels export`` writes it (``>= threshold`` and
+    above 0), which is also its CheXlocalize segmentation; overall, with standard
+    deviations under ``"std"``, and per observation. ``images``: the store's images that
+    matched; ``unmatched``: those that did not.
+    """
+    labels = LabelStore(store)
+    matched = match_ids(labels.ids, truth)
+    table = ScoreTable()
+    for store_id, image_id in matched.items():
+        observations, maps = labels.labels(store_id)
+        for k, index in enumerate(observations):
+            observation = OBSERVATIONS[index]
+            if not truth.covers(observation):
+                continue
+            true = truth.mask(image_id, observation)
+            size = (int(true.shape[0]), int(true.shape[1]))
+            soft = resize_map(maps[k].float() / 255, size)
+            binary = binary_label(maps[k], size, threshold)
+            table.add(observation, score_map(soft, true, binary, binary))
+    return {
+        "truth": truth.source,
+        "images": len(matched),
+        "unmatched": len(labels.ids) - len(matched),
+        **table.summary(),
+    }
