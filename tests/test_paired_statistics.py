@@ -94,3 +94,67 @@ def test_curve_area_and_first_step_reaching() -> None:
     assert curve_area(curve[:1]) == 0.2
     assert first_step_reaching(curve, 0.57) == 20
     assert first_step_reaching(curve, 0.7) is None
+
+
+def _run(init: str, seed: int, miou: float, curve: list[float], images: list[float]) -> dict:
+    """A fine-tuning row as the runner makes it: one class, per-image IoU ``images``
+    (intersection = IoU x 10, union 10)."""
+    return {
+        "task": "organs",
+        "init": init,
+        "budget": 8,
+        "seed": seed,
+        "train_images": 8,
+        "test_miou": miou,
+        "test_mdice": miou,
+        "curve": [{"step": 10 * (i + 1), "val_miou": v} for i, v in enumerate(curve)],
+        "test_per_image": {
+            "ids": [f"i{k}" for k in range(len(images))],
+            "intersection": [[10 * v] for v in images],
+            "union": [[10.0] for _ in images],
+        },
+    }
+
+
+def test_paired_comparisons_and_convergence_of_runs() -> None:
+    from doll_core.experiment.report import results_markdown
+    from doll_core.segmentation.compare import paired_comparisons, summarise_runs
+
+    runs = [
+        _run("random", 0, 0.50, [0.2, 0.4, 0.6], [0.4, 0.6]),
+        _run("random", 1, 0.60, [0.2, 0.5, 0.8], [0.5, 0.7]),
+        _run("doll", 0, 0.70, [0.6, 0.7, 0.7], [0.6, 0.8]),
+        _run("doll", 1, 0.75, [0.3, 0.7, 0.8], [0.7, 0.8]),
+    ]
+    [comparison] = paired_comparisons(runs, ("task", "budget"), resamples=200)
+    assert (comparison["treated"], comparison["control"], comparison["seeds"]) == (
+        "doll",
+        "random",
+        2,
+    )
+    assert comparison["t"]["mean"] == pytest.approx(0.175)  # (0.20 + 0.15) / 2
+    # dataset-level mIoU from the image sums: doll (0.7 + 0.75) / 2, random (0.5 + 0.6) / 2
+    assert comparison["bootstrap"]["mean"] == pytest.approx(0.725 - 0.55)
+    summary = {row["init"]: row for row in summarise_runs(runs, ("task", "init", "budget"))}
+    # targets: 0.95 x 0.6 = 0.57 (seed 0), 0.95 x 0.8 = 0.76 (seed 1)
+    assert summary["doll"]["steps_to_target"] == pytest.approx((10 + 30) / 2)
+    assert summary["random"]["steps_to_target"] == pytest.approx(30)
+    assert summary["doll"]["reached_target"] == 2
+    assert summary["doll"]["val_curve_area"] == pytest.approx(
+        (((0.6 + 0.7) / 2 * 10 + 0.7 * 10) / 20 + ((0.3 + 0.7) / 2 * 10 + 0.75 * 10) / 20) / 2
+    )
+    del runs[3]["test_per_image"]  # a run from before per-image sums: t only
+    [without] = paired_comparisons(runs, ("task", "budget"))
+    assert without["bootstrap"] is None and without["t"]["mean"] == pytest.approx(0.175)
+    results = {
+        "experiment": "x",
+        "finetune": {
+            "runs": runs,
+            "summary": summarise_runs(runs, ("task", "init", "budget")),
+            "comparisons": paired_comparisons(runs, ("task", "budget")),
+        },
+        "stages": [],
+    }
+    text = results_markdown(results)
+    assert "| 8 | doll - random | 2 | +0.175 [" in text and "no per-image sums" in text
+    assert "step to 95% of random's best" in text and "20 (2/2)" in text

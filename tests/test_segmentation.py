@@ -324,10 +324,18 @@ def test_compare_initialisations_writes_table_and_curves(
     ]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    scores, differences = (tmp_path / "cmp" / "comparison.md").read_text().split("\n\n")
+    table = scores.splitlines()
     assert table[0] == "| init | 1 labels (1 images) | all labels (2 images) |"
     assert [line.split("|")[1].strip() for line in table[2:]] == ["random", "classifier", "doll"]
     assert "±" in table[2]
+    paired = [line.split("|")[1:4] for line in differences.splitlines()[2:]]
+    assert [[cell.strip() for cell in row] for row in paired] == [
+        ["1", "doll - random", "2"],
+        ["1", "doll - classifier", "2"],
+        ["all", "doll - random", "2"],
+        ["all", "doll - classifier", "2"],
+    ]
     report = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert len(report["runs"]) == 3 * 2 * 2
     assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000

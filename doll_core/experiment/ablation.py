@@ -27,6 +27,7 @@ from doll_core.experiment.report import (
 )
 from doll_core.experiment.runner import run_experiment
 from doll_core.registry import Registry
+from doll_core.segmentation.compare import interval
 from doll_core.training.distributed import launched_rank
 
 
@@ -199,7 +200,9 @@ def headline_init(inits: Sequence[str]) -> str:
 
 def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row: varied values, downstream scores of the headline init (``doll`` where
-    run) per task and budget, label localization, label images/s, stage seconds."""
+    run) per task and budget, its paired differences to the other inits (bootstrap
+    interval where the runs kept per-image sums, else paired t), label localization,
+    label images/s, stage seconds."""
     row: dict[str, Any] = {key: _show(value) for key, value in values.items()}
     # (the varied keys come first, so the table's first columns name the grid point)
     summary = results["finetune"]["summary"]
@@ -213,6 +216,10 @@ def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[
             row[f"{prefix} mIoU std"] = round(entry["test_miou_std"], 4) if several else None
             row[f"{prefix} Dice"] = round(entry["test_mdice"], 4)
             row[f"{prefix} Dice std"] = round(entry["test_mdice_std"], 4) if several else None
+    for comparison in results["finetune"].get("comparisons", []):
+        name = f"{comparison['task']} {comparison['treated']}-{comparison['control']}"
+        chosen = comparison["bootstrap"] or comparison["t"]  # the wider evidence, if kept
+        row[f"{name} n={comparison['budget']} ΔmIoU (95% CI)"] = interval(chosen)
     labels = results.get("labels") or {}
     localization = labels.get("localization") or {}
     for name in LOCALIZATION_ORDER:
@@ -247,7 +254,13 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
 
 
 #: Columns the terminal table keeps besides the varied keys (the files keep all).
-TERMINAL_COLUMNS = ("mIoU", "labels pointing_game", "labels iou", "labels images/s")
+TERMINAL_COLUMNS = (
+    "mIoU",
+    "ΔmIoU (95% CI)",
+    "labels pointing_game",
+    "labels iou",
+    "labels images/s",
+)
 
 
 def rich_ablation_table(rows: Sequence[Mapping[str, Any]], varied: Sequence[str]) -> Any:

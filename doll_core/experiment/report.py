@@ -18,7 +18,13 @@ from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
 from doll_core.experiment.config import ReportSection
 from doll_core.plotting import pyplot, save_figure
-from doll_core.segmentation.compare import save_curves
+from doll_core.segmentation.compare import (
+    CONVERGENCE_FRACTION,
+    REFERENCE_INIT,
+    differences_table,
+    interval,
+    save_curves,
+)
 
 #: overlay images when a recorded experiment does not say (one written before 0.2)
 OVERLAY_IMAGES = ReportSection.model_fields["overlay_images"].default
@@ -56,9 +62,31 @@ def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             "miou_std": row["test_miou_std"] if row["seeds"] > 1 else None,
             "dice": row["test_mdice"],
             "dice_std": row["test_mdice_std"] if row["seeds"] > 1 else None,
+            "val_curve_area": row.get("val_curve_area"),
+            "val_curve_area_std": row.get("val_curve_area_std") if row["seeds"] > 1 else None,
+            "steps_to_target": row.get("steps_to_target"),
+            "reached_target": row.get("reached_target"),
         }
         for row in results["finetune"]["summary"]
     ]
+
+
+#: the convergence column's heading
+TARGET = f"step to {CONVERGENCE_FRACTION:.0%} of {REFERENCE_INIT}'s best (seeds reaching)"
+
+
+def steps_cell(row: Mapping[str, Any]) -> str:
+    """``120 (3/3)``: mean step at which the seeds reached the target, and how many did."""
+    if row.get("reached_target") is None:
+        return "-"
+    mean = row.get("steps_to_target")
+    shown = "never" if mean is None else f"{mean:.0f}"
+    return f"{shown} ({row['reached_target']}/{row['seeds']})"
+
+
+def comparisons_of(results: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
+    """The paired comparisons of ``task`` in a run's results (none in one before 0.2)."""
+    return [c for c in results["finetune"].get("comparisons", []) if c["task"] == task]
 
 
 def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -80,15 +108,21 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         lines += [
             f"## {task}: test mIoU / Dice (mean ± std over seeds)",
             "",
-            "| init | labelled images | seeds | mIoU | Dice |",
-            "|---|---|---|---|---|",
+            f"| init | labelled images | seeds | mIoU | Dice | validation curve area | {TARGET} |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in (r for r in rows if r["task"] == task):
             lines.append(
                 f"| {row['init']} | {row['budget']} ({row['train_images']}) | {row['seeds']} | "
                 f"{mean_std(row['miou'], row['miou_std'])} | "
-                f"{mean_std(row['dice'], row['dice_std'])} |"
+                f"{mean_std(row['dice'], row['dice_std'])} | "
+                f"{mean_std(row['val_curve_area'], row['val_curve_area_std'])} | "
+                f"{steps_cell(row)} |"
             )
+        comparisons = comparisons_of(results, task)
+        if comparisons:
+            lines += ["", f"Paired differences of test mIoU ({task}):", ""]
+            lines += differences_table(comparisons)
         lines.append("")
     labels = results.get("labels")
     if labels:
@@ -135,13 +169,16 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 
 def rich_table(results: Mapping[str, Any]) -> Any:
-    """The downstream scores as a :class:`rich.table.Table`."""
+    """The downstream scores, convergence and paired differences as rich tables (one
+    :class:`rich.console.Group`)."""
+    from rich.console import Group
     from rich.table import Table
 
     table = Table(title=f"{results['experiment']}: test scores (mean ± std over seeds)")
-    for column in ("task", "init", "labelled", "seeds", "mIoU", "Dice"):
+    for column in ("task", "init", "labelled", "seeds", "mIoU", "Dice", "val area", TARGET):
         table.add_column(column, justify="left" if column in ("task", "init") else "right")
-    for row in summary_rows(results):
+    rows = summary_rows(results)
+    for row in rows:
         table.add_row(
             row["task"],
             row["init"],
@@ -149,8 +186,23 @@ def rich_table(results: Mapping[str, Any]) -> Any:
             str(row["seeds"]),
             mean_std(row["miou"], row["miou_std"]),
             mean_std(row["dice"], row["dice_std"]),
+            mean_std(row["val_curve_area"], row["val_curve_area_std"]),
+            steps_cell(row),
         )
-    return table
+    differences = Table(title="paired differences of test mIoU, 95% CIs")
+    for column in ("task", "labelled", "difference", "seeds", "paired t", "bootstrap"):
+        differences.add_column(column, justify="left" if column == "task" else "right")
+    for task in dict.fromkeys(row["task"] for row in rows):
+        for row in comparisons_of(results, task):
+            differences.add_row(
+                task,
+                str(row["budget"]),
+                f"{row['treated']} - {row['control']}",
+                str(row["seeds"]),
+                interval(row["t"]),
+                interval(row["bootstrap"]),
+            )
+    return Group(table, differences) if differences.row_count else table
 
 
 def save_localization_chart(scores: Mapping[str, Mapping[str, Any]], out: Path) -> Path:

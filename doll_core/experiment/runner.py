@@ -33,7 +33,7 @@ from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, 
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.registry import Registry, get_registry
-from doll_core.segmentation.compare import summarise_runs
+from doll_core.segmentation.compare import paired_comparisons, summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
 from doll_core.training.config import ClassifierTrainingConfig
 from doll_core.training.distributed import (
@@ -292,6 +292,7 @@ def finetune_stage(
         "test_mdice": test["mdice"],
         "test_iou": test.get("iou", {}),
         "test_dice": test.get("dice", {}),
+        "test_per_image": test.get("per_image"),
         "train_images": record.info["train_images"],
         "curve": record.info["curve"],
         "seconds": record.seconds,
@@ -336,7 +337,11 @@ def run_stages(
         "labels_folder": str(labels.folder / "labels") if labels is not None else None,
         "phantom": str(sources.phantom_root) if sources.phantom_root else None,
         "pretrain": upstream["doll"].info if "doll" in upstream else None,
-        "finetune": {"runs": runs, "summary": summarise_runs(runs, ("task", "init", "budget"))},
+        "finetune": {
+            "runs": runs,
+            "summary": summarise_runs(runs, ("task", "init", "budget")),
+            "comparisons": paired_comparisons(runs, ("task", "budget")),
+        },
         "stages": [record.to_dict() for record in cache.records],
         "stage_seconds": stage_seconds(cache.records),
     }

@@ -11,7 +11,9 @@ no score (nan) and is left out of the means. Pixels of weight 0 (a reader's
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,6 +25,8 @@ class SegmentationScores:
     """Running sums per class; :meth:`update` with each batch, then read the scores."""
 
     classes: list[str]
+    #: per image (when :meth:`update` is given ids): ``(id, intersection [K], union [K])``
+    images: list[tuple[str, list[float], list[float]]] = field(init=False)
     intersection: torch.Tensor = field(init=False)
     union: torch.Tensor = field(init=False)
     predicted: torch.Tensor = field(init=False)
@@ -32,12 +36,19 @@ class SegmentationScores:
         zeros = torch.zeros(len(self.classes), dtype=torch.float64)
         self.intersection, self.union = zeros.clone(), zeros.clone()
         self.predicted, self.truth = zeros.clone(), zeros.clone()
+        self.images = []
 
     def update(
-        self, prediction: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor | None = None
+        self,
+        prediction: torch.Tensor,
+        truth: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        ids: Sequence[str] | None = None,
     ) -> None:
         """:param prediction: / :param truth: bool ``[B, K, H, W]``, K = ``len(classes)``.
         :param weight: ``[B, K, H, W]``; pixels where it is 0 are left out (default: none).
+        :param ids: the B images' ids, to keep their own sums in :attr:`images` (for
+            bootstrap intervals over images; default: not kept).
 
         :raises DollError: when the shapes differ or are not that: broadcasting one
             against the other would give scores of the wrong pixels or classes.
@@ -63,15 +74,35 @@ class SegmentationScores:
                 )
             kept = weight > 0
             p, t = p & kept, t & kept
+        per_intersection = (p & t).sum(dim=(2, 3)).double().cpu()
+        per_union = (p | t).sum(dim=(2, 3)).double().cpu()
+        if ids is not None:
+            if len(ids) != p.shape[0]:
+                raise DollError(f"segmentation scores: {len(ids)} ids for {p.shape[0]} images")
+            for index, image_id in enumerate(ids):
+                sums = (per_intersection[index].tolist(), per_union[index].tolist())
+                self.images.append((str(image_id), *sums))
         dims = (0, 2, 3)
-        self.intersection += (p & t).sum(dim=dims).double().cpu()
-        self.union += (p | t).sum(dim=dims).double().cpu()
+        self.intersection += per_intersection.sum(dim=0)
+        self.union += per_union.sum(dim=0)
         self.predicted += p.sum(dim=dims).double().cpu()
         self.truth += t.sum(dim=dims).double().cpu()
 
     def merge(self, other: SegmentationScores) -> None:
         for name in ("intersection", "union", "predicted", "truth"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.images += other.images
+
+    def per_image(self) -> dict[str, list[Any]]:
+        """The kept per-image sums, sorted by id: ``ids``, ``intersection`` and ``union``
+        (``[N][K]`` pixel counts), what :func:`doll_core.metrics.paired.paired_bootstrap_interval`
+        resamples."""
+        ordered = sorted(self.images)
+        return {
+            "ids": [image_id for image_id, _, _ in ordered],
+            "intersection": [i for _, i, _ in ordered],
+            "union": [u for _, _, u in ordered],
+        }
 
     def iou(self) -> list[float]:
         return [

@@ -1,6 +1,17 @@
 """The paper's comparison: fine-tune from ``random``, ``classifier`` and ``doll``
-initialisation with several label budgets and seeds, and report mean ± std test mIoU
-and the validation convergence curves."""
+initialisation with several label budgets and seeds, and report mean ± std test mIoU,
+the paired differences of ``doll`` against every other init with 95% intervals, the
+convergence figures, and the validation curves.
+
+Runs of one task and budget are paired by seed: a seed draws the same labelled subset,
+data order and test images whatever the init. :func:`paired_comparisons` gives, for
+``doll`` - each other init, the mean difference of test mIoU with a paired t interval over
+seeds and a paired bootstrap interval over seeds and test images
+(:mod:`doll_core.metrics.paired`). :func:`summarise_runs` adds the convergence figures the
+paper claims: the validation curve's area (its mean height over the steps,
+:func:`~doll_core.metrics.paired.curve_area`) and the first step at which a run reaches
+:data:`CONVERGENCE_FRACTION` of the best validation mIoU of ``random`` with the same seed.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +21,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
 from doll_core.errors import DollError
+from doll_core.metrics.paired import (
+    curve_area,
+    first_step_reaching,
+    paired_bootstrap_interval,
+    paired_t_interval,
+)
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.finetune import finetune
+
+#: the init every paired comparison is about, and the one whose best sets the target
+TREATED_INIT = "doll"
+REFERENCE_INIT = "random"
+#: a run has converged when its validation mIoU reaches this fraction of the reference's best
+CONVERGENCE_FRACTION = 0.95
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -65,21 +90,26 @@ def compare_initialisations(
                         "test_mdice": result["test"]["mdice"],
                         "curve": result["curve"],
                         "train_images": result["train_images"],
+                        "test_per_image": result["test"].get("per_image"),
                     }
                 )
                 if progress is not None:
                     progress(f"{name}: test mIoU {result['test']['miou']:.4f}")
     summary = summarise_runs(runs, ("init", "budget"))
-    report = {"runs": runs, "summary": summary}
+    comparisons = paired_comparisons(runs, ("budget",))
+    report = {"runs": runs, "summary": summary, "comparisons": comparisons}
     atomic_write_text(out / "comparison.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "comparison.md", comparison_table(summary))
+    atomic_write_text(out / "comparison.md", comparison_table(summary, comparisons))
     save_curves(runs, out / "curves.png")
     return report
 
 
 def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Mean ± std of test mIoU and mDice over the seeds of each group of ``runs`` that
-    share the values of ``keys`` (groups in order of first appearance)."""
+    share the values of ``keys`` (groups in order of first appearance), with the
+    convergence figures (see the module): ``val_curve_area`` (mean ± std) and, where the
+    reference init ran with the same seeds, ``steps_to_target`` (mean over the seeds
+    that reached it) and ``reached_target`` (how many did)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run[key] for key in keys), []).append(run)
@@ -87,21 +117,120 @@ def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[
     for values, chosen in groups.items():
         miou, miou_std = _mean_std([r["test_miou"] for r in chosen])
         dice, dice_std = _mean_std([r["test_mdice"] for r in chosen])
-        summary.append(
-            {
-                **dict(zip(keys, values, strict=True)),
-                "train_images": chosen[0]["train_images"],
-                "seeds": len(chosen),
-                "test_miou": miou,
-                "test_miou_std": miou_std,
-                "test_mdice": dice,
-                "test_mdice_std": dice_std,
-            }
-        )
+        area, area_std = _mean_std([curve_area(r["curve"]) for r in chosen])
+        row = {
+            **dict(zip(keys, values, strict=True)),
+            "train_images": chosen[0]["train_images"],
+            "seeds": len(chosen),
+            "test_miou": miou,
+            "test_miou_std": miou_std,
+            "test_mdice": dice,
+            "test_mdice_std": dice_std,
+            "val_curve_area": area,
+            "val_curve_area_std": area_std,
+        }
+        summary.append(row | _convergence(chosen, runs, keys))
     return summary
 
 
-def comparison_table(summary: Sequence[dict[str, Any]]) -> str:
+def _same_setting(run: dict[str, Any], other: dict[str, Any], keys: Sequence[str]) -> bool:
+    """Do two runs share every key but the init (and the seed)?"""
+    return all(run[key] == other[key] for key in keys if key != "init")
+
+
+def _convergence(
+    chosen: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> dict[str, Any]:
+    if "init" not in keys:
+        return {}
+    references = {
+        r["seed"]: r
+        for r in runs
+        if r["init"] == REFERENCE_INIT and _same_setting(r, chosen[0], keys)
+    }
+    paired = [r for r in chosen if r["seed"] in references and references[r["seed"]]["curve"]]
+    if not paired:
+        return {}
+    steps = []
+    for run in paired:
+        best = max(point["val_miou"] for point in references[run["seed"]]["curve"])
+        steps.append(first_step_reaching(run["curve"], CONVERGENCE_FRACTION * best))
+    reached = [step for step in steps if step is not None]
+    return {
+        "steps_to_target": statistics.fmean(reached) if reached else None,
+        "reached_target": len(reached),
+    }
+
+
+def paired_comparisons(
+    runs: Sequence[dict[str, Any]], keys: Sequence[str], *, resamples: int = 2000
+) -> list[dict[str, Any]]:
+    """``doll`` - every other init, per group of ``keys`` (without ``init``): test mIoU's
+    mean difference over the seeds both ran, with a paired t interval (``t``) and, when
+    every paired run kept its test images' sums (the same images), a paired bootstrap
+    interval over seeds and images (``bootstrap``; else ``None``)."""
+    groups: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}
+    for run in runs:
+        by_init = groups.setdefault(tuple(run[key] for key in keys), {})
+        by_init.setdefault(run["init"], {})[run["seed"]] = run
+    comparisons = []
+    for values, by_init in groups.items():
+        treated = by_init.get(TREATED_INIT)
+        if treated is None:
+            continue
+        for control_init, control in by_init.items():
+            seeds = sorted(set(treated) & set(control))
+            if control_init == TREATED_INIT or not seeds:
+                continue
+            pairs = [(treated[s], control[s]) for s in seeds]
+            comparisons.append(
+                {
+                    **dict(zip(keys, values, strict=True)),
+                    "treated": TREATED_INIT,
+                    "control": control_init,
+                    "seeds": len(seeds),
+                    "t": paired_t_interval(
+                        [a["test_miou"] for a, _ in pairs], [b["test_miou"] for _, b in pairs]
+                    ),
+                    "bootstrap": _bootstrap(pairs, resamples),
+                }
+            )
+    return comparisons
+
+
+def _bootstrap(
+    pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], resamples: int
+) -> dict[str, Any] | None:
+    found = [run.get("test_per_image") for pair in pairs for run in pair]
+    tables = [table for table in found if table]
+    if len(tables) != len(found):
+        return None
+    ids = tables[0]["ids"]
+    if any(table["ids"] != ids for table in tables) or not ids:
+        return None
+
+    def sums(table: dict[str, Any]) -> np.ndarray:  # [N, 2, K]
+        return np.stack([np.asarray(table["intersection"]), np.asarray(table["union"])], axis=1)
+
+    treated = np.stack([sums(a["test_per_image"]) for a, _ in pairs])
+    control = np.stack([sums(b["test_per_image"]) for _, b in pairs])
+    return paired_bootstrap_interval(treated, control, resamples=resamples)
+
+
+def interval(result: dict[str, Any] | None, digits: int = 3) -> str:
+    """``+0.012 [-0.004, +0.028]``; the mean alone without an interval, ``-`` without any."""
+    if result is None:
+        return "-"
+    mean = f"{result['mean']:+.{digits}f}"
+    if result.get("low") is None:
+        return mean
+    return f"{mean} [{result['low']:+.{digits}f}, {result['high']:+.{digits}f}]"
+
+
+def comparison_table(
+    summary: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]] = ()
+) -> str:
+    """Mean ± std test mIoU per init and budget, then the paired differences."""
     budgets = list(dict.fromkeys(row["budget"] for row in summary))
     inits = list(dict.fromkeys(row["init"] for row in summary))
     images = {row["budget"]: row["train_images"] for row in summary}
@@ -113,7 +242,27 @@ def comparison_table(summary: Sequence[dict[str, Any]]) -> str:
             row = next(r for r in summary if r["init"] == init and r["budget"] == budget)
             cells.append(f"{row['test_miou']:.3f} ± {row['test_miou_std']:.3f}")
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    if comparisons:
+        lines += ["", *differences_table(comparisons)]
     return "\n".join(lines) + "\n"
+
+
+def differences_table(comparisons: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one row per comparison (its budget), mean difference of test mIoU
+    with both 95% intervals."""
+    lines = [
+        "| labels | difference | seeds | mean, 95% CI paired t over seeds | "
+        "95% CI paired bootstrap over seeds and test images |",
+        "|---|---|---|---|---|",
+    ]
+    for row in comparisons:
+        bootstrap = row["bootstrap"]
+        lines.append(
+            f"| {row['budget']} | {row['treated']} - {row['control']} | {row['seeds']} | "
+            f"{interval(row['t'])} | "
+            f"{interval(bootstrap) if bootstrap else 'no per-image sums'} |"
+        )
+    return lines
 
 
 def save_curves(runs: Sequence[dict[str, Any]], out: Path) -> None:

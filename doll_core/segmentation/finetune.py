@@ -256,9 +256,11 @@ class FinetuneTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(
-        self, dataset: Any, model: torch.nn.Module
+        self, dataset: Any, model: torch.nn.Module, *, per_image: bool = False
     ) -> tuple[dict[str, Any], list[SkippedSample]]:
-        """Dataset-level IoU and Dice (see :mod:`doll_core.metrics.segmentation`)."""
+        """Dataset-level IoU and Dice (see :mod:`doll_core.metrics.segmentation`); with
+        ``per_image``, also every image's sums under ``"per_image"``
+        (:meth:`~doll_core.metrics.segmentation.SegmentationScores.per_image`)."""
         model.eval()
         shard = Subset(
             dataset, list(range(self.context.rank, len(dataset), self.context.world_size))
@@ -274,11 +276,15 @@ class FinetuneTrainer(Trainer):
             with self.autocast():
                 logits = model(self.to_device(batch["image"], image=True)).float()
             weight = self.to_device(batch["mask_weight"]) if "mask_weight" in batch else None
-            scores.update(logits > 0, self.to_device(batch["mask"]) > 0.5, weight)
+            ids = batch["id"] if per_image else None
+            scores.update(logits > 0, self.to_device(batch["mask"]) > 0.5, weight, ids)
         total = SegmentationScores(self.classes)
         for part in all_gather_objects(self.context, scores):
             total.merge(part)
-        return total.summary(), skipped
+        summary = total.summary()
+        if per_image:
+            summary["per_image"] = total.per_image()
+        return summary, skipped
 
     def validate(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -333,7 +339,7 @@ def finetune(
     trainer.context = DistributedContext()  # the process group is gone: test locally
     best, _ = load_segmenter(out / "best.pt", registry)
     best = best.to(trainer.device)
-    test, test_skipped = trainer.evaluate(trainer.test_set, best)
+    test, test_skipped = trainer.evaluate(trainer.test_set, best, per_image=True)
     result = {
         "test": test,
         "skipped": [s.__dict__ for s in test_skipped],  # unreadable test images
