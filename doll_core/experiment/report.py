@@ -174,8 +174,11 @@ def rich_table(results: Mapping[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=f"{results['experiment']}: test scores (mean ± std over seeds)")
-    for column in ("task", "init", "labelled", "seeds", "mIoU", "Dice", "val area", TARGET):
+    table = Table(
+        title=f"{results['experiment']}: test scores (mean ± std over seeds)",
+        caption=f"val area: the validation mIoU curve's mean height; to target: {TARGET}",
+    )
+    for column in ("task", "init", "labelled", "seeds", "mIoU", "Dice", "val area", "to target"):
         table.add_column(column, justify="left" if column in ("task", "init") else "right")
     rows = summary_rows(results)
     for row in rows:
