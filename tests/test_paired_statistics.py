@@ -92,6 +92,7 @@ def test_curve_area_and_first_step_reaching() -> None:
     # trapezoids: 10 x 0.4 + 20 x 0.6 = 16, over 30 steps
     assert curve_area(curve) == pytest.approx(16 / 30)
     assert curve_area(curve[:1]) == 0.2
+    assert math.isnan(curve_area([]))  # a stage not run yet (doctor's plan)
     assert first_step_reaching(curve, 0.57) == 20
     assert first_step_reaching(curve, 0.7) is None
 

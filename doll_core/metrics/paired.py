@@ -126,7 +126,9 @@ def paired_bootstrap_interval(
 def curve_area(curve: Sequence[dict[str, Any]], key: str = "val_miou") -> float:
     """The area under a validation curve (``[{"step", key}, ...]``) by the trapezoid rule,
     divided by its span of steps: the curve's mean height, 1.0 for a run at 1.0 from its
-    first evaluation. A single point is its own height."""
+    first evaluation. A single point is its own height; an empty curve has none (nan)."""
+    if not curve:
+        return math.nan
     steps = [float(point["step"]) for point in curve]
     values = [float(point[key]) for point in curve]
     if len(curve) == 1:
