@@ -30,23 +30,30 @@ MAX_COUNTED_VALUES = 64
 
 
 def mask_values(image: Image.Image) -> np.ndarray:
-    """The value of every pixel of an opened mask file (see the module): ``int64 [H, W]``."""
+    """The value of every pixel of an opened mask file (see the module): ``[H, W]`` in
+    the file's own integer type (uint8 for 8-bit and colour files, uint16 for ``I;16``),
+    so that a large mask is not copied into a wider one."""
     if image.mode == "1":
-        return np.asarray(image, dtype=np.int64) * 255
+        return np.asarray(image, dtype=np.uint8) * np.uint8(255)
     if image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image).astype(np.int64)
+        return np.asarray(image)
     if image.mode == "LA":
-        values = np.asarray(image.getchannel("L")).astype(np.int64)
-        return np.where(np.asarray(image.getchannel("A")) > 0, values, 0)
+        values = np.asarray(image.getchannel("L"))
+        return np.where(np.asarray(image.getchannel("A")) > 0, values, np.uint8(0))
     rgba = image.convert("RGBA")
-    values = np.asarray(rgba.convert("L")).astype(np.int64)
-    return np.where(np.asarray(rgba.getchannel("A")) > 0, values, 0)
+    values = np.asarray(rgba.convert("L"))
+    return np.where(np.asarray(rgba.getchannel("A")) > 0, values, np.uint8(0))
 
 
 def value_counts(values: np.ndarray) -> dict[str, int]:
-    """``{value: pixels}`` of an ``int64 [H, W]`` value map, as strings for JSON: the
+    """``{value: pixels}`` of an integer ``[H, W]`` value map, as strings for JSON: the
     :data:`MAX_COUNTED_VALUES` most frequent ones, and the rest under ``"other"``."""
-    found, counts = np.unique(values, return_counts=True)
+    if values.dtype in (np.uint8, np.uint16):  # a histogram: no sort of every pixel
+        histogram = np.bincount(values.ravel(), minlength=1)
+        found = np.flatnonzero(histogram)
+        counts = histogram[found]
+    else:
+        found, counts = np.unique(values, return_counts=True)
     order = np.argsort(-counts, kind="stable")
     kept = sorted(order[:MAX_COUNTED_VALUES].tolist())
     table = {str(int(found[i])): int(counts[i]) for i in kept}
@@ -115,11 +122,26 @@ class MaskRule:
         """Does the rule leave any value out (so samples carry ``mask_weight``)?"""
         return bool(self.ignore_values)
 
+    def check_index_masks(self, reader: str = "") -> None:
+        """:raises DollError: (prefixed ``reader: ``) when the rule names foreground values,
+        which index masks do not take."""
+        if self.foreground_values is not None:
+            raise DollError(
+                f"{reader + ': ' if reader else ''}foreground_values applies to binary masks; "
+                "an index mask's classes are its values 1..K (set ignore_values for values "
+                "to leave out)"
+            )
+
+    def _ignored(self, values: np.ndarray) -> np.ndarray:
+        if not self.ignore_values:
+            return np.zeros(values.shape, dtype=bool)
+        return np.isin(values, self.ignore_values)
+
     def read(self, path: str | Path) -> MaskRead:
         """Read a binary mask file by this rule."""
         image = open_mask_file(Path(path))
         values = mask_values(image)
-        ignored = np.isin(values, self.ignore_values)
+        ignored = self._ignored(values)
         if self.foreground_values is None:
             foreground = mask_from_image(image)
         else:
@@ -128,22 +150,18 @@ class MaskRule:
 
     def read_index(self, path: str | Path, classes: int) -> tuple[np.ndarray, MaskRead]:
         """Read an index mask (value ``k`` in ``1..classes`` = class ``k``, 0 background,
-        ``ignore_values`` left out): ``int64 [H, W]`` values and the read, whose
+        ``ignore_values`` left out): integer ``[H, W]`` values and the read, whose
         ``foreground`` is any class.
 
         :raises ImageReadError: when a value that is not ignored exceeds ``classes``, or
             the file has several channels.
         """
-        if self.foreground_values is not None:
-            raise DollError(
-                "foreground_values applies to binary masks; an index mask's classes are its "
-                "values 1..K (set ignore_values for values to leave out)"
-            )
+        self.check_index_masks()
         image = open_mask_file(Path(path))
         if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"):
             raise ImageReadError(path, "an index mask must have one channel, this one has several")
         values = mask_values(image) // (255 if image.mode == "1" else 1)
-        ignored = np.isin(values, self.ignore_values)
+        ignored = self._ignored(values)
         kept = values[~ignored]
         if kept.size and int(kept.max()) > classes:
             raise ImageReadError(

@@ -79,11 +79,7 @@ class SegFolder(ImageDataset):
                     "with classes=[...] (value 1 = first class), or set layout = 'binary' "
                     "for binary masks of one class"
                 )
-            if foreground_values is not None:
-                raise DollError(
-                    "segfolder: foreground_values applies to binary masks; index masks name "
-                    "their classes by the values 1..K"
-                )
+            self.rule.check_index_masks("segfolder")
             self.classes = list(classes)
             self._mask_dirs = {"": self.mask_dir}
         elif chosen == "binary":
