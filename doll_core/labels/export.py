@@ -54,7 +54,12 @@ def binary_label(
     label: torch.Tensor, size: tuple[int, int], threshold: float = EXPORT_THRESHOLD
 ) -> np.ndarray:
     """bool ``[H, W]`` of one uint8 label ``[R, R]`` at ``size`` (module docstring)."""
-    soft = resize_map(label.float() / 255, size)
+    return binarised(resize_map(label.float() / 255, size), threshold)
+
+
+def binarised(soft: torch.Tensor, threshold: float = EXPORT_THRESHOLD) -> np.ndarray:
+    """bool ``[H, W]`` of a label already resized, as values in ``[0, 1]``: ``>=
+    threshold`` and above 0."""
     return ((soft >= threshold) & (soft > 0)).numpy()
 
 

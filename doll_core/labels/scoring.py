@@ -13,7 +13,7 @@ from doll_core.data.imageio import read_mask, resize_mask
 from doll_core.groundtruth.matching import match_ids
 from doll_core.groundtruth.scoring import ScoreTable, score_map
 from doll_core.groundtruth.truth import GroundTruth
-from doll_core.labels.export import EXPORT_THRESHOLD, binary_label
+from doll_core.labels.export import EXPORT_THRESHOLD, binarised
 from doll_core.labels.store import LabelStore
 from doll_core.metrics.chexlocalize import resize_map
 from doll_core.metrics.localization import LOCALIZATION_METRICS, nanmean, nanstd
@@ -75,7 +75,7 @@ def score_store_against(
             true = truth.mask(image_id, observation)
             size = (int(true.shape[0]), int(true.shape[1]))
             soft = resize_map(maps[k].float() / 255, size)
-            binary = binary_label(maps[k], size, threshold)
+            binary = binarised(soft, threshold)  # from the one resize above
             table.add(observation, score_map(soft, true, binary, binary))
     return {
         "truth": truth.source,
