@@ -46,16 +46,11 @@ from pydicom.pixels import (
     pixel_array,
 )
 
-from doll_core.data.imageio import ImageReadError
+from doll_core.data.imageio import DICOM_SUFFIXES, ImageReadError, as_channels
 
-#: File names that say DICOM; :data:`~doll_plugins.datasets.masks.IMAGE_EXTENSIONS` lists
-#: them, but the content decides (:func:`is_dicom`).
-DICOM_SUFFIXES = (".dcm", ".dicom")
 #: The marker of a DICOM file (PS3.10 7.1): a 128-byte preamble, then these four bytes.
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
-#: ITU-R 601 luma, the weights PIL's ``convert("L")`` and ``pil_to_array`` use.
-LUMA_601 = (0.299, 0.587, 0.114)
 #: The install that brings the decoders of compressed transfer syntaxes (pylibjpeg).
 DICOM_EXTRA = 'pip install "doll[dicom]"'
 
@@ -109,7 +104,7 @@ def read_dicom(path: str | Path, *, grayscale: bool) -> np.ndarray:
             f"sample(s) per pixel is not read; DICOM images must be grey ({', '.join(GREY)}, "
             f"1 sample) or colour ({', '.join(COLOUR)}, 3 samples)",
         )
-    return _as_channels(channels, grayscale=grayscale)
+    return as_channels(channels, grayscale=grayscale)
 
 
 def not_dicom_either(error: ImageReadError) -> ImageReadError:
@@ -249,14 +244,3 @@ def _colour(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     """Stored RGB ``[H, W, 3]`` -> ``float32 [3, H, W]`` in ``[0, 1]`` (stored range)."""
     scaled = _to_unit(stored.astype(np.float64), (0.0, float(2 ** int(ds.BitsStored) - 1)))
     return scaled.transpose(2, 0, 1).astype(np.float32)
-
-
-def _as_channels(channels: np.ndarray, *, grayscale: bool) -> np.ndarray:
-    """``float32 [1 or 3, H, W]`` -> ``[1, H, W]`` (luma) if ``grayscale`` else ``[3, H, W]``
-    (grey repeated)."""
-    if grayscale and channels.shape[0] == 3:
-        weights = np.array(LUMA_601, dtype=np.float32)[:, None, None]
-        channels = (channels * weights).sum(axis=0, keepdims=True)
-    elif not grayscale and channels.shape[0] == 1:
-        channels = np.repeat(channels, 3, axis=0)
-    return np.ascontiguousarray(channels, dtype=np.float32)

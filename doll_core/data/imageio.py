@@ -29,6 +29,13 @@ from torch.nn import functional
 
 from doll_core.errors import DollError
 
+#: ITU-R 601 luma, the weights PIL's ``convert("L")`` uses: every colour file's grey.
+LUMA_601 = (0.299, 0.587, 0.114)
+#: File names that say DICOM (the content decides: :func:`doll_core.data.dicom.is_dicom`).
+DICOM_SUFFIXES = (".dcm", ".dicom")
+#: What the readers list as images; a file's content, not its name, decides how it is read.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *DICOM_SUFFIXES)
+
 #: JSRT: headerless 2048 x 2048 big-endian unsigned 16-bit pixels holding 12-bit values,
 #: where high values are dark (film density).
 JSRT_SHAPE = (2048, 2048)
@@ -101,9 +108,14 @@ def pil_to_array(image: Image.Image, *, grayscale: bool) -> np.ndarray:
             image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
         values = np.asarray(image, dtype=np.float32) / 255.0
         channels = values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
+    return as_channels(channels, grayscale=grayscale)
+
+
+def as_channels(channels: np.ndarray, *, grayscale: bool) -> np.ndarray:
+    """``float32 [1 or 3, H, W]`` -> ``[1, H, W]`` (:data:`LUMA_601`) if ``grayscale``,
+    else ``[3, H, W]`` (grey repeated)."""
     if grayscale and channels.shape[0] == 3:
-        # ITU-R 601 luma, the weights PIL's convert("L") uses
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        weights = np.array(LUMA_601, dtype=np.float32)[:, None, None]
         channels = (channels * weights).sum(axis=0, keepdims=True)
     elif not grayscale and channels.shape[0] == 1:
         channels = np.repeat(channels, 3, axis=0)

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from doll_core.data.imageio import IMAGE_EXTENSIONS
 from doll_core.data.paths import resolves_inside
 from doll_core.errors import DollError
 from doll_core.groundtruth.truth import GroundTruth
@@ -49,14 +50,13 @@ def match_ids(ids: Iterable[str], truth: GroundTruth) -> dict[str, str]:
     return matched
 
 
-#: Files that :func:`find_images` takes for images (as the mask readers' extensions).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-
-
 def find_images(folder: Path, truth: GroundTruth) -> dict[str, Path]:
     """``{ground-truth id: image file}``: the files under ``folder`` (searched recursively,
     symbolic links that lead outside it refused) whose path relative to ``folder``
     matches an image of ``truth`` (module docstring).
+
+    Images are the files the dataset readers list
+    (:data:`~doll_core.data.imageio.IMAGE_EXTENSIONS`, DICOM included).
 
     :raises DollError: when ``folder`` is not a folder, or two files match one image.
     """

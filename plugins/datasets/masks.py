@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from doll_core.data.dicom import DICOM_SUFFIXES
 from doll_core.data.imageio import (
+    IMAGE_EXTENSIONS,
     ImageFacts,
     ImageReadError,
     read_image_and_facts,
@@ -35,8 +35,6 @@ from doll_core.data.maskrule import MaskRead, MaskRule
 from doll_core.data.paths import resolves_inside
 from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
 
-#: what a reader lists as images; a file's content, not its name, decides how it is read
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *DICOM_SUFFIXES)
 #: ``doll data inspect`` counts an image as annotated in colour when at least this
 #: fraction of its pixels is coloured (a JPEG's chroma noise stays far below it).
 ANNOTATED_COLOUR_FRACTION = 5e-4
