@@ -378,3 +378,35 @@ def test_doll_run_under_torchrun_with_two_gloo_processes(
 def test_a_budget_below_one_image_is_named_by_its_key() -> None:
     with pytest.raises(DollError, match=r"finetune\.budgets\.0"):
         validate_experiment(_document(**{"finetune.budgets": "[0]"}))
+
+
+def test_finding_contrast_enters_the_phantom_key_only_away_from_its_default(
+    tiny_experiment: Path,
+) -> None:
+    """Phantom stages written before ``finding_contrast`` existed keep their key."""
+    from types import SimpleNamespace
+
+    from doll_core.experiment.runner import data_sources
+
+    class Recorded(Exception):
+        pass
+
+    def keyed_settings(overrides: list[str]) -> dict[str, Any]:
+        experiment, _ = load_experiment(tiny_experiment, overrides)
+        seen: dict[str, Any] = {}
+
+        def run(kind: str, label: str, settings: dict[str, Any], *rest: Any, **kw: Any) -> Any:
+            seen.update(settings)
+            raise Recorded
+
+        with pytest.raises(Recorded):
+            data_sources(SimpleNamespace(cache=SimpleNamespace(run=run)), experiment)
+        return seen
+
+    default = keyed_settings([])
+    assert "finding_contrast" not in default and "workers" not in default
+    assert keyed_settings(["data.phantom.finding_contrast=1.0"]) == default
+    assert keyed_settings(["data.phantom.finding_contrast=3.0"]) == {
+        **default,
+        "finding_contrast": 3.0,
+    }

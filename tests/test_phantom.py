@@ -38,6 +38,25 @@ def test_a_mask_is_exactly_the_pixels_its_finding_changed(name: str) -> None:
     assert not (clear & ~with_it.masks[name]).any()
 
 
+def test_finding_contrast_scales_findings_and_nothing_else() -> None:
+    strong = FindingsConfig(contrast=2.5)
+    plain = render_case(np.random.default_rng(5), 64, CONFIG, findings=["Pleural Effusion"])
+    bold = render_case(np.random.default_rng(5), 64, strong, findings=["Pleural Effusion"])
+    for config in (CONFIG, strong):  # anatomy, exposure and noise do not change
+        empty = render_case(np.random.default_rng(5), 64, config, findings=[])
+        np.testing.assert_array_equal(
+            empty.image, render_case(np.random.default_rng(5), 64, CONFIG, findings=[]).image
+        )
+    without = render_case(np.random.default_rng(5), 64, CONFIG, findings=[]).clean
+    weak_change = np.abs(plain.clean - without)
+    bold_change = np.abs(bold.clean - without)
+    mask = plain.masks["Pleural Effusion"]
+    assert bold_change[mask].mean() > 1.5 * weak_change[mask].mean()
+    assert (bold.masks["Pleural Effusion"] >= mask).all()  # a stronger finding covers more
+    with pytest.raises(DollError, match="contrast"):
+        FindingsConfig(contrast=0.0)
+
+
 def test_a_parent_mask_holds_its_childrens_pixels() -> None:
     case = render_case(np.random.default_rng(3), 64, CONFIG, findings=["Pneumonia", "Edema"])
     assert case.findings.present == ("Lung Opacity", "Edema", "Consolidation", "Pneumonia")
@@ -193,10 +212,14 @@ def test_cli_phantom_inspect_and_preview(tmp_path: Path) -> None:
         "48",
         "--seed",
         "1",
+        "--finding-contrast",
+        "2",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "chexpert 7, organs 2, infection 3, jsrt 0 images" in result.stdout
+    manifest = json.loads((out / "PHANTOM.json").read_text())
+    assert manifest["spec"]["findings"]["contrast"] == 2.0
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "pass --overwrite" in again.stderr
 

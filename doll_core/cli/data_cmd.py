@@ -30,10 +30,16 @@ def phantom(
     n_jsrt: int = typer.Option(0, "--n-jsrt", min=0, help="JSRT/SCR-layout images (8 MB each)."),
     size: int = typer.Option(256, "--size", min=32, max=2048, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same phantom."),
+    finding_contrast: float | None = typer.Option(
+        None,
+        "--finding-contrast",
+        help="Factor on every finding's attenuation change; >1 makes findings easier to see.",
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes that render in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom."),
 ) -> None:
     """Write a procedural chest X-ray phantom in the real dataset layouts."""
+    from doll_core.phantom.labels import FindingsConfig
     from doll_core.phantom.writer import PhantomSpec, write_phantom
 
     spec = PhantomSpec(
@@ -44,6 +50,7 @@ def phantom(
         n_jsrt=n_jsrt,
         size=size,
         seed=seed,
+        findings=FindingsConfig(**given(contrast=finding_contrast)),
     )
     with progress_bar() as bar:
         task = bar.add_task("phantom", total=None, info="")

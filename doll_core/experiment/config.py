@@ -61,6 +61,7 @@ from doll_core.configuration import (
 from doll_core.errors import DollError
 from doll_core.experiment.overrides import apply_overrides
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs, LabelSettings
+from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.config import (
     FinetuneConfig,
@@ -110,6 +111,9 @@ class PhantomData(_Section):
     n_infection: int = Field(120, ge=0)
     size: int = Field(128, ge=32, le=2048)
     seed: int = 0
+    finding_contrast: float = Field(
+        FindingsConfig.contrast, gt=0, le=10, description="factor on every finding's change"
+    )
     workers: int = Field(1, ge=1, description="processes; does not change the phantom")
 
 

@@ -32,6 +32,7 @@ from doll_core.digests import sha256_of
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
+from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import paired_comparisons, summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
@@ -113,15 +114,24 @@ def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
         return DataSources(key, data.classification.root, dict(roots), None)
     spec_values = data.phantom.model_dump()
     workers = spec_values.pop("workers")
+    # finding_contrast came after 0.1: at its default it stays out of the stage key, so
+    # phantom stages written before it are reused
+    keyed = {
+        k: v
+        for k, v in spec_values.items()
+        if k != "finding_contrast" or v != FindingsConfig.contrast
+    }
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
         from doll_core.phantom.writer import PhantomSpec, write_phantom
 
-        spec = PhantomSpec(**spec_values)
+        values = dict(spec_values)
+        findings = FindingsConfig(contrast=values.pop("finding_contrast"))
+        spec = PhantomSpec(**values, findings=findings)
         manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
         return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
 
-    record = stages.cache.run("phantom", "phantom", spec_values, {}, work, collective=False)
+    record = stages.cache.run("phantom", "phantom", keyed, {}, work, collective=False)
     root = record.folder / "phantom"
     tasks = {
         name: root / PHANTOM_TASKS[task.phantom]["folder"] if task.phantom else task.root

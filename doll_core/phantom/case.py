@@ -95,7 +95,9 @@ def render_case(
         if findings is None
         else findings_from(set(findings), config)
     )
-    deltas = {name: RENDERERS[name](anatomy, findings_rng) for name in chosen.drawn}
+    deltas = {
+        name: config.contrast * RENDERERS[name](anatomy, findings_rng) for name in chosen.drawn
+    }
     if extra is not None:
         deltas["<extra>"] = extra(anatomy, findings_rng)
     attenuation = anatomy.attenuation()

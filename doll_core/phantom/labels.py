@@ -69,6 +69,8 @@ class FindingsConfig:
     uncertain_negative_rate: float = 0.02
     #: chance that an absent finding is not mentioned (blank)
     blank_rate: float = 0.5
+    #: factor on every drawn finding's attenuation change (1: as drawn; >1: easier to see)
+    contrast: float = 1.0
 
     def __post_init__(self) -> None:
         drawable = set(OBSERVATIONS) - {NO_FINDING}
@@ -90,6 +92,8 @@ class FindingsConfig:
         for label, value in rates.items():
             if not 0.0 <= float(value) <= 1.0:
                 raise DollError(f"{label} must be a probability in [0, 1], got {value!r}")
+        if not 0.0 < float(self.contrast) <= 10.0:
+            raise DollError(f"finding contrast must be in (0, 10], got {self.contrast!r}")
         if self.uncertain_negative_rate + self.blank_rate > 1.0:
             raise DollError("uncertain_negative_rate + blank_rate must not exceed 1")
         for child in self.hierarchy:
