@@ -315,6 +315,7 @@ def test_an_ablation_trains_classifiers_once_and_explains_once_per_explainer(
         ("max", "gradcam"),
     ]
     assert all("organs doll n=3 mIoU" in row for row in rows)
+    assert all(0 <= row["organs doll n=3 best val mIoU"] <= 1 for row in rows)
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert table == ablation_markdown(rows) and "| gradcam |" in table
     assert (tmp_path / "ablation" / "figures" / "labels-overlay.png").is_file()

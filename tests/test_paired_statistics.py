@@ -144,6 +144,10 @@ def test_paired_comparisons_and_convergence_of_runs() -> None:
     assert summary["doll"]["val_curve_area"] == pytest.approx(
         (((0.6 + 0.7) / 2 * 10 + 0.7 * 10) / 20 + ((0.3 + 0.7) / 2 * 10 + 0.75 * 10) / 20) / 2
     )
+    # the best validation mIoU: doll 0.7 and 0.8, random 0.6 and 0.8
+    assert summary["doll"]["best_val_miou"] == pytest.approx(0.75)
+    assert summary["random"]["best_val_miou"] == pytest.approx(0.7)
+    assert summary["random"]["best_val_miou_std"] == pytest.approx(0.1414, abs=1e-4)
     del runs[3]["test_per_image"]  # a run from before per-image sums: t only
     [without] = paired_comparisons(runs, ("task", "budget"))
     assert without["bootstrap"] is None and without["t"]["mean"] == pytest.approx(0.175)

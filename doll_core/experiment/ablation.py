@@ -200,7 +200,8 @@ def headline_init(inits: Sequence[str]) -> str:
 
 def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row: varied values, downstream scores of the headline init (``doll`` where
-    run) per task and budget, its paired differences to the other inits (bootstrap
+    run) per task and budget (test mIoU and Dice, and the best validation mIoU that a
+    choice between grid points is made on), its paired differences to the other inits (bootstrap
     interval where the runs kept per-image sums, else paired t), label localization,
     label images/s, stage seconds."""
     row: dict[str, Any] = {key: _show(value) for key, value in values.items()}
@@ -216,6 +217,10 @@ def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[
             row[f"{prefix} mIoU std"] = round(entry["test_miou_std"], 4) if several else None
             row[f"{prefix} Dice"] = round(entry["test_mdice"], 4)
             row[f"{prefix} Dice std"] = round(entry["test_mdice_std"], 4) if several else None
+            if "best_val_miou" in entry:  # (results written before it was kept lack it)
+                row[f"{prefix} best val mIoU"] = round(entry["best_val_miou"], 4)
+                std = entry["best_val_miou_std"]
+                row[f"{prefix} best val mIoU std"] = round(std, 4) if several else None
     for comparison in results["finetune"].get("comparisons", []):
         name = f"{comparison['task']} {comparison['treated']}-{comparison['control']}"
         chosen = comparison["bootstrap"] or comparison["t"]  # the wider evidence, if kept

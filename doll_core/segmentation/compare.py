@@ -16,6 +16,7 @@ paper claims: the validation curve's area (its mean height over the steps,
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,7 +108,9 @@ def compare_initialisations(
 def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Mean ± std of test mIoU and mDice over the seeds of each group of ``runs`` that
     share the values of ``keys`` (groups in order of first appearance), with the
-    convergence figures (see the module): ``val_curve_area`` (mean ± std) and, where the
+    best validation mIoU of each run (``best_val_miou``, mean ± std: what a choice between
+    settings is made on), the convergence figures (see the module): ``val_curve_area``
+    (mean ± std) and, where the
     reference init ran with the same seeds, ``steps_to_target`` (mean over the seeds
     that reached it) and ``reached_target`` (how many did)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -118,6 +121,7 @@ def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[
         miou, miou_std = _mean_std([r["test_miou"] for r in chosen])
         dice, dice_std = _mean_std([r["test_mdice"] for r in chosen])
         area, area_std = _mean_std([curve_area(r["curve"]) for r in chosen])
+        best, best_std = _mean_std([best_validation(r["curve"]) for r in chosen])
         row = {
             **dict(zip(keys, values, strict=True)),
             "train_images": chosen[0]["train_images"],
@@ -128,9 +132,16 @@ def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[
             "test_mdice_std": dice_std,
             "val_curve_area": area,
             "val_curve_area_std": area_std,
+            "best_val_miou": best,
+            "best_val_miou_std": best_std,
         }
         summary.append(row | _convergence(chosen, runs, keys))
     return summary
+
+
+def best_validation(curve: Sequence[dict[str, Any]], key: str = "val_miou") -> float:
+    """The highest validation score of a curve (nan for an empty one)."""
+    return max((float(point[key]) for point in curve), default=math.nan)
 
 
 def _same_setting(run: dict[str, Any], other: dict[str, Any], keys: Sequence[str]) -> bool:
