@@ -63,6 +63,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+#: devices whose AdamW runs as one fused kernel
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None = full precision)."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
@@ -148,7 +152,11 @@ class Trainer:
         if config.compile:
             self.compiled = CompiledModule(self.trained)
             self.trained = self.compiled
-        self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=config.lr)
+        # the fused kernel: one pass over all tensors (on 2 CPU cores, a U-Net R18 step
+        # spends 10 ms in it instead of 38); values differ from the loop's in the last bits
+        self.optimizer = torch.optim.AdamW(
+            self.parameter_groups(), lr=config.lr, fused=self.device.type in FUSED_ADAMW_DEVICES
+        )
         total = config.epochs * self.steps_per_epoch
         warmup = round(config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
