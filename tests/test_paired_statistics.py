@@ -118,7 +118,7 @@ def _run(init: str, seed: int, miou: float, curve: list[float], images: list[flo
 
 
 def test_paired_comparisons_and_convergence_of_runs() -> None:
-    from doll_core.experiment.report import results_markdown
+    from doll_core.experiment.report import results_markdown, rich_table
     from doll_core.segmentation.compare import paired_comparisons, summarise_runs
 
     runs = [
@@ -153,6 +153,11 @@ def test_paired_comparisons_and_convergence_of_runs() -> None:
     assert without["bootstrap"] is None and without["t"]["mean"] == pytest.approx(0.175)
     results = {
         "experiment": "x",
+        "classifiers": {
+            "resnet18": {"mean_auroc": 0.86912, "best_epoch": 10},
+            "tiny": {"mean_auroc": 0.8, "best_epoch": 8},
+        },
+        "init_classifier": "resnet18",
         "finetune": {
             "runs": runs,
             "summary": summarise_runs(runs, ("task", "init", "budget")),
@@ -161,5 +166,14 @@ def test_paired_comparisons_and_convergence_of_runs() -> None:
         "stages": [],
     }
     text = results_markdown(results)
+    assert (
+        "Classifiers, mean validation AUROC at the best epoch: resnet18 0.869 (epoch 10; "
+        "encoder of the classifier and doll inits); tiny 0.800 (epoch 8)." in text
+    )
     assert "| 8 | doll - random | 2 | +0.175 [" in text and "no per-image sums" in text
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(rich_table(results))
+    assert "resnet18 0.869 (epoch 10; encoder of the classifier" in console.export_text()
     assert "step to 95% of random's best" in text and "20 (2/2)" in text

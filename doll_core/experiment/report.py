@@ -100,9 +100,28 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def classifiers_line(results: Mapping[str, Any]) -> str | None:
+    """The classifiers' mean validation AUROC at their best epoch, naming the one whose
+    encoder starts the ``classifier`` and ``doll`` inits; ``None`` for a run without."""
+    cells = []
+    for name, info in (results.get("classifiers") or {}).items():
+        if info.get("mean_auroc") is None:
+            continue
+        role = "; encoder of the classifier and doll inits"
+        role = role if name == results.get("init_classifier") else ""
+        cells.append(f"{name} {info['mean_auroc']:.3f} (epoch {info.get('best_epoch')}{role})")
+    if not cells:
+        return None
+    return "classifiers, mean validation AUROC at the best epoch: " + "; ".join(cells)
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
-    """Tables of a run: downstream scores per task, label quality, stage times."""
+    """Tables of a run: the classifiers' AUROC, downstream scores per task, label
+    quality, stage times."""
     lines = [f"# {results['experiment']}", ""]
+    classifiers = classifiers_line(results)
+    if classifiers:
+        lines += [classifiers[0].upper() + classifiers[1:] + ".", ""]
     rows = summary_rows(results)
     for task in dict.fromkeys(row["task"] for row in rows):
         lines += [
@@ -169,10 +188,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 
 def rich_table(results: Mapping[str, Any]) -> Any:
-    """The downstream scores, convergence and paired differences as rich tables (one
-    :class:`rich.console.Group`)."""
+    """The downstream scores and convergence, the classifiers' AUROC, and the paired
+    differences, as one :class:`rich.console.Group`."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(
         title=f"{results['experiment']}: test scores (mean ± std over seeds)",
@@ -205,7 +225,13 @@ def rich_table(results: Mapping[str, Any]) -> Any:
                 interval(row["t"]),
                 interval(row["bootstrap"]),
             )
-    return Group(table, differences) if differences.row_count else table
+    parts: list[Any] = [table]
+    classifiers = classifiers_line(results)
+    if classifiers is not None:
+        parts.append(Text(classifiers, style="dim"))
+    if differences.row_count:
+        parts.append(differences)
+    return Group(*parts)
 
 
 def save_localization_chart(scores: Mapping[str, Mapping[str, Any]], out: Path) -> Path:

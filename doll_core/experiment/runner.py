@@ -343,6 +343,7 @@ def run_stages(
     return {
         "experiment": experiment.name,
         "classifiers": {n: r.info for n, r in classifiers.items()},
+        "init_classifier": chosen,
         "labels": labels.info if labels is not None else None,
         "labels_folder": str(labels.folder / "labels") if labels is not None else None,
         "phantom": str(sources.phantom_root) if sources.phantom_root else None,
