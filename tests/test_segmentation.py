@@ -261,6 +261,30 @@ def test_finetuning_resumes_to_the_same_result(small_phantom: Path, tmp_path: Pa
     assert straight["train_images"] == 2
 
 
+def test_with_state_every_a_run_resumes_from_its_last_state(
+    small_phantom: Path, tmp_path: Path
+) -> None:
+    """state.pt every second epoch: a kill in the fourth epoch repeats the third."""
+    changes = {"n_labeled": 2, "seed": 3, "epochs": 4, "eval_interval": 1, "state_every": 2}
+    straight = _finetune(small_phantom, tmp_path / "straight", **changes)
+    saved: list[int] = []
+
+    def stop(epoch: int, step: int) -> None:
+        state = tmp_path / "cut" / "state.pt"
+        saved.append(torch.load(state, weights_only=False)["epoch"] if state.exists() else 0)
+        if epoch == 3:
+            raise Interrupt
+
+    config = _finetune_config(small_phantom, **changes)
+    with pytest.raises(Interrupt):
+        finetune(config, tmp_path / "cut", on_step=stop)
+    assert saved == [0, 0, 2, 2]  # no state after epoch 1 or 3, one after epoch 2
+    history = json.loads((tmp_path / "cut" / "metrics.json").read_text())["history"]
+    assert len(history) == 3  # metrics.json still has every finished epoch
+    resumed = finetune(config, tmp_path / "cut", resume=True)
+    assert resumed["curve"] == straight["curve"] and resumed["test"] == straight["test"]
+
+
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, weights: str) -> None:
     act_as_rank(rank, world, port)
     trainer = pretrain(parse_config(PretrainConfig, values), out)

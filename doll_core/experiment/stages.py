@@ -39,7 +39,9 @@ STAGE_FORMAT = 1
 DONE = "stage.json"
 #: Settings that do not change a stage's result (beyond rounding, as the device does); left
 #: out of its key, so that adding one of them does not invalidate finished stages.
-NOT_IN_KEY = frozenset({"device", "num_workers", "workers", "batch_size_eval", "compile"})
+NOT_IN_KEY = frozenset(
+    {"device", "num_workers", "workers", "batch_size_eval", "compile", "state_every"}
+)
 
 
 def stage_key(kind: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:

@@ -65,6 +65,12 @@ class LoopSettings(_Frozen):
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for quick checks")
     on_error: Literal["skip", "fail"] = "skip"
+    state_every: int = Field(
+        1,
+        ge=1,
+        description="epochs between resume states (state.pt, with the optimiser's moments); "
+        "the last epoch always writes one, and a run resumes from the latest",
+    )
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready (paths as strings), for checkpoints and run folders."""

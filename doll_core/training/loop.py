@@ -7,10 +7,10 @@ and metrics reduced across ranks, AdamW with per-step warm-up and cosine decay, 
 augmentation generator, validation every epoch with best-checkpoint selection and early
 stopping, rich progress bars with images/s, and atomic run-folder files: ``config.json``,
 ``metrics.json`` (one record per epoch), ``skipped.jsonl``, the subclass's checkpoints,
-and ``state.pt`` last (weights, optimiser, scheduler, scaler and RNG states), so that a
-run killed at any point resumes from its last completed epoch and ends with the same
-weights as an uninterrupted run. Subclasses supply data, model, loss, validation and
-checkpoints.
+and ``state.pt`` last (weights, optimiser, scheduler, scaler and RNG states; every
+``state_every`` epochs and after the last), so that a run killed at any point resumes from
+its last saved epoch and ends with the same weights as an uninterrupted run. Subclasses
+supply data, model, loss, validation and checkpoints.
 """
 
 from __future__ import annotations
@@ -95,7 +95,15 @@ class Trainer:
 
     #: config fields that may change when a run is resumed
     resumable_changes: frozenset[str] = frozenset(
-        {"data", "epochs", "num_workers", "device", "early_stopping_patience", "compile"}
+        {
+            "data",
+            "epochs",
+            "num_workers",
+            "device",
+            "early_stopping_patience",
+            "compile",
+            "state_every",
+        }
     )
     #: the validation record key that selects the best epoch (higher is better)
     score_key = "score"
@@ -415,7 +423,10 @@ class Trainer:
             "history": [{k: v for k, v in e.items() if k != "skipped"} for e in self.history],
         }
         atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        atomic_torch_save(self.state(), self.out / "state.pt")  # last: marks the epoch done
+        if self.finished or self.epoch % self.config.state_every == 0:
+            # last: marks the epoch done (resuming from an earlier state repeats the epochs
+            # after it, which on the same device give the same weights and outputs again)
+            atomic_torch_save(self.state(), self.out / "state.pt")
 
     def run(self) -> None:
         bar = progress_bar() if self.progress and self.context.is_main else None
