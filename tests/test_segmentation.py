@@ -285,6 +285,32 @@ def test_with_state_every_a_run_resumes_from_its_last_state(
     assert resumed["curve"] == straight["curve"] and resumed["test"] == straight["test"]
 
 
+def test_cached_samples_are_read_once_and_change_no_result(
+    small_phantom: Path, tmp_path: Path
+) -> None:
+    from doll_core.data.cache import CachedSamples
+
+    reads: list[int] = []
+
+    class Counting:
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+            reads.append(index)
+            return {"image": torch.full((1, 2, 2), float(index))}
+
+    cached = CachedSamples(Counting())
+    assert len(cached) == 3
+    for _ in range(4):
+        assert [float(cached[i]["image"][0, 0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
+    assert reads == [0, 1, 2]
+    changes = {"n_labeled": 2, "seed": 1, "epochs": 3, "eval_interval": 2}
+    plain = _finetune(small_phantom, tmp_path / "plain", **changes)
+    cached_run = _finetune(small_phantom, tmp_path / "cached", cache_samples=True, **changes)
+    assert cached_run["curve"] == plain["curve"] and cached_run["test"] == plain["test"]
+
+
 def _rank(rank: int, world: int, port: int, values: dict[str, Any], out: str, weights: str) -> None:
     act_as_rank(rank, world, port)
     trainer = pretrain(parse_config(PretrainConfig, values), out)

@@ -40,7 +40,15 @@ DONE = "stage.json"
 #: Settings that do not change a stage's result (beyond rounding, as the device does); left
 #: out of its key, so that adding one of them does not invalidate finished stages.
 NOT_IN_KEY = frozenset(
-    {"device", "num_workers", "workers", "batch_size_eval", "compile", "state_every"}
+    {
+        "device",
+        "num_workers",
+        "workers",
+        "batch_size_eval",
+        "compile",
+        "state_every",
+        "cache_samples",
+    }
 )
 
 

@@ -66,6 +66,9 @@ class FinetuneSettings(SegmentationSettings):
     eval_interval: int = Field(10, ge=1, description="optimiser steps between validations")
     dice_weight: float = Field(1.0, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1)
+    cache_samples: bool = Field(
+        False, description="keep training and validation samples in memory after one read"
+    )
 
 
 class FinetuneInputs(Seeded, StageInputs):

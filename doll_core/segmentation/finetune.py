@@ -22,6 +22,7 @@ from torch.utils.data import Sampler, Subset
 
 from doll_core.atomic import atomic_write_text
 from doll_core.checkpoint import load_classifier
+from doll_core.data.cache import CachedSamples
 from doll_core.data.samples import SkippedSample, collate_samples
 from doll_core.errors import DollError
 from doll_core.metrics.segmentation import SegmentationScores
@@ -133,6 +134,9 @@ class FinetuneTrainer(Trainer):
         while isinstance(base, Subset):
             base = base.dataset
         self.classes = list(getattr(base, "classes", None) or [getattr(base, "task", "foreground")])
+        if config.cache_samples:
+            self.train_set = CachedSamples(self.train_set)
+            self.val_set = CachedSamples(self.val_set)
         self.model = self._initial_model()
 
     def _initial_model(self) -> Segmenter:

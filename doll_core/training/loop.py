@@ -103,6 +103,7 @@ class Trainer:
             "early_stopping_patience",
             "compile",
             "state_every",
+            "cache_samples",
         }
     )
     #: the validation record key that selects the best epoch (higher is better)
