@@ -139,6 +139,11 @@ def curve_area(curve: Sequence[dict[str, Any]], key: str = "val_miou") -> float:
     return area / (steps[-1] - steps[0])
 
 
+def best_validation(curve: Sequence[dict[str, Any]], key: str = "val_miou") -> float:
+    """The highest score of a validation curve (nan for an empty one)."""
+    return max((float(point[key]) for point in curve), default=math.nan)
+
+
 def first_step_reaching(
     curve: Sequence[dict[str, Any]], target: float, key: str = "val_miou"
 ) -> int | None:

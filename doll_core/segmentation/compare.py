@@ -16,7 +16,6 @@ paper claims: the validation curve's area (its mean height over the steps,
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
 from doll_core.errors import DollError
 from doll_core.metrics.paired import (
+    best_validation,
     curve_area,
     first_step_reaching,
     paired_bootstrap_interval,
@@ -107,12 +107,12 @@ def compare_initialisations(
 
 def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Mean ± std of test mIoU and mDice over the seeds of each group of ``runs`` that
-    share the values of ``keys`` (groups in order of first appearance), with the
-    best validation mIoU of each run (``best_val_miou``, mean ± std: what a choice between
-    settings is made on), the convergence figures (see the module): ``val_curve_area``
-    (mean ± std) and, where the
-    reference init ran with the same seeds, ``steps_to_target`` (mean over the seeds
-    that reached it) and ``reached_target`` (how many did)."""
+    share the values of ``keys`` (groups in order of first appearance), with the best
+    validation mIoU of the runs (``best_val_miou``, mean ± std: what a choice between
+    settings is made on) and the convergence figures (see the module): ``val_curve_area``
+    (mean ± std) and, where the reference init ran with the same seeds,
+    ``steps_to_target`` (mean over the seeds that reached it) and ``reached_target`` (how
+    many did)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run[key] for key in keys), []).append(run)
@@ -139,11 +139,6 @@ def summarise_runs(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[
     return summary
 
 
-def best_validation(curve: Sequence[dict[str, Any]], key: str = "val_miou") -> float:
-    """The highest validation score of a curve (nan for an empty one)."""
-    return max((float(point[key]) for point in curve), default=math.nan)
-
-
 def _same_setting(run: dict[str, Any], other: dict[str, Any], keys: Sequence[str]) -> bool:
     """Do two runs share every key but the init (and the seed)?"""
     return all(run[key] == other[key] for key in keys if key != "init")
@@ -164,7 +159,7 @@ def _convergence(
         return {}
     steps = []
     for run in paired:
-        best = max(point["val_miou"] for point in references[run["seed"]]["curve"])
+        best = best_validation(references[run["seed"]]["curve"])
         steps.append(first_step_reaching(run["curve"], CONVERGENCE_FRACTION * best))
     reached = [step for step in steps if step is not None]
     return {
