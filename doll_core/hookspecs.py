@@ -1,4 +1,4 @@
-"""Hook specifications: the five ways a plugin extends DoLL.
+"""Hook specifications: the six ways a plugin extends DoLL.
 
 A plugin is a module (or any object) with functions marked ``@doll_core.hookimpl`` and
 named after the hooks below. A distribution makes it discoverable with one entry point in
@@ -127,4 +127,22 @@ def doll_register_datasets(register: RegisterCallback) -> None:
         @hookimpl
         def doll_register_datasets(register):
             register("segfolder", SegFolder)
+    """
+
+
+@hookspec
+def doll_register_metrics(register: RegisterCallback) -> None:
+    """Register explanation-quality metrics (faithfulness, randomisation, complexity,
+    localization), used by ``doll evaluate`` and by an experiment's ``[evaluation]``.
+
+    :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
+        returns a :class:`doll_core.interfaces.Metric` (``category``,
+        ``higher_is_better``, ``needs`` and ``compute`` over a batch of maps
+        ``[B, T, H, W]``; shapes and duties are stated there).
+
+    Example::
+
+        @hookimpl
+        def doll_register_metrics(register):
+            register("sparseness", Sparseness)
     """

@@ -1,4 +1,4 @@
-"""Typed interfaces of the five plugin kinds: the one place where the tensor shapes and
+"""Typed interfaces of the six plugin kinds: the one place where the tensor shapes and
 the duties of plugin objects are stated (the hooks in :mod:`doll_core.hookspecs` point
 here).
 
@@ -28,6 +28,7 @@ class PluginKind(StrEnum):
     FUSION = "fusion"
     SEG_HEAD = "seg_head"
     DATASET = "dataset"
+    METRIC = "metric"
 
     @property
     def hook_name(self) -> str:
@@ -180,6 +181,40 @@ class DatasetReader(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
+@runtime_checkable
+class Metric(Protocol):
+    """An explanation-quality metric (registered by
+    :func:`doll_core.hookspecs.doll_register_metrics`), in the manner of Quantus'
+    ``Metric``: metadata and one override point.
+
+    ``category`` is one of :class:`doll_core.metrics.base.MetricCategory` (faithfulness,
+    randomisation, complexity, localization); ``higher_is_better`` says the score's
+    direction; ``needs`` names what :meth:`compute` reads beyond the maps and targets, a
+    subset of :data:`doll_core.metrics.base.NEEDS` (``images``, ``model``, ``masks``,
+    ``explain``): the core refuses, before any work, to run a metric on data that lacks
+    what it needs. :class:`doll_core.metrics.base.BatchMetric` is a base class that
+    states all of this once; a plugin need not inherit from it.
+    """
+
+    category: str
+    higher_is_better: bool
+    needs: frozenset[str]
+
+    def compute(self, batch: Any) -> Any:
+        """Score every map of a batch, all targets at once.
+
+        :param batch: a :class:`doll_core.metrics.base.MetricBatch`: ``maps`` float32
+            ``[B, T, H, W]`` (raw attributions, as the explainer returned them),
+            ``targets`` long ``[B, T]`` (``-1`` = padding), and what ``needs`` names.
+        :returns: float ``[B, T]`` (``nan`` where the score is undefined; padding slots
+            are set to ``nan`` by the core), or a
+            :class:`doll_core.metrics.base.MetricScores` whose ``values`` are that and
+            whose ``steps`` hold per-step scores ``[B, T]`` (one per layer of a cascading
+            randomisation, say). The core checks the shape and converts to float64.
+        """
+        ...
+
+
 #: The members the registry requires on the object that a plugin's factory returns.
 REQUIRED_MEMBERS: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.BACKBONE: ("build", "cam_layer"),
@@ -187,6 +222,7 @@ REQUIRED_MEMBERS: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.FUSION: ("fuse",),
     PluginKind.SEG_HEAD: ("build", "output_layer", "set_output_layer"),
     PluginKind.DATASET: ("__len__", "__getitem__"),
+    PluginKind.METRIC: ("compute", "category", "higher_is_better", "needs"),
 }
 
 #: The protocol of each kind, named in the registry's message about a missing member.
@@ -196,4 +232,5 @@ PROTOCOLS: dict[PluginKind, type] = {
     PluginKind.FUSION: Fusion,
     PluginKind.SEG_HEAD: SegHead,
     PluginKind.DATASET: DatasetReader,
+    PluginKind.METRIC: Metric,
 }

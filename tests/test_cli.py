@@ -78,7 +78,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 25
+    assert len(rows) == 42  # 25 of the first five kinds, 17 metrics
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -99,7 +99,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 25
+    assert len(json.loads(result.stdout)) == 42
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr

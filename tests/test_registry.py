@@ -37,6 +37,28 @@ BUILTINS = {
     ("vote", "fusion"),
     ("geometric_mean", "fusion"),
     ("deeplift", "explainer"),
+    *(
+        (name, "metric")
+        for name in (
+            "deletion",
+            "insertion",
+            "abpc",
+            "road",
+            "faithfulness_correlation",
+            "cascading_randomisation",
+            "random_logit",
+            "sparseness",
+            "entropy",
+            "pointing_game",
+            "hit_rate",
+            "iou",
+            "dice",
+            "top_k_intersection",
+            "relevance_rank_accuracy",
+            "relevance_mass_accuracy",
+            "pixel_auroc",
+        )
+    ),
 }
 
 
@@ -61,6 +83,7 @@ def test_builtins_come_from_entry_points_of_the_doll_distribution() -> None:
         "doll_plugins.datasets",
         "doll_plugins.explainers",
         "doll_plugins.fusions",
+        "doll_plugins.metrics",
     }
     assert registry.failures == []
     assert all(p.description for p in registry.plugins())
@@ -244,4 +267,4 @@ def test_doll_plugins_restricts_loading(
     assert registry.names("backbone") == ["densenet121", "resnet18", "resnet50", "tiny_cnn"]
     (failure,) = registry.failures
     assert "'nonexistent'" in str(failure) and "named in DOLL_PLUGINS" in str(failure)
-    assert "backbones, broken, datasets, explainers, fusions, seg_heads" in str(failure)
+    assert "backbones, broken, datasets, explainers, fusions, metrics, seg_heads" in str(failure)
