@@ -43,7 +43,7 @@ class Linear(nn.Module):
 
 
 def contributions(model: Linear, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Exact input×gradient of a linear model: ``[B, T, H, W]`` (0 for padding)."""
+    """Exact input-times-gradient of a linear model: ``[B, T, H, W]`` (0 for padding)."""
     weights = model.weight.detach()[targets.clamp(min=0)].view(*targets.shape, SIZE, SIZE)
     maps = weights * images[:, :1]
     return torch.where((targets >= 0)[..., None, None], maps, torch.zeros_like(maps))
@@ -290,7 +290,9 @@ def test_randomising_every_layer_drives_the_rank_correlation_of_gradients_toward
     last = result.steps["features.0"]
     assert float(last.abs().mean()) < 0.3
     # the same model again (nothing randomised) would score 1: check the similarity itself
-    same = MetricBatch(batch.maps, targets, images=images, model=model, explain=lambda m, i, t: batch.maps)
+    same = MetricBatch(
+        batch.maps, targets, images=images, model=model, explain=lambda m, i, t: batch.maps
+    )
     unchanged = run_metric(metric("cascading_randomisation"), "cascading_randomisation", same)
     assert torch.allclose(unchanged.values, torch.ones(6, 1, dtype=torch.float64))
     fewer = run_metric(metric("cascading_randomisation", layers=1), "c", batch)

@@ -74,7 +74,7 @@ def lesion_masks(
     return masks
 
 
-def _images_with_findings(dataset: Any, count: int) -> list[int]:
+def images_with_findings(dataset: Any, count: int) -> list[int]:
     """The indices of the first ``count`` images with a positive observation."""
     chosen: list[int] = []
     for index in range(len(dataset)):
@@ -91,7 +91,7 @@ def _images_with_findings(dataset: Any, count: int) -> list[int]:
     return chosen
 
 
-def _batches(
+def finding_batches(
     dataset: Any, chosen: Sequence[int], batch_size: int
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
     """``(start, images [B, C, H, W], positive targets [B, T], ids)`` of each batch of
@@ -120,7 +120,7 @@ class _PhantomImages:
         return len(self.chosen)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        return _batches(self.dataset, self.chosen, batch_size)
+        return finding_batches(self.dataset, self.chosen, batch_size)
 
     def score(
         self,
@@ -243,7 +243,7 @@ def score_explainers(
             size=image_size,
             grayscale=in_channels == 1,
         )
-        chosen = _images_with_findings(dataset, count)
+        chosen = images_with_findings(dataset, count)
         if not chosen:
             raise DollError(f"no images with positive findings in the {split} split of {root}")
         images = _PhantomImages(dataset, chosen, root)

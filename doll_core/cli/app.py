@@ -19,6 +19,7 @@ from doll_core.atomic import disk_full_error
 from doll_core.cli import (
     data_cmd,
     doctor_cmd,
+    evaluate_cmd,
     explain_cmd,
     info_cmd,
     labels_cmd,
@@ -122,6 +123,7 @@ app.add_typer(data_cmd.data_app, name="data")
 app.command("train-classifier")(train_cmd.train_classifier_command)
 app.command("explain")(explain_cmd.explain_command)
 app.command("explain-scores")(explain_cmd.explain_scores_command)
+app.command("evaluate")(evaluate_cmd.evaluate_command)
 app.add_typer(labels_cmd.labels_app, name="labels")
 app.add_typer(localization_cmd.localization_app, name="localization")
 app.command("pretrain")(segment_cmd.pretrain_command)

@@ -118,8 +118,11 @@ def check_needs(metric: Any, name: str, available: frozenset[str] | set[str]) ->
     if missing:
         raise DollError(
             f"metric {name!r} needs {', '.join(missing)}, which this evaluation does not have"
-            + (" (ground-truth masks come with the phantom or a --ground-truth file)"
-               if "masks" in missing else "")
+            + (
+                " (ground-truth masks come with the phantom or a --ground-truth file)"
+                if "masks" in missing
+                else ""
+            )
         )
 
 

@@ -33,7 +33,7 @@ def linear_imputation(
     images: torch.Tensor,
     removed: torch.Tensor,
     *,
-    tolerance: float = 1e-10,
+    tolerance: float = 1e-6,
     max_iterations: int = 2000,
 ) -> torch.Tensor:
     """float64 ``[R, C, H, W]``: ``images`` with the ``removed`` pixels (bool
@@ -41,7 +41,9 @@ def linear_imputation(
     (module docstring), each channel on its own.
 
     :param tolerance: stop when every system's residual norm is below ``tolerance`` times
-        its right-hand side's norm. :param max_iterations: cap on conjugate-gradient steps.
+        its right-hand side's norm (1e-6 leaves the imputed values within about 1e-5 of
+        the exact solution, far below ROAD's noise of 0.01).
+    :param max_iterations: cap on conjugate-gradient steps.
     """
     rows, channels, height, width = images.shape
     values = images.double().reshape(rows * channels, 1, height, width)

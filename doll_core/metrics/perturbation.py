@@ -64,7 +64,9 @@ def patch_grid(height: int, width: int, patch: int) -> tuple[torch.Tensor, int]:
     return y * cols + x, rows * cols
 
 
-def patch_ranks(maps: torch.Tensor, index: torch.Tensor, patches: int, order: Order) -> torch.Tensor:
+def patch_ranks(
+    maps: torch.Tensor, index: torch.Tensor, patches: int, order: Order
+) -> torch.Tensor:
     """long ``[N, P]``: the place (0 = first removed) of each patch, patches ranked by the
     sum of the map ``[N, H, W]`` over them, highest first (``morf``) or lowest first
     (``lerf``); ties by patch position."""
@@ -136,9 +138,7 @@ def perturbation_curves(
         reference = baseline[image_of][:, None]
         perturbed = torch.where(replaced, reference, source).flatten(0, 1)
         chunk_classes = classes[chunk].repeat_interleave(rows_per_pair)
-        outputs = target_outputs(
-            model, perturbed, chunk_classes, output=output, max_rows=max_rows
-        )
+        outputs = target_outputs(model, perturbed, chunk_classes, output=output, max_rows=max_rows)
         values[chunk] = outputs.view(-1, rows_per_pair)
     curves[real.cpu()] = values
     return curves

@@ -43,9 +43,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     y = y - y.mean(dim=1, keepdim=True)
     denominator = x.norm(dim=1) * y.norm(dim=1)
     numerator = (x * y).sum(dim=1)
-    return torch.where(
-        denominator > 0, numerator / denominator.clamp(min=1e-300), torch.nan
-    )
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300), torch.nan)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,9 @@ from doll_plugins.metrics.faithfulness import (
     Insertion,
 )
 from doll_plugins.metrics.localization import (
-    IoU,
     Dice,
     HitRate,
+    IoU,
     PixelAUROC,
     PointingGame,
     RelevanceMassAccuracy,

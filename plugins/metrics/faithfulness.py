@@ -154,7 +154,12 @@ class ROAD(BatchMetric):
         result = torch.full((*real.shape, len(self.fractions)), torch.nan, dtype=torch.float64)
         if pairs.shape[0] == 0:
             return result
-        ranks = patch_ranks(batch.maps[real], index.to(batch.maps.device), pixels, self.order)
+        ranks = patch_ranks(
+            batch.maps[real],
+            index.to(batch.maps.device),
+            pixels,
+            self.order,  # type: ignore[arg-type]
+        )
         ranks = ranks.view(-1, 1, 1, height, width)  # [M, 1, 1, H, W]
         counts = torch.tensor([int(pixels * f) for f in self.fractions], device=ranks.device)
         removed_all = ranks < counts[None, :, None, None, None]  # [M, F, 1, H, W]

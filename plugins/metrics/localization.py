@@ -144,7 +144,9 @@ class RelevanceMassAccuracy(_Localization):
         maps, masks = _positive(batch)
         total = maps.sum(dim=2)
         inside = (maps * masks).sum(dim=2)
-        return _where_defined(torch.where(total > 0, inside / total.clamp(min=1e-300), torch.nan), masks)
+        return _where_defined(
+            torch.where(total > 0, inside / total.clamp(min=1e-300), torch.nan), masks
+        )
 
 
 class PixelAUROC(_Localization):

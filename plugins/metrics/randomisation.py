@@ -46,9 +46,7 @@ def randomisable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "reset_parameters")][::-1]
 
 
-def cascading_randomisation(
-    model: nn.Module, seed: int
-) -> Iterator[tuple[str, nn.Module]]:
+def cascading_randomisation(model: nn.Module, seed: int) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(layer name, model)`` after re-initialising each further layer of a copy of
     ``model`` in :func:`randomisable_layers` order (cumulative: every layer above stays
     random). Each layer's ``reset_parameters`` draws from the seed ``seed + 1``, as
@@ -72,12 +70,13 @@ class CascadingRandomisation(BatchMetric):
     reference = "Adebayo et al., NeurIPS 2018 (Quantus MPRT)"
 
     def __init__(
-        self, similarity: str = "spearman", absolute: bool = True, layers: int | None = None
+        self, similarity: str = "spearman", absolute: bool = True, layers: int | None = 8
     ) -> None:
         """:param similarity: ``spearman`` or ``ssim``. :param absolute: compare ``|map|``
         (Adebayo et al. and Quantus do). :param layers: compare after each of at most this
         many evenly spaced layers of the cascade (the last, all layers random, always
-        included); ``None``: after every layer."""
+        included): one explanation per compared layer, so 8 of ResNet-18's 41 cost a
+        fifth; ``None``: after every layer, as Quantus does."""
         self.similarity = check_choice(similarity, SIMILARITIES, "similarity")
         if layers is not None and layers < 1:
             raise DollError(f"layers must be >= 1 or None, got {layers}")

@@ -1,0 +1,125 @@
+"""``doll evaluate``: classifiers x explainers x metrics into a leaderboard, paired draws,
+image-level intervals, and clean refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from doll_core.cli import app
+from doll_core.evaluation.engine import ExplainerEvaluation, MetricValues
+from doll_core.evaluation.leaderboard import build_leaderboard, image_mean_interval
+
+runner = CliRunner()
+FAST = [
+    "--metric", "deletion", "--metric", "sparseness", "--metric", "pointing_game",
+    "--metric", "random_logit",
+    "--set", "deletion.steps=4", "--count", "4", "--bootstrap", "50",
+]  # fmt: skip
+
+
+def test_evaluate_writes_a_leaderboard_with_directions_intervals_and_ranks(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "board"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            f"a={tiny_checkpoints[0]}",
+            "--checkpoint",
+            f"b={tiny_checkpoints[1]}",
+            "--data",
+            str(small_phantom),
+            "--explainer",
+            "saliency",
+            "--explainer",
+            "gradcam",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "deletion ↓" in result.stdout and "pointing_game ↑" in result.stdout
+    for name in ("evaluation.md", "evaluation.csv", "evaluation.json", "evaluation.png"):
+        assert (out / name).is_file(), name
+    board = json.loads((out / "evaluation.json").read_text())
+    assert [(r["classifier"], r["explainer"]) for r in board["rows"]] == [
+        ("a", "saliency"), ("a", "gradcam"), ("b", "saliency"), ("b", "gradcam"),
+    ]  # fmt: skip
+    assert board["settings"]["params"] == {"deletion": {"steps": 4}}
+    for row in board["rows"]:
+        assert row["maps"] > 0 and row["error"] is None
+        for name, cell in row["scores"].items():
+            if cell["mean"] is not None and cell["low"] is not None:
+                assert cell["low"] <= cell["mean"] + 1e-12 <= cell["high"] + 2e-12, name
+        ranks = {row["scores"][n]["rank"] for n in ("deletion", "sparseness")}
+        assert ranks <= {1.0, 2.0, 1.5}
+    # the two explainers of one classifier explain the same maps (paired)
+    assert board["rows"][0]["maps"] == board["rows"][1]["maps"]
+    rows = list(csv.DictReader((out / "evaluation.csv").open()))
+    assert len(rows) == 4 and "deletion_mean" in rows[0] and "deletion_rank" in rows[0]
+
+
+def test_evaluate_refuses_unknown_metrics_and_parameters_before_any_work(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoints[0]), "--data", str(small_phantom)]
+    unknown = runner.invoke(app, [*base, "--metric", "delition"])
+    assert unknown.exit_code == 2
+    assert "unknown metric 'delition'; did you mean 'deletion'?" in unknown.output
+    wrong = runner.invoke(app, [*base, "--metric", "deletion", "--set", "deletion.patchsize=4"])
+    assert wrong.exit_code == 2 and "'patchsize'" in wrong.output
+    missing = runner.invoke(app, ["evaluate", "--data", str(small_phantom)])
+    assert missing.exit_code == 2 and "no classifier to evaluate" in missing.output
+    not_a_run = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert not_a_run.exit_code == 2 and "not a finished run folder" in not_a_run.output
+
+
+def test_image_bootstrap_resamples_images_not_maps() -> None:
+    # image 0 has three maps scoring 1, image 1 one map scoring 0: the mean over maps is
+    # 0.75; resampling images, a replicate holds image 0 twice (1.0), once each (0.75) or
+    # image 1 twice (0.0)
+    values = np.array([1.0, 1.0, 1.0, 0.0])
+    image = np.array([0, 0, 0, 1])
+    weights = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    cell = image_mean_interval(values, image, 2, weights)
+    assert cell["mean"] == 0.75 and cell["n"] == 4
+    assert cell["low"] == pytest.approx(np.percentile([1.0, 0.75, 0.0], 2.5))
+    empty = image_mean_interval(np.array([math.nan]), np.array([0]), 1, None)
+    assert empty["n"] == 0 and math.isnan(empty["mean"])
+
+
+def test_ranks_follow_each_metric_direction() -> None:
+    class Lower:
+        category, higher_is_better = "faithfulness", False
+
+    class Higher:
+        category, higher_is_better = "complexity", True
+
+    def row(explainer: str, low: float, high: float) -> ExplainerEvaluation:
+        return ExplainerEvaluation(
+            "c",
+            explainer,
+            images=1,
+            image=np.array([0]),
+            metrics={"low": MetricValues(np.array([low])), "high": MetricValues(np.array([high]))},
+        )
+
+    board = build_leaderboard(
+        [row("x", 0.1, 0.1), row("y", 0.5, 0.5)],
+        {"low": Lower(), "high": Higher()},
+        replicates=0,
+        seed=0,
+    )
+    x, y = board["rows"]
+    assert x["scores"]["low"]["rank"] == 1 and y["scores"]["low"]["rank"] == 2
+    assert x["scores"]["high"]["rank"] == 2 and y["scores"]["high"]["rank"] == 1
