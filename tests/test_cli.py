@@ -123,6 +123,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
         "fusion": 5,
         "seg_head": 4,
         "dataset": 4,
+        "metric": 17,
     }
     table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})
     assert table.exit_code == 0 and "segmentation-models-pytorch" in table.stdout
