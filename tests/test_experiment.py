@@ -147,6 +147,13 @@ def test_the_tiny_and_shipped_experiments_validate(tmp_path: Path) -> None:
         ("finetune.inits", '["checkpoint"]', "init 'checkpoint' needs a file"),
         ("finetune.seeds", "[0, 0]", "a seed is listed twice"),
         ("data.tasks.organs.root", '"/x"', "give exactly one of phantom"),
+        ("evaluation.metrics", '["delition"]', "evaluation: unknown metric 'delition'"),
+        ("evaluation.params", "{sparseness = {k = 1}}", "evaluation.params: no evaluation.metrics"),
+        (
+            "evaluation",
+            '{metrics = ["deletion"], params = {deletion = {patch = 0}}}',
+            "evaluation: metric 'deletion' (from distribution 'doll') could not be built",
+        ),
     ],
 )
 def test_each_problem_is_named(key: str, value: str, message: str) -> None:
@@ -317,13 +324,58 @@ def test_an_ablation_trains_classifiers_once_and_explains_once_per_explainer(
     assert all("organs doll n=3 mIoU" in row for row in rows)
     assert all(0 <= row["organs doll n=3 best val mIoU"] <= 1 for row in rows)
     table = (tmp_path / "ablation" / "ablation.md").read_text()
-    assert table == ablation_markdown(rows) and "| gradcam |" in table
+    assert table.startswith(ablation_markdown(rows)) and "| gradcam |" in table
+    assert "Which explanation quality predicts" in table  # labels localization vs mIoU
     assert (tmp_path / "ablation" / "figures" / "labels-overlay.png").is_file()
     assert (tmp_path / "ablation" / "figures" / "localization.png").is_file()
     (tmp_path / "ablation" / "ablation.md").unlink()
     rebuilt = runner.invoke(app, ["report", str(tmp_path / "ablation")], env={"COLUMNS": "160"})
     assert rebuilt.exit_code == 0, rebuilt.output
     assert (tmp_path / "ablation" / "ablation.md").read_text() == table
+
+
+def test_an_ablation_with_evaluation_reports_metric_columns_and_their_correlations(
+    tiny_experiment: Path, tmp_path: Path
+) -> None:
+    """Three explainers with ``[evaluation]``: one evaluation stage per explainer, its
+    metrics in the ablation rows and the run's report, and the rank correlation of each
+    metric with downstream mIoU across the grid."""
+    tiny_experiment.with_name("evaluated.toml").write_text(
+        TINY
+        + '\n[evaluation]\nmetrics = ["sparseness", "pointing_game", "deletion"]\ncount = 4\n'
+        + "bootstrap = 20\n[evaluation.params.deletion]\nsteps = 4\n"
+    )
+    report = run_ablation(
+        tiny_experiment.with_name("evaluated.toml"),
+        ["explanation.explainer=saliency,gradcam,input_x_gradient"],
+        tmp_path / "ablation",
+        overrides=['finetune.inits=["doll"]'],
+        device="cpu",
+    )
+    rows = [point["row"] for point in report["points"]]
+    assert all(isinstance(row["eval sparseness ↑"], float) for row in rows)
+    assert all("eval deletion ↓" in row and "eval pointing_game ↑" in row for row in rows)
+    assert len({row["eval sparseness ↑"] for row in rows}) == 3  # each explainer its own
+    evaluated = sorted((tmp_path / "ablation" / "stages").glob("evaluate-*"))
+    assert [p.name.split("-")[1] for p in evaluated] == ["gradcam", "input_x_gradient", "saliency"]
+    for folder in evaluated:
+        assert (folder / "evaluation.json").is_file() and (folder / "evaluation.png").is_file()
+    saved = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    pairs = {(c["quality"], c["outcome"]) for c in saved["correlations"]}
+    assert ("eval sparseness ↑", "organs doll n=3 mIoU") in pairs
+    assert all(c["points"] == 3 for c in saved["correlations"])
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "Which explanation quality predicts good pre-training labels?" in table
+    point = json.loads(
+        (
+            tmp_path / "ablation" / "points" / report["points"][0]["name"] / "results.json"
+        ).read_text()
+    )
+    assert point["evaluation"]["metrics"]["deletion"]["higher_is_better"] is False
+    markdown = (
+        tmp_path / "ablation" / "points" / report["points"][0]["name"] / "results.md"
+    ).read_text()
+    assert "## Explanation quality" in markdown and "deletion ↓" in markdown
 
 
 def test_fused_single_classifier_stores_match_joint_generation(

@@ -28,6 +28,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "labels": ("labels",),
     "pretrain": ("best.pt", "last.pt", "metrics.json", "config.json"),
     "finetune": ("best.pt", "test.json", "metrics.json", "config.json"),
+    "evaluate": ("evaluation.json", "evaluation.md", "evaluation.csv"),
 }
 #: Stage kinds that write a label store in ``labels/``.
 STORE_KINDS = frozenset({"explain", "labels"})

@@ -153,10 +153,15 @@ def write_ablation_report(
     out: Path, report: Mapping[str, Any], points: Sequence[Mapping[str, Any]]
 ) -> list[Path]:
     """``ablation.{json,csv,md}`` and the figures of an ablation folder."""
+    report = {**report, "correlations": metric_correlations([p["row"] for p in report["points"]])}
     atomic_write_text(out / "ablation.json", json.dumps(report, indent=2, default=str) + "\n")
     rows = [p["row"] for p in report["points"]]
     atomic_write_text(out / "ablation.csv", results_csv(rows))
-    atomic_write_text(out / "ablation.md", ablation_markdown(rows))
+    correlations = metric_correlations(rows)
+    text = ablation_markdown(rows)
+    if correlations:
+        text += "\n" + correlations_markdown(correlations)
+    atomic_write_text(out / "ablation.md", text)
     _ablation_figures(out, points)
     return [out / "ablation.json", out / "ablation.csv", out / "ablation.md"]
 
@@ -232,9 +237,88 @@ def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[
             row[f"labels {name}"] = round(localization[name], 4)
     if labels:
         row["labels images/s"] = labels.get("images_per_second")
+    evaluation = results.get("evaluation") or {}
+    for name, entry in (evaluation.get("metrics") or {}).items():
+        arrow = "↑" if entry["higher_is_better"] else "↓"
+        mean = entry["mean"]
+        row[f"eval {name} {arrow}"] = round(mean, 4) if mean is not None else None
     for kind, seconds in results.get("stage_seconds", {}).items():
         row[f"{kind} s"] = seconds
     return row
+
+
+#: The columns of an ablation row that score explanations or labels (``eval …`` from
+#: ``[evaluation]``, ``labels …`` from the label store's localization)
+QUALITY_PREFIXES = ("eval ", "labels ")
+
+
+def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Spearman's rank correlation, across the grid points, between each explanation- or
+    label-quality column and each downstream test mIoU column (``… mIoU`` of the
+    headline init): which quality predicts good pre-training labels. Columns with fewer
+    than three defined pairs are left out; ``rho`` is ``None`` where a column is constant."""
+    if len(rows) < 3:
+        return []
+    import torch
+
+    from doll_core.metrics.similarity import spearman
+
+    columns = list(rows[0])
+    qualities = [
+        c
+        for c in columns
+        if c.startswith(QUALITY_PREFIXES) and not c.endswith((" std", "images/s"))
+    ]
+    outcomes = [c for c in columns if c.endswith(" mIoU") and " n=" in c and "best val" not in c]
+    found = []
+    for quality in qualities:
+        for outcome in outcomes:
+            pairs = [
+                (float(r[quality]), float(r[outcome]))
+                for r in rows
+                if isinstance(r.get(quality), int | float)
+                and isinstance(r.get(outcome), int | float)
+            ]
+            if len(pairs) < 3:
+                continue
+            a = torch.tensor([[p[0] for p in pairs]], dtype=torch.float64)
+            b = torch.tensor([[p[1] for p in pairs]], dtype=torch.float64)
+            rho = float(spearman(a, b)[0])
+            found.append(
+                {
+                    "quality": quality,
+                    "outcome": outcome,
+                    "rho": None if rho != rho else round(rho, 3),
+                    "points": len(pairs),
+                }
+            )
+    return found
+
+
+def correlations_markdown(correlations: Sequence[Mapping[str, Any]]) -> str:
+    """The correlations of :func:`metric_correlations` as a table, quality by outcome."""
+    outcomes = list(dict.fromkeys(c["outcome"] for c in correlations))
+    qualities = list(dict.fromkeys(c["quality"] for c in correlations))
+    cell = {(c["quality"], c["outcome"]): c for c in correlations}
+    points = max(c["points"] for c in correlations)
+    lines = [
+        "## Which explanation quality predicts good pre-training labels?",
+        "",
+        f"Spearman's rank correlation across the {points} grid points between each quality "
+        "column and each downstream test mIoU (positive: a better-scoring explainer gave "
+        "better downstream results when the arrow is ↑, worse when it is ↓). With few grid "
+        "points a single point moves it far: read it as a ranking, not a test.",
+        "",
+        "| quality | " + " | ".join(outcomes) + " |",
+        "|---|" + "---|" * len(outcomes),
+    ]
+    for quality in qualities:
+        values = []
+        for outcome in outcomes:
+            found = cell.get((quality, outcome))
+            values.append("-" if found is None or found["rho"] is None else f"{found['rho']:+.2f}")
+        lines.append(f"| {quality} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def ablation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -59,6 +59,7 @@ from doll_core.configuration import (
     raise_problems,
 )
 from doll_core.errors import DollError
+from doll_core.evaluation.settings import EvaluationSettings
 from doll_core.experiment.overrides import apply_overrides
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs, LabelSettings
 from doll_core.phantom.labels import FindingsConfig
@@ -354,6 +355,7 @@ class Experiment(_Section):
     finetune: FinetuneSection = FinetuneSection()
     report: ReportSection = ReportSection()
     ablation: AblationSection = AblationSection()
+    evaluation: EvaluationSettings = EvaluationSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -616,6 +618,7 @@ def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[
             )
         else:
             problems += _encoder_problems(experiment, registry, chosen, "finetune.classifier")
+    problems += _evaluation_problems(experiment, registry)
     if problems:
         return problems
     try:
@@ -629,6 +632,22 @@ def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[
         )
         problems += [f"{key}: {text}" for key, text in found]
     return problems
+
+
+def _evaluation_problems(experiment: Experiment, registry: Registry) -> list[str]:
+    """``[evaluation]``: metric names and parameters, and ground truth to score against."""
+    settings = experiment.evaluation
+    if not settings.metrics:
+        return [] if not settings.params else ["evaluation.params: no evaluation.metrics named"]
+    if experiment.data.phantom is None:
+        return ["evaluation: explanation metrics need the phantom's lesion masks ([data.phantom])"]
+    from doll_core.evaluation.engine import build_metrics
+
+    try:
+        build_metrics(settings.metrics, settings.params, registry)
+    except DollError as exc:
+        return [f"evaluation: {exc}"]
+    return []
 
 
 def _encoder_problems(

@@ -115,6 +115,34 @@ def classifiers_line(results: Mapping[str, Any]) -> str | None:
     return "classifiers, mean validation AUROC at the best epoch: " + "; ".join(cells)
 
 
+def evaluation_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
+    """The ``[evaluation]`` section of a run's report: each metric of the explainer, per
+    classifier, mean [95% CI] (the stage folder holds the whole leaderboard)."""
+    if not evaluation or not evaluation.get("rows"):
+        return []
+    metrics = evaluation["metrics"]
+    header = [f"{name} {'↑' if m['higher_is_better'] else '↓'}" for name, m in metrics.items()]
+    lines = [
+        "## Explanation quality",
+        "",
+        f"Cells: mean [{evaluation['interval']}].",
+        "",
+        "| classifier | explainer | " + " | ".join(header) + " |",
+        "|---|---|" + "---|" * len(header),
+    ]
+    for row in evaluation["rows"]:
+        cells = []
+        for name in metrics:
+            cell = row["scores"].get(name) or {}
+            mean, low, high = (cell.get(k) for k in ("mean", "low", "high"))
+            text = "-" if mean is None or mean != mean else f"{mean:.3f}"
+            if low is not None and high is not None and low == low:
+                text += f" [{low:.3f}, {high:.3f}]"
+            cells.append(text)
+        lines.append(f"| {row['classifier']} | {row['explainer']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
     """Tables of a run: the classifiers' AUROC, downstream scores per task, label
     quality, stage times."""
@@ -167,6 +195,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                 if name in localization:
                     lines.append(f"| {name} | {mean_std(localization[name], spread.get(name))} |")
         lines.append("")
+    lines += evaluation_lines(results.get("evaluation"))
     lines += ["## Stages", "", "| stage | folders | computed now | seconds |", "|---|---|---|---|"]
     kinds: dict[str, list[Mapping[str, Any]]] = {}
     for record in results["stages"]:

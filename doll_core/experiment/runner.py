@@ -228,6 +228,92 @@ def labels_stage(
     return stages.cache.run("labels", label, key, inputs, fuse, collective=False)
 
 
+def evaluation_stage(
+    stages: Stages,
+    experiment: Experiment,
+    classifiers: dict[str, StageRecord],
+    labels: LabelGenerationConfig,
+    sources: DataSources,
+) -> StageRecord | None:
+    """``[evaluation]``: the metrics of the experiment's explainer (with its parameters and
+    engine) on each explained classifier, against the phantom's lesion masks; its folder
+    holds the leaderboard. ``None`` when no metric is named."""
+    settings = experiment.evaluation
+    if not settings.metrics or sources.phantom_root is None:
+        return None
+    names = experiment.explained_classifiers()
+    phantom = sources.phantom_root
+    explainer = {labels.explainer: labels.result_settings()["explainer_params"]}
+    key = {"evaluation": settings.model_dump(mode="json"), "explainer": explainer}
+    inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
+
+    def work(folder: Path, resuming: bool) -> dict[str, Any]:
+        from doll_core.checkpoint import load_classifier
+        from doll_core.evaluation.engine import PhantomImages, build_metrics, evaluate
+        from doll_core.evaluation.leaderboard import build_leaderboard, write_leaderboard
+
+        device = resolve_device(labels.device)
+        models, images = {}, {}
+        for name in names:
+            model, meta = load_classifier(
+                classifiers[name].folder / "best.pt", device=device, registry=stages.registry
+            )
+            models[name] = model
+            images[name] = PhantomImages(
+                phantom,
+                split=settings.split,
+                size=meta.image_size,
+                grayscale=meta.in_channels == 1,
+                count=settings.count,
+                registry=stages.registry,
+            )
+        params = {labels.explainer: dict(labels.explainer_params)}
+        evaluations = evaluate(
+            models, images, params, settings, registry=stages.registry, engine=labels.engine
+        )
+        metrics = build_metrics(settings.metrics, settings.params, stages.registry)
+        board = build_leaderboard(
+            evaluations, metrics, replicates=settings.bootstrap, seed=settings.seed
+        )
+        write_leaderboard(folder, board, f"# Evaluation of {labels.explainer}")
+        return evaluation_summary(board)
+
+    label = labels.explainer
+    return stages.cache.run("evaluate", label, key, inputs, work, collective=False)
+
+
+def evaluation_summary(board: dict[str, Any]) -> dict[str, Any]:
+    """What a run's results keep of a leaderboard: each metric's direction and category,
+    its mean over the classifiers' rows, and every row's cells."""
+    metrics: dict[str, Any] = {}
+    for column in board["columns"]:
+        means = [
+            r["scores"][column["name"]]["mean"]
+            for r in board["rows"]
+            if not r["error"] and column["name"] in r["scores"]
+        ]
+        defined = [m for m in means if m == m]  # nan != nan
+        metrics[column["name"]] = {
+            "category": column["category"],
+            "higher_is_better": column["higher_is_better"],
+            "mean": sum(defined) / len(defined) if defined else None,
+        }
+    rows = [
+        {
+            "classifier": r["classifier"],
+            "explainer": r["explainer"],
+            "maps": r["maps"],
+            "error": r["error"],
+            "scores": {
+                n: {k: c.get(k) for k in ("mean", "low", "high", "n")}
+                for n, c in r["scores"].items()
+            },
+        }
+        for r in board["rows"]
+    ]
+    return {"metrics": metrics, "rows": rows, "interval": board["interval"]}
+
+
 def pretrain_stage(
     stages: Stages,
     experiment: Experiment,
@@ -333,6 +419,7 @@ def run_stages(
     if "doll" in experiment.finetune.inits:
         labels = labels_stage(stages, experiment, classifiers, configs.labels, sources)
         upstream["doll"] = pretrain_stage(stages, experiment, configs.pretrain, labels, classifiers)
+    evaluated = evaluation_stage(stages, experiment, classifiers, configs.labels, sources)
     chosen = experiment.init_classifier()
     if "classifier" in experiment.finetune.inits and chosen is not None:
         upstream["classifier"] = classifiers[chosen]
@@ -348,6 +435,8 @@ def run_stages(
         "labels_folder": str(labels.folder / "labels") if labels is not None else None,
         "phantom": str(sources.phantom_root) if sources.phantom_root else None,
         "pretrain": upstream["doll"].info if "doll" in upstream else None,
+        "evaluation": evaluated.info if evaluated is not None else None,
+        "evaluation_folder": str(evaluated.folder) if evaluated is not None else None,
         "finetune": {
             "runs": runs,
             "summary": summarise_runs(runs, ("task", "init", "budget")),
