@@ -123,3 +123,46 @@ def test_ranks_follow_each_metric_direction() -> None:
     x, y = board["rows"]
     assert x["scores"]["low"]["rank"] == 1 and y["scores"]["low"]["rank"] == 2
     assert x["scores"]["high"]["rank"] == 2 and y["scores"]["high"]["rank"] == 1
+
+
+def test_evaluate_against_a_ground_truth_file_equals_the_phantom_masks(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    """The phantom's own lesion masks as a CheXlocalize file at the classifier's size:
+    the same maps, the same masks, so the same leaderboard as on the phantom."""
+    from test_explain_ground_truth import _phantom_truth
+
+    from doll_core.checkpoint import load_classifier
+
+    _, meta = load_classifier(tiny_checkpoints[0])
+    truth = _phantom_truth(small_phantom, tmp_path / "gt.json", meta.image_size)
+    common = [
+        "evaluate", "--checkpoint", f"c={tiny_checkpoints[0]}", "--explainer", "saliency",
+        "--metric", "pointing_game", "--metric", "relevance_mass_accuracy",
+        "--metric", "sparseness", "--count", "4", "--bootstrap", "0",
+    ]  # fmt: skip
+    on_phantom = runner.invoke(
+        app, [*common, "--data", str(small_phantom), "--out", str(tmp_path / "p")]
+    )
+    images = small_phantom / "CheXpert-v1.0-small" / "valid"
+    on_truth = runner.invoke(
+        app,
+        [
+            *common,
+            "--data",
+            str(images),
+            "--ground-truth",
+            f"chexlocalize:{truth}",
+            "--out",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert on_phantom.exit_code == 0, on_phantom.output
+    assert on_truth.exit_code == 0, on_truth.output
+    phantom_row = json.loads((tmp_path / "p" / "evaluation.json").read_text())["rows"][0]
+    truth_row = json.loads((tmp_path / "t" / "evaluation.json").read_text())["rows"][0]
+    assert truth_row["maps"] == phantom_row["maps"] > 0
+    for name in ("pointing_game", "relevance_mass_accuracy", "sparseness"):
+        assert truth_row["scores"][name]["mean"] == pytest.approx(
+            phantom_row["scores"][name]["mean"]
+        ), name

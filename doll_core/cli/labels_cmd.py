@@ -122,8 +122,8 @@ def score(
     if (phantom is None) == (ground_truth is None):
         raise DollError("labels score takes a phantom (--data) or --ground-truth, one of them")
     if ground_truth is not None:
-        from doll_core.cli.localization_cmd import json_safe
         from doll_core.groundtruth.specs import read_ground_truth
+        from doll_core.json_values import json_safe
 
         result = score_store_against(store, read_ground_truth(ground_truth), threshold)
         typer.echo(json.dumps(json_safe(result), indent=2))

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from doll_core.groundtruth.compare import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED
+from doll_core.json_values import json_safe
 
 localization_app = typer.Typer(
     help="Score segmentations against localization ground truth (CheXlocalize, NIH, COCO).",
@@ -16,17 +17,6 @@ localization_app = typer.Typer(
 )
 
 SPEC_HELP = "[KIND:]PATH; KIND is chexlocalize (the default), nih-bbox or coco."
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every ``nan`` (an undefined score) as ``None``: strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _cell(value: float) -> str:

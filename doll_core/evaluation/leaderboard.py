@@ -22,6 +22,7 @@ import numpy as np
 
 from doll_core.atomic import atomic_write_text
 from doll_core.evaluation.engine import ExplainerEvaluation
+from doll_core.json_values import json_safe
 
 LEADERBOARD_FILES = ("evaluation.md", "evaluation.csv", "evaluation.json", "evaluation.png")
 
@@ -161,7 +162,8 @@ def markdown_table(board: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in board["rows"]:
         if row["error"]:
-            cells = ["—"] * len(columns) + ["0", f"refused: {row['error'].split(':')[0]}"]
+            reason = row["error"].split(";")[0]
+            cells = ["—"] * len(columns) + ["0", f"refused: {reason[:100]}"]
         else:
             cells = []
             for column in columns:
@@ -194,16 +196,6 @@ def csv_text(board: Mapping[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def save_rank_figure(board: Mapping[str, Any], path: Path) -> Path | None:
     """A heat map, explainers x metrics per classifier, coloured by rank (dark = best) and
     annotated with the means; ``None`` when no row has scores."""
@@ -230,7 +222,7 @@ def save_rank_figure(board: Mapping[str, Any], path: Path) -> Path | None:
             [[r["scores"][c["name"]].get("rank") or np.nan for c in columns] for r in mine],
             dtype=float,
         )
-        axis.imshow(ranks, cmap="viridis_r", vmin=1, vmax=max(len(mine), 2), aspect="auto")
+        axis.imshow(ranks, cmap="viridis", vmin=1, vmax=max(len(mine), 2), aspect="auto")
         for i, row in enumerate(mine):
             for j, column in enumerate(columns):
                 axis.text(
@@ -259,6 +251,18 @@ def save_rank_figure(board: Mapping[str, Any], path: Path) -> Path | None:
     return path
 
 
+def read_leaderboard(path: Path) -> dict[str, Any]:
+    """A leaderboard written by :func:`write_leaderboard` (``evaluation.json``), with its
+    undefined values (``null``) back to ``nan``."""
+    board: dict[str, Any] = json.loads(Path(path).read_text())
+    for row in board["rows"]:
+        for cell in row["scores"].values():
+            for key in ("mean", "low", "high"):
+                if cell.get(key) is None:
+                    cell[key] = math.nan
+    return board
+
+
 def write_leaderboard(out: Path, board: Mapping[str, Any], header: str = "") -> list[Path]:
     """Write ``evaluation.md``, ``.csv``, ``.json`` and the rank figure into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +272,7 @@ def write_leaderboard(out: Path, board: Mapping[str, Any], header: str = "") -> 
     for name, content in (
         ("evaluation.md", text),
         ("evaluation.csv", csv_text(board)),
-        ("evaluation.json", json.dumps(_json_safe(dict(board)), indent=2) + "\n"),
+        ("evaluation.json", json.dumps(json_safe(dict(board)), indent=2) + "\n"),
     ):
         atomic_write_text(out / name, content)
         written.append(out / name)
