@@ -221,6 +221,10 @@ def test_insertion_mirrors_deletion_and_abpc_rewards_the_true_map_over_its_rever
     real = batch.real
     # inserting the most relevant first = deleting the least relevant first, read backwards
     assert torch.allclose(insertion[real], lerf[real].flip(-1), atol=1e-5)
+    assert metric("deletion", order="lerf").higher_is_better is True
+    assert metric("deletion").higher_is_better is False
+    lerf_area = score("deletion", batch, order="lerf", **params)
+    assert torch.allclose(lerf_area[real], curve_area(lerf)[real])
     true_abpc = score("abpc", batch, **params)
     _, reversed_batch = linear_batch(maps=-batch.maps)
     reversed_abpc = score("abpc", reversed_batch, **params)

@@ -177,3 +177,19 @@ def test_paired_comparisons_and_convergence_of_runs() -> None:
     console.print(rich_table(results))
     assert "resnet18 0.869 (epoch 10; encoder of the classifier" in console.export_text()
     assert "step to 95% of random's best" in text and "20 (2/2)" in text
+
+
+def test_permutation_p_of_spearman_is_exact_for_few_points() -> None:
+    import torch
+
+    from doll_core.experiment.ablation import permutation_p
+
+    a = torch.arange(5, dtype=torch.float64)
+    # rho = 1 and rho = -1 are each reached by 1 of the 5! = 120 orderings
+    assert permutation_p(a, a, 1.0) == pytest.approx(2 / 120)
+    # |rho| >= 0.9: the identity and the 4 orderings with one adjacent swap, each sign
+    swapped = torch.tensor([1.0, 0.0, 2.0, 3.0, 4.0])
+    assert permutation_p(a, swapped, 0.9) == pytest.approx(10 / 120)
+    # past 8 points, seeded random orderings: a perfect correlation is rare
+    many = torch.arange(12, dtype=torch.float64)
+    assert permutation_p(many, many, 1.0) < 0.001

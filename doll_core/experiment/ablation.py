@@ -255,8 +255,9 @@ QUALITY_PREFIXES = ("eval ", "labels ")
 def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Spearman's rank correlation, across the grid points, between each explanation- or
     label-quality column and each downstream test mIoU column (``… mIoU`` of the
-    headline init): which quality predicts good pre-training labels. Columns with fewer
-    than three defined pairs are left out; ``rho`` is ``None`` where a column is constant."""
+    headline init): which quality predicts good pre-training labels, with its two-sided
+    permutation p-value (:func:`permutation_p`). Columns with fewer than three defined
+    pairs are left out; ``rho`` and ``p`` are ``None`` where a column is constant."""
     if len(rows) < 3:
         return []
     import torch
@@ -267,7 +268,7 @@ def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     qualities = [
         c
         for c in columns
-        if c.startswith(QUALITY_PREFIXES) and not c.endswith((" std", "images/s"))
+        if c.startswith(QUALITY_PREFIXES) and not c.endswith((" std", "images/s", " s"))
     ]
     outcomes = [c for c in columns if c.endswith(" mIoU") and " n=" in c and "best val" not in c]
     found = []
@@ -284,15 +285,40 @@ def metric_correlations(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
             a = torch.tensor([[p[0] for p in pairs]], dtype=torch.float64)
             b = torch.tensor([[p[1] for p in pairs]], dtype=torch.float64)
             rho = float(spearman(a, b)[0])
+            defined = rho == rho  # nan != nan
             found.append(
                 {
                     "quality": quality,
                     "outcome": outcome,
-                    "rho": None if rho != rho else round(rho, 3),
+                    "rho": round(rho, 3) if defined else None,
+                    "p": round(permutation_p(a[0], b[0], rho), 4) if defined else None,
                     "points": len(pairs),
                 }
             )
     return found
+
+
+#: Up to this many grid points the permutation p-value enumerates every ordering.
+EXACT_PERMUTATIONS = 8
+
+
+def permutation_p(a: Any, b: Any, rho: float, *, draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of Spearman's ``rho`` of ``a`` and ``b`` (float64 ``[n]``): the
+    share of orderings of ``b`` whose correlation with ``a`` is at least as far from 0,
+    over every ordering for ``n`` <= 8, else over ``draws`` seeded random ones."""
+    import torch
+
+    from doll_core.metrics.similarity import spearman
+
+    n = int(a.shape[0])
+    if n <= EXACT_PERMUTATIONS:
+        orders = torch.tensor(list(itertools.permutations(range(n))))
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        orders = torch.argsort(torch.rand(draws, n, generator=generator), dim=1)
+    shuffled = b[orders]  # [P, n]
+    values = spearman(a.expand_as(shuffled), shuffled)
+    return float((values.abs() >= abs(rho) - 1e-12).double().mean())
 
 
 def correlations_markdown(correlations: Sequence[Mapping[str, Any]]) -> str:
@@ -305,9 +331,10 @@ def correlations_markdown(correlations: Sequence[Mapping[str, Any]]) -> str:
         "## Which explanation quality predicts good pre-training labels?",
         "",
         f"Spearman's rank correlation across the {points} grid points between each quality "
-        "column and each downstream test mIoU (positive: a better-scoring explainer gave "
-        "better downstream results when the arrow is ↑, worse when it is ↓). With few grid "
-        "points a single point moves it far: read it as a ranking, not a test.",
+        "column and each downstream test mIoU (for a ↓ metric, a negative value means the "
+        "better-scoring points gave better downstream results), with its two-sided "
+        "permutation p-value. With few grid points only a near-perfect correlation can be "
+        "told from chance.",
         "",
         "| quality | " + " | ".join(outcomes) + " |",
         "|---|" + "---|" * len(outcomes),
@@ -316,7 +343,10 @@ def correlations_markdown(correlations: Sequence[Mapping[str, Any]]) -> str:
         values = []
         for outcome in outcomes:
             found = cell.get((quality, outcome))
-            values.append("-" if found is None or found["rho"] is None else f"{found['rho']:+.2f}")
+            if found is None or found["rho"] is None:
+                values.append("-")
+            else:
+                values.append(f"{found['rho']:+.2f} (p {found['p']:.2f})")
         lines.append(f"| {quality} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 

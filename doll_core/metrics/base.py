@@ -86,7 +86,9 @@ class BatchMetric:
     """
 
     category: ClassVar[str]
-    higher_is_better: ClassVar[bool] = True
+    #: the score's direction; a class attribute, which an instance whose parameters
+    #: reverse it (a least-relevant-first deletion) overrides
+    higher_is_better: bool = True
     needs: ClassVar[frozenset[str]] = frozenset()
     reference: ClassVar[str] = ""
 

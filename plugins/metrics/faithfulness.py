@@ -51,14 +51,21 @@ class _Perturbation(BatchMetric):
         baseline: str = "blurred",
         blur_sigma: float = 0.05,
         output: str = "probability",
+        order: str = "morf",
     ) -> None:
         """:param patch: side of the square pixel patches that are removed together.
         :param steps: points of the curve after the unperturbed one (each removes
             ``1 / steps`` of the patches). :param baseline: what replaces a patch:
             ``blurred``, ``mean`` or ``zeros``. :param blur_sigma: the blur's sigma as a
-            share of the image side. :param output: ``probability`` (sigmoid) or ``logit``."""
+            share of the image side. :param output: ``probability`` (sigmoid) or ``logit``.
+        :param order: ``morf`` (most relevant patches first) or ``lerf`` (least relevant
+            first; the direction of the scores then reverses). ABPC takes both curves and
+            ignores it."""
         if patch < 1 or steps < 1:
             raise DollError(f"patch and steps must be >= 1, got {patch} and {steps}")
+        self.order = check_choice(order, ("morf", "lerf"), "order")
+        if self.order == "lerf" and type(self) is not ABPC:  # least relevant: little change
+            self.higher_is_better = not type(self).higher_is_better
         self.patch, self.steps, self.blur_sigma = patch, steps, blur_sigma
         self.baseline = check_choice(baseline, PERTURBATION_BASELINES, "perturbation baseline")
         self.output: Output = check_choice(output, OUTPUTS, "output")  # type: ignore[assignment]
@@ -89,7 +96,7 @@ class Deletion(_Perturbation):
     reference = "Petsiuk et al., BMVC 2018 (RISE); Samek et al., TNNLS 2017"
 
     def compute(self, batch: MetricBatch) -> torch.Tensor:
-        return curve_area(self.curves(batch, order="morf", insertion=False))
+        return curve_area(self.curves(batch, order=self.order, insertion=False))
 
 
 class Insertion(_Perturbation):
@@ -100,7 +107,7 @@ class Insertion(_Perturbation):
     reference = "Petsiuk et al., BMVC 2018 (RISE)"
 
     def compute(self, batch: MetricBatch) -> torch.Tensor:
-        return curve_area(self.curves(batch, order="morf", insertion=True))
+        return curve_area(self.curves(batch, order=self.order, insertion=True))
 
 
 class ABPC(_Perturbation):
