@@ -45,6 +45,25 @@ def _setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]
     return model, images, targets, maps
 
 
+def _report(
+    benchmark: Any, what: str, reference: str, key: str, seconds: float, difference: float
+) -> None:
+    """Store the reference's time, the speed-up and the largest difference in
+    ``extra_info``, and print them."""
+    ratio = seconds / benchmark.stats.stats.min
+    benchmark.extra_info.update(
+        {
+            f"{key}_seconds": seconds,
+            f"speedup_vs_{key}": round(ratio, 2),
+            "max_difference": difference,
+        }
+    )
+    print(
+        f"\n{what}: batched {benchmark.stats.stats.min:.2f} s, {reference} {seconds:.2f} s: "
+        f"{ratio:.1f}x, largest difference {difference:.1e}"
+    )
+
+
 def _loop_curves(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -97,18 +116,13 @@ def test_bench_deletion_insertion_batched_vs_per_sample_loop(benchmark: Any) -> 
     loop_seconds = time.perf_counter() - started
     difference = max(float((a - b).abs().max()) for a, b in zip(ours, loop, strict=True))
     assert difference <= 1e-5
-    ratio = loop_seconds / benchmark.stats.stats.min
-    benchmark.extra_info.update(
-        {
-            "loop_seconds": loop_seconds,
-            "speedup_vs_loop": round(ratio, 2),
-            "max_difference": difference,
-        }
-    )
-    print(
-        f"\ndeletion+insertion, {IMAGES * TARGETS} maps: batched "
-        f"{benchmark.stats.stats.min:.2f} s, per-sample loop {loop_seconds:.2f} s: "
-        f"{ratio:.1f}x, largest difference {difference:.1e}"
+    _report(
+        benchmark,
+        f"deletion+insertion, {IMAGES * TARGETS} maps",
+        "per-sample loop",
+        "loop",
+        loop_seconds,
+        difference,
     )
 
 
@@ -151,18 +165,13 @@ def test_bench_deletion_batched_vs_quantus_region_perturbation(benchmark: Any) -
     drops = torch.tensor(np.stack(theirs), dtype=torch.float64)
     difference = float(((curves[:, :1] - curves[:, 1:]) - drops).abs().max())
     assert difference <= 1e-4
-    ratio = quantus_seconds / benchmark.stats.stats.min
-    benchmark.extra_info.update(
-        {
-            "quantus_seconds": quantus_seconds,
-            "speedup_vs_quantus": round(ratio, 2),
-            "max_difference": difference,
-        }
-    )
-    print(
-        f"\ndeletion, {patches} steps, {IMAGES * TARGETS} maps: batched "
-        f"{benchmark.stats.stats.min:.2f} s, Quantus RegionPerturbation {quantus_seconds:.2f} s: "
-        f"{ratio:.1f}x, largest difference {difference:.1e}"
+    _report(
+        benchmark,
+        f"deletion, {patches} steps, {IMAGES * TARGETS} maps",
+        "Quantus RegionPerturbation",
+        "quantus",
+        quantus_seconds,
+        difference,
     )
 
 
@@ -193,18 +202,13 @@ def test_bench_cascading_randomisation_batched_vs_per_sample_loop(benchmark: Any
     loop_seconds = time.perf_counter() - started
     difference = float((ours - loop).abs().max())
     assert difference <= 1e-6
-    ratio = loop_seconds / benchmark.stats.stats.min
-    benchmark.extra_info.update(
-        {
-            "loop_seconds": loop_seconds,
-            "speedup_vs_loop": round(ratio, 2),
-            "max_difference": difference,
-        }
-    )
-    print(
-        f"\ncascading randomisation (saliency, 8 layers), {IMAGES * TARGETS} maps: batched "
-        f"{benchmark.stats.stats.min:.2f} s, per-sample loop {loop_seconds:.2f} s: "
-        f"{ratio:.1f}x, largest difference {difference:.1e}"
+    _report(
+        benchmark,
+        f"cascading randomisation (saliency, 8 layers), {IMAGES * TARGETS} maps",
+        "per-sample loop",
+        "loop",
+        loop_seconds,
+        difference,
     )
 
 
@@ -257,15 +261,11 @@ def test_bench_road_batched_vs_quantus(benchmark: Any) -> None:
                 logit = model(torch.from_numpy(filled)[None].float())[0, targets.flatten()[i]]
             difference = max(difference, abs(float(flat_curves[i, j]) - float(logit)))
     assert difference <= 1e-3
-    ratio = quantus_seconds / benchmark.stats.stats.min
-    benchmark.extra_info.update(
-        {
-            "quantus_seconds": quantus_seconds,
-            "speedup_vs_quantus": round(ratio, 2),
-            "max_difference": difference,
-        }
-    )
-    print(
-        f"\nROAD, 9 fractions, {IMAGES * TARGETS} maps: batched {benchmark.stats.stats.min:.2f} s, "
-        f"Quantus {quantus_seconds:.2f} s: {ratio:.1f}x, largest difference {difference:.1e}"
+    _report(
+        benchmark,
+        f"ROAD, 9 fractions, {IMAGES * TARGETS} maps",
+        "Quantus",
+        "quantus",
+        quantus_seconds,
+        difference,
     )
