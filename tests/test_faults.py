@@ -29,7 +29,10 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +66,7 @@ from doll_core.digests import sha256_of
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.generate import generate_labels
 from doll_core.labels.store import LabelStore
+from doll_core.locking import LOCK_FILE
 from doll_core.payloads import safe_torch_load
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.finetune import SPLIT_SEED
@@ -216,6 +220,64 @@ def test_kill_9_inside_every_stage_then_resume(reference: Reference, tmp_path: P
     assert reused == {folder.name for folder in done}
     finished_finetunes = sum(stage_kind(folder) == "finetune" for folder in done)
     assert results["computed"] == {"finetune": 2 - finished_finetunes}
+
+
+# -- two processes, one run folder ----------------------------------------------------------
+
+
+def _headers(out: Path) -> int:
+    """How many runs have started in the run folder's log."""
+    log = out / "log.txt"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return sum("  doll run " in line for line in lines)
+
+
+def _holder_pid(out: Path) -> int | None:
+    """The process id the run folder's lock file names, once it names one."""
+    try:
+        return int(json.loads((out / LOCK_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_a_second_doll_run_on_a_busy_folder_is_refused_naming_the_holder(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """``doll run X & doll run X --resume``: the second is refused at once with exit 2 and
+    one line naming the first's process id and host, and writes nothing; once the first is
+    killed (-9), the OS has released its lock and ``--resume`` ends as the clean run."""
+    out = tmp_path / "run"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from doll_core.cli import main; main()",
+            *run_args(reference.experiment, out),
+        ],
+        env=child_environment(**ONE_THREAD),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _holder_pid(out) != child.pid or _headers(out) == 0:
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.05)
+        refused = runner.invoke(app, run_args(reference.experiment, out, "--resume"))
+        assert refused.exit_code == 2, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in refused.output
+        assert f"process {child.pid} on host {socket.gethostname()}" in lines[0]
+        assert child.poll() is None  # the first was still working: the refusal was the lock's
+        assert _headers(out) == 1  # the first's alone: the second never started
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    resumed = runner.invoke(app, run_args(reference.experiment, out, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert_equals_reference(out, reference)
 
 
 # -- a full disk ----------------------------------------------------------------------------

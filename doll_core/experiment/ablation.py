@@ -26,6 +26,7 @@ from doll_core.experiment.report import (
     save_overlay_grid,
 )
 from doll_core.experiment.runner import run_experiment
+from doll_core.locking import folder_lock
 from doll_core.registry import Registry
 from doll_core.segmentation.compare import interval
 from doll_core.training.distributed import launched_rank
@@ -116,7 +117,21 @@ def run_ablation(
         experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
         prepared.append((name, point, experiment, experiment.document()))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "ablation folder"), folder_lock(out / "stages", "stage folder"):
+        return _run_points(out, keys, prepared, resume, device, progress, echo, registry)
+
+
+def _run_points(
+    out: Path,
+    keys: list[str],
+    prepared: list[tuple[str, dict[str, Any], Any, dict[str, Any]]],
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+    registry: Registry | None,
+) -> dict[str, Any]:
+    """Every grid point of :func:`run_ablation`, once its folders are locked."""
     points: list[dict[str, Any]] = []
     for name, point, experiment, document in prepared:
         if echo is not None:

@@ -17,9 +17,11 @@ explainers trains the classifiers once.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +34,7 @@ from doll_core.digests import sha256_of
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
+from doll_core.locking import folder_lock
 from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.compare import paired_comparisons, summarise_runs
@@ -516,11 +519,37 @@ def run_experiment(
     :param resume: continue interrupted stages instead of refusing them.
     :param device: overrides the experiment's ``device``.
     :returns: the results (also in ``out/results.json``).
+    :raises DollError: when another process works in ``out`` (or in ``stages``).
     """
+    out = Path(out)
+    with ExitStack() as held:
+        held.enter_context(folder_lock(out))
+        if stages is not None and not _inside(Path(stages), out):
+            held.enter_context(folder_lock(stages, "stage folder"))
+        return _run_locked(
+            experiment, document, out, stages, resume, device, progress, echo, registry
+        )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _run_locked(
+    experiment: Experiment,
+    document: dict[str, Any],
+    out: Path,
+    stages: str | Path | None,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+    registry: Registry | None,
+) -> dict[str, Any]:
+    """:func:`run_experiment` once its folders are locked."""
     from doll_core.experiment.report import write_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = device or experiment.device
     log = RunLog(out / "log.txt", echo)
     cache = StageCache(stages or out / "stages", resume=resume, log=log)
