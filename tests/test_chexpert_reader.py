@@ -210,3 +210,39 @@ def test_skips_travel_from_worker_processes_in_batches(dataset_root: Path) -> No
     assert skipped == ["patient00001", "patient00003"]
     images = [batch["image"] for batch in batches if "image" in batch]
     assert sum(len(i) for i in images) == 1
+
+
+def bomb_png(path: Path, side: int = 15000) -> Path:
+    """A PNG that declares ``side`` x ``side`` grey pixels and holds a few bytes of them:
+    a decompression bomb's header, which is all a reader sees before it decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * (side + 1) * 4)  # four rows of the declared image
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_a_decompression_bomb_is_a_bad_image_like_any_other(dataset_root: Path) -> None:
+    first = dataset_root / PREFIX / "train/patient00001/study1/view1_frontal.jpg"
+    bomb_png(first)  # a PNG behind a .jpg name: read by content, as every file is
+    skipping = _reader(dataset_root, on_error="skip")
+    assert isinstance(skipping[0], SkippedSample) and not isinstance(skipping[1], SkippedSample)
+    reason = skipping.skipped[0].reason
+    assert "15000 x 15000 = 225,000,000 pixels" in reason and "max_image_pixels" in reason
+    with pytest.raises(ImageReadError, match="over the decoding limit of 64,000,000"):
+        _reader(dataset_root, on_error="fail")[0]
+    # the limit is the reader's option: a lower one refuses ordinary files too
+    strict = _reader(dataset_root, on_error="skip", max_image_pixels=100)
+    assert isinstance(strict[1], SkippedSample)
+    assert "32 x 40 = 1,280 pixels" in strict.skipped[-1].reason
+    with pytest.raises(DollError, match="max_image_pixels must be >= 1"):
+        _reader(dataset_root, max_image_pixels=0)

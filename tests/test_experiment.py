@@ -148,6 +148,9 @@ def test_the_tiny_and_shipped_experiments_validate(tmp_path: Path) -> None:
         ("finetune.seeds", "[0, 0]", "a seed is listed twice"),
         ("data.tasks.organs.root", '"/x"', "give exactly one of phantom"),
         ("evaluation.metrics", '["delition"]', "evaluation: unknown metric 'delition'"),
+        ("device", '"tpu:7"', "device: Value error, unknown device 'tpu:7'; use auto, cpu"),
+        ("device", '"cuda:x"', "unknown device 'cuda:x'"),
+        ("explanation.label_size", "100000", "explanation.label_size: Input should be less"),
         ("evaluation.params", "{sparseness = {k = 1}}", "evaluation.params: no evaluation.metrics"),
         (
             "evaluation",
@@ -160,6 +163,23 @@ def test_each_problem_is_named(key: str, value: str, message: str) -> None:
     with pytest.raises(DollError) as caught:
         validate_experiment(_document(**{key: value}))
     assert message in str(caught.value)
+
+
+def test_a_bad_device_option_is_one_line_before_any_folder_is_made(tmp_path: Path) -> None:
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY)
+    for command in (
+        ["run", str(experiment), "--out", str(tmp_path / "run"), "--device", "tpu"],
+        ["ablate", str(experiment), "--vary", "training.lr=0.1,0.2", "--out",
+         str(tmp_path / "grid"), "--device", "xla"],
+        ["train-classifier", "--data", str(tmp_path), "--backbone", "tiny_cnn", "--out",
+         str(tmp_path / "clf"), "--device", "tpu:7"],
+    ):  # fmt: skip
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith("error: unknown device") and "auto, cpu, cuda" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
 
 
 def test_all_problems_are_listed_at_once() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from doll_core.devices import device_option
 from doll_core.errors import DollError
 from doll_core.evaluation.settings import DEFAULT_METRICS, EvaluationSettings
 
@@ -89,7 +90,9 @@ def evaluate_command(
         help="METRIC.KEY=VALUE (e.g. deletion.patch=4), EXPLAINER.KEY=VALUE (e.g. "
         "integrated_gradients.n_steps=16) or engine.KEY=VALUE.",
     ),
-    device: str = typer.Option("cpu", "--device", help="Device of the classifiers and maps."),
+    device: str = typer.Option(
+        "cpu", "--device", callback=device_option, help="Device of the classifiers and maps."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Folder of the leaderboard. Default: RUN/evaluation, else ./evaluation."
     ),

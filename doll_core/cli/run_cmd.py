@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from doll_core.devices import device_option
 from doll_core.training.distributed import launched_rank
 
 SET_HELP = "Override any experiment key by its dotted path, KEY=VALUE (TOML value)."
@@ -23,7 +24,9 @@ def run_command(
     ),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
+    device: str | None = typer.Option(
+        None, "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run every stage of an experiment; finished stages with the same settings are reused."""
@@ -59,7 +62,9 @@ def ablate_command(
     out: Path | None = typer.Option(None, "--out", help="Folder (default runs/NAME-ablate)."),
     settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted ablation."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, auto."),
+    device: str | None = typer.Option(
+        None, "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the grid of an experiment over the varied keys; shared stages run once."""

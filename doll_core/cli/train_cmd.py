@@ -10,6 +10,7 @@ import typer
 
 from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import parse_config
+from doll_core.devices import device_option
 from doll_core.training.config import ClassifierTrainingConfig
 
 
@@ -24,7 +25,9 @@ def train_classifier_command(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
     image_size: int = typer.Option(128, "--size", help="Image side in pixels."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option(
+        "auto", "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
     amp: str = typer.Option("auto", "--amp", help="auto, off, bf16 or fp16 (CUDA only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     settings: list[str] = typer.Option(

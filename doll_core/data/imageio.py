@@ -42,6 +42,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *D
 JSRT_SHAPE = (2048, 2048)
 JSRT_MAX_VALUE = 4095
 
+#: The most pixels a file may declare before it is decoded: a chest radiograph has at most
+#: about 4,300 x 4,300 (18 M); 64 M leaves room for any scan while a "decompression bomb"
+#: (a small file that declares billions of pixels) is a bad image like any other. The
+#: readers take ``max_image_pixels`` to change it. DoLL applies this limit itself, so
+#: Pillow's own (whose error the readers would not catch) is off.
+MAX_IMAGE_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = None
+
 
 class ImageReadError(DollError):
     """A file that could not be read as an image; ``path`` and ``reason`` say which, why."""
@@ -70,7 +78,9 @@ class ImageFacts:
 
 
 def _open_fully(
-    path: Path, draft: tuple[str, tuple[int, int]] | None = None
+    path: Path,
+    draft: tuple[str, tuple[int, int]] | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> tuple[Image.Image, ImageFacts]:
     if not path.is_file():
         raise ImageReadError(path, "file not found")
@@ -79,6 +89,15 @@ def _open_fully(
             facts = ImageFacts(
                 str(handle.format), handle.mode, (int(handle.height), int(handle.width))
             )
+            pixels = int(handle.width) * int(handle.height)
+            if max_pixels is not None and pixels > max_pixels:
+                raise ImageReadError(
+                    path,
+                    f"it declares {handle.width} x {handle.height} = {pixels:,} pixels, over "
+                    f"the decoding limit of {max_pixels:,} (a decompression bomb, or a file "
+                    "too large to decode safely; the reader option max_image_pixels raises "
+                    "the limit)",
+                )
             if draft is not None and handle.format == "JPEG":
                 # decode a JPEG at the smallest DCT scale that is still >= the target size
                 handle.draft(*draft)
@@ -124,7 +143,11 @@ def as_channels(channels: np.ndarray, *, grayscale: bool) -> np.ndarray:
 
 
 def read_image(
-    path: str | Path, *, grayscale: bool = True, at_least: tuple[int, int] | None = None
+    path: str | Path,
+    *,
+    grayscale: bool = True,
+    at_least: tuple[int, int] | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Read an image file as ``float32 [C, H, W]`` in ``[0, 1]``.
 
@@ -133,12 +156,14 @@ def read_image(
 
     :param at_least: ``(H, W)`` the caller will resize to; a JPEG is then decoded at a
         reduced scale that is still at least that large (much faster for big files).
+    :param max_pixels: a file that declares more pixels is refused before it is decoded
+        (:class:`ImageReadError`); ``None``: no limit.
     """
     from doll_core.data import dicom  # imported here: that module imports this one
 
     if dicom.is_dicom(path):
         return dicom.read_dicom(path, grayscale=grayscale)
-    image, _ = _open_image(Path(path), grayscale, at_least)
+    image, _ = _open_image(Path(path), grayscale, at_least, max_pixels)
     return pil_to_array(image, grayscale=grayscale)
 
 
@@ -175,7 +200,10 @@ def _coloured_fraction(rgb: Image.Image) -> float:
 
 
 def _open_image(
-    path: Path, grayscale: bool, at_least: tuple[int, int] | None
+    path: Path,
+    grayscale: bool,
+    at_least: tuple[int, int] | None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> tuple[Image.Image, ImageFacts]:
     """A file that is not DICOM, opened (drafted to ``at_least`` if a JPEG)."""
     from doll_core.data import dicom
@@ -184,7 +212,7 @@ def _open_image(
     if at_least is not None:
         draft = ("L" if grayscale else "RGB", (at_least[1], at_least[0]))
     try:
-        return _open_fully(path, draft)
+        return _open_fully(path, draft, max_pixels)
     except ImageReadError as exc:
         raise dicom.not_dicom_either(exc) from None
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from doll_core.data.imageio import ImageReadError
+from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError
 from doll_core.errors import DollError
 
 T = TypeVar("T")
@@ -84,11 +84,16 @@ class ImageDataset(Dataset[Any]):
         size: int | Sequence[int] | None = None,
         grayscale: bool = True,
         on_error: OnError = "skip",
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         """:param root: the dataset folder. :param size: output size, ``n`` or ``(H, W)``;
         ``None`` keeps each file's size. :param grayscale: one channel if true, else three.
         :param on_error: ``"skip"`` records an unreadable file and goes on, ``"fail"``
-        stops with a message naming it."""
+        stops with a message naming it. :param max_image_pixels: a file that declares more
+        pixels is an unreadable file, refused before it is decoded (``None``: no limit)."""
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise DollError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
+        self.max_image_pixels = max_image_pixels
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DollError(f"{type(self).__name__}: dataset folder not found: {self.root}")

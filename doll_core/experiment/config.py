@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
 from doll_core.configuration import (
@@ -58,6 +66,7 @@ from doll_core.configuration import (
     plugin_problems,
     raise_problems,
 )
+from doll_core.devices import device_field
 from doll_core.errors import DollError
 from doll_core.evaluation.settings import EvaluationSettings
 from doll_core.experiment.overrides import apply_overrides
@@ -345,7 +354,7 @@ class Experiment(_Section):
 
     name: str = "experiment"
     description: str = ""
-    device: str = "auto"
+    device: Annotated[str, AfterValidator(device_field)] = "auto"
     data: DataSection
     training: dict[str, Any] = Field(default_factory=dict)
     classifiers: dict[str, ClassifierSettings] = Field(min_length=1)

@@ -42,7 +42,9 @@ class LabelSettings(BaseModel):
     threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
     postprocess: PostprocessConfig = PostprocessConfig(binarize="none")
     shard_size: int = Field(256, ge=1)
-    label_size: int | None = Field(64, ge=8, description="side of the stored maps; None = image")
+    label_size: int | None = Field(
+        64, ge=8, le=2048, description="side of the stored maps; None = image"
+    )
     batch_size: int = Field(16, ge=1)
     workers: int = Field(
         0, ge=0, description="DataLoader processes reading images (0 = in the main process)"

@@ -9,11 +9,19 @@ configuration is both together, and is what the single-stage commands read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from doll_core.configuration import context_registry, plugin_problems, raise_problems
+from doll_core.devices import device_field
 
 
 class _Frozen(BaseModel):
@@ -36,7 +44,7 @@ class AugmentConfig(_Frozen):
 class StageInputs(_Frozen):
     """What the runner supplies to every stage, whatever the stage."""
 
-    device: str = "auto"
+    device: Annotated[str, AfterValidator(device_field)] = "auto"
 
     @classmethod
     def runner_keys(cls) -> frozenset[str]:

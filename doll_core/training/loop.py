@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from doll_core.atomic import atomic_torch_save, atomic_write_text
 from doll_core.compiling import CompiledModule
 from doll_core.data.samples import SkippedSample, batches_from, collate_samples
+from doll_core.devices import check_device
 from doll_core.errors import DollError
 from doll_core.payloads import safe_torch_load
 from doll_core.progress import progress_bar
@@ -51,7 +52,12 @@ StepCallback = Callable[[int, int], None]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
+    """``auto`` -> CUDA (this rank's GPU) when available, else CPU.
+
+    :raises DollError: for a name :func:`doll_core.devices.check_device` refuses, or CUDA
+        asked for where there is none.
+    """
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)

@@ -26,7 +26,7 @@ from doll_core.data.chexpert_format import (
     UNCERTAIN,
     parse_label,
 )
-from doll_core.data.imageio import read_image, resize_image
+from doll_core.data.imageio import MAX_IMAGE_PIXELS, read_image, resize_image
 from doll_core.data.paths import contained_path
 from doll_core.data.samples import ImageDataset, OnError, check_choice, to_tensor
 from doll_core.errors import DollError
@@ -125,6 +125,7 @@ class CheXpert(ImageDataset):
         grayscale: bool = True,
         on_error: OnError = "skip",
         csv_path: str | Path | None = None,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         """:param root: the folder that holds ``CheXpert-v1.0-small/`` (or ``CheXpert-v1.0/``),
             or that folder itself.
@@ -134,8 +135,16 @@ class CheXpert(ImageDataset):
         :param blank: what a blank cell becomes: ``zeros`` or ``ignore``.
         :param frontal_only: keep only rows whose ``Frontal/Lateral`` is ``Frontal``.
         :param csv_path: read this CSV instead of ``<split>.csv`` (same columns).
+        :param max_image_pixels: a file that declares more pixels is unreadable (skipped and
+            recorded, or fatal with ``on_error = "fail"``); ``None``: no limit.
         """
-        super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        super().__init__(
+            root,
+            size=size,
+            grayscale=grayscale,
+            on_error=on_error,
+            max_image_pixels=max_image_pixels,
+        )
         self.split = check_choice("split", split, SPLITS)
         self.csv_path = Path(csv_path) if csv_path is not None else find_csv(self.root, split)
         if not self.csv_path.is_file():
@@ -221,7 +230,12 @@ class CheXpert(ImageDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         image = to_tensor(
-            read_image(self.image_path(index), grayscale=self.grayscale, at_least=self.size)
+            read_image(
+                self.image_path(index),
+                grayscale=self.grayscale,
+                at_least=self.size,
+                max_pixels=self.max_image_pixels,
+            )
         )
         labels, mask = self.label_arrays(index)
         return {
