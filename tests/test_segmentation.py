@@ -173,6 +173,14 @@ def test_init_modes_transfer_what_they_promise(
         eval_interval=1,
     )["init"]
     assert "net.encoder.conv1.weight" in report["loaded"] and "fc.weight" in report["not_loaded"]
+    # a file of another model fits next to nothing: refused, unless allow_partial
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3), "conv.weight": torch.zeros(8, 1, 3, 3)}, other)
+    options = {"init": "checkpoint", "init_path": str(other), "epochs": 1, "eval_interval": 1}
+    with pytest.raises(DollError, match=r"other\.pt: only 0 of the model's \d+ tensors fit"):
+        _finetune(small_phantom, tmp_path / "other", **options)
+    partial = _finetune(small_phantom, tmp_path / "partial", allow_partial=True, **options)
+    assert partial["init"]["loaded"] == []
     with pytest.raises(DollError, match="init 'doll' needs init_path"):
         parse_config(FinetuneConfig, {"data": str(small_phantom), "init": "doll"})
 

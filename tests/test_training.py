@@ -244,3 +244,12 @@ def test_local_rank_is_read_in_one_place(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert launched_local_rank() == expected
+
+
+def test_an_epoch_line_counts_the_images_it_skipped() -> None:
+    from doll_core.training.loop import skipped_note
+
+    assert skipped_note({"epoch": 1, "skipped": []}) == ""
+    one = skipped_note({"skipped": [{"path": "a.jpg", "reason": "corrupt"}]})
+    assert one == ", 1 image skipped (listed in skipped.jsonl)"
+    assert skipped_note({"skipped": [{}, {}, {}]}).startswith(", 3 images skipped")

@@ -48,6 +48,7 @@ NOT_IN_KEY = frozenset(
         "compile",
         "state_every",
         "cache_samples",
+        "allow_partial",  # it decides whether a run starts, not what it computes
     }
 )
 

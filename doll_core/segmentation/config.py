@@ -69,6 +69,11 @@ class FinetuneSettings(SegmentationSettings):
     cache_samples: bool = Field(
         False, description="keep training and validation samples in memory after one read"
     )
+    allow_partial: bool = Field(
+        False,
+        description="init 'checkpoint': start from a file that fits fewer than "
+        "MIN_LOADED_FRACTION of the model's tensors",
+    )
 
 
 class FinetuneInputs(Seeded, StageInputs):

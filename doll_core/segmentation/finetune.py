@@ -192,7 +192,9 @@ class FinetuneTrainer(Trainer):
                 self.init_report = {
                     "init": "checkpoint",
                     "from": str(config.init_path),
-                    **load_user_weights(model, config.init_path),
+                    **load_user_weights(
+                        model, config.init_path, allow_partial=config.allow_partial
+                    ),
                 }
             else:
                 self.init_report = {"init": "random"}

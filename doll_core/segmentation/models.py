@@ -209,9 +209,21 @@ def load_segmenter(
     return model, meta
 
 
-def load_user_weights(model: Segmenter, path: str | Path) -> dict[str, list[str]]:
+#: The least share of a model's tensors a user's weights file must fit (names and shapes)
+#: to start a fine-tuning from it, unless ``allow_partial``: an encoder-only file of a
+#: U-Net fits about two thirds; a file of another model fits next to none.
+MIN_LOADED_FRACTION = 0.5
+
+
+def load_user_weights(
+    model: Segmenter, path: str | Path, *, allow_partial: bool = False
+) -> dict[str, list[str]]:
     """Load any user state dict (e.g. ImageNet encoder weights kept locally) into the
-    model where names and shapes fit; returns which keys loaded and which did not."""
+    model where names and shapes fit; returns which keys loaded and which did not.
+
+    :raises DollError: when fewer than :data:`MIN_LOADED_FRACTION` of the model's tensors
+        fit and not ``allow_partial``, naming how many fit and some that would stay random.
+    """
     state = safe_torch_load(path, "weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -224,6 +236,15 @@ def load_user_weights(model: Segmenter, path: str | Path) -> dict[str, list[str]
             if name in own and own[name].shape == value.shape:
                 candidates[name] = value
                 break
+    own_count = max(len(own), 1)
+    if not allow_partial and len(candidates) < MIN_LOADED_FRACTION * own_count:
+        random = sorted(set(own) - set(candidates))
+        raise DollError(
+            f"{path}: only {len(candidates)} of the model's {len(own)} tensors fit it (by name "
+            f"and shape), so {len(random)} would stay random (e.g. {', '.join(random[:3])}). "
+            "Give the weights of this model (or of its encoder), or set finetune "
+            "allow_partial = true to start from them anyway."
+        )
     model.load_state_dict(candidates, strict=False)
     return {
         "loaded": sorted(candidates),

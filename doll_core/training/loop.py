@@ -468,7 +468,16 @@ class Trainer:
                 self.finished = self.stopped_early or self.epoch >= self.config.epochs
                 self.write_outputs(improved)
                 if bar is not None:
-                    bar.console.print(self.describe(record))
+                    bar.console.print(self.describe(record) + skipped_note(record))
+
+
+def skipped_note(record: dict[str, Any]) -> str:
+    """``", N images skipped (…/skipped.jsonl)"`` for an epoch that skipped unreadable
+    images (training and validation together), else ``""``."""
+    count = len(record.get("skipped") or [])
+    if not count:
+        return ""
+    return f", {count} image{'s' if count > 1 else ''} skipped (listed in skipped.jsonl)"
 
 
 def tensor_digest(*trees: Any) -> str:
