@@ -437,6 +437,8 @@ _SCHEMA_KEYS = _schema_keys()
 @example(key=("data", "tasks"), value=1)  # crashed resolving relative task roots
 @example(key=("training", "lr"), value=math.inf)  # was accepted
 @example(key=("training", "epochs"), value=0)  # was named classifiers.NAME.epochs
+@example(key=("finetune", "checkpoint"), value="~0")  # no user "0": a traceback
+@example(key=("data", "classification", "root"), value="~nosuchuser/x")
 def test_every_schema_field_takes_any_value_or_names_itself(
     key: tuple[str, ...], value: Any
 ) -> None:

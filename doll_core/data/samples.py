@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, default_collate
 
 from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError
 from doll_core.errors import DollError
+from doll_core.home import expand_home
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ class ImageDataset(Dataset[Any]):
         if max_image_pixels is not None and max_image_pixels < 1:
             raise DollError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
         self.max_image_pixels = max_image_pixels
-        self.root = Path(root).expanduser()
+        self.root = expand_home(root, f"{type(self).__name__} root")
         if not self.root.is_dir():
             raise DollError(f"{type(self).__name__}: dataset folder not found: {self.root}")
         self.size = parse_size(size)

@@ -70,6 +70,7 @@ from doll_core.devices import device_field
 from doll_core.errors import DollError
 from doll_core.evaluation.settings import EvaluationSettings
 from doll_core.experiment.overrides import apply_overrides
+from doll_core.home import expand_home
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs, LabelSettings
 from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
@@ -532,19 +533,23 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_relative_paths(document: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative data paths are relative to the experiment file's folder."""
+    """Relative data paths are relative to the experiment file's folder; ``~`` and
+    ``~user`` are expanded.
 
-    def resolve(table: Any, key: str) -> None:
+    :raises DollError: naming the key whose ``~user`` names no user here.
+    """
+
+    def resolve(table: Any, key: str, where: str) -> None:
         if isinstance(table, dict) and isinstance(table.get(key), str):
-            table[key] = str(base / Path(table[key]).expanduser())
+            table[key] = str(base / expand_home(table[key], where))
 
     data = document.get("data")
     if isinstance(data, dict):
-        resolve(data.get("classification"), "root")
+        resolve(data.get("classification"), "root", "data.classification.root")
         tasks = data.get("tasks")
-        for task in tasks.values() if isinstance(tasks, dict) else ():
-            resolve(task, "root")
-    resolve(document.get("finetune"), "checkpoint")
+        for name, task in tasks.items() if isinstance(tasks, dict) else ():
+            resolve(task, "root", f"data.tasks.{name}.root")
+    resolve(document.get("finetune"), "checkpoint", "finetune.checkpoint")
     return document
 
 

@@ -30,6 +30,7 @@ from doll_core.attribution.targets import select_targets
 from doll_core.checkpoint import ClassifierMeta, load_classifier
 from doll_core.data.samples import SkippedSample, batches_from
 from doll_core.errors import DollError
+from doll_core.home import expand_home
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.fusion import fuse_maps, validation_auroc
 from doll_core.labels.store import (
@@ -458,7 +459,7 @@ def generate_labels(
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Generate (or complete, with ``resume``) the label store ``out``; returns its manifest."""
-    out = Path(out).expanduser()
+    out = expand_home(out, "label store")
     config_hash = config.content_hash()
     _refuse_existing(out, config_hash, resume=resume)
     generator = _Generator(config, registry or get_registry())

@@ -28,6 +28,7 @@ from doll_core._version import __version__
 from doll_core.data.chexpert_format import CHEXPERT_HEADER, format_label
 from doll_core.data.imageio import JSRT_MAX_VALUE, JSRT_SHAPE, write_jsrt_img
 from doll_core.errors import DollError
+from doll_core.home import expand_home
 from doll_core.observations import OBSERVATIONS
 from doll_core.phantom import layout
 from doll_core.phantom.case import Case, render_case
@@ -286,7 +287,7 @@ def write_phantom(
     """Generate a phantom into ``out`` and return its manifest (also saved as
     ``PHANTOM.json``). ``progress(done, total)`` is called after each image."""
     spec = spec or PhantomSpec()
-    out = Path(out).expanduser().resolve()
+    out = expand_home(out, "phantom folder").resolve()
     _prepare_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"

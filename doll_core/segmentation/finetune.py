@@ -25,6 +25,7 @@ from doll_core.checkpoint import load_classifier
 from doll_core.data.cache import CachedSamples
 from doll_core.data.samples import SkippedSample, collate_samples
 from doll_core.errors import DollError
+from doll_core.home import expand_home
 from doll_core.metrics.segmentation import SegmentationScores
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.config import FinetuneConfig
@@ -333,7 +334,7 @@ def finetune(
     """Fine-tune into ``out``; returns (and writes to ``test.json``) the best model's test
     scores with the validation curve and the test images that could not be read
     (``skipped``; training and validation ones are in ``skipped.jsonl``)."""
-    out = Path(out).expanduser()
+    out = expand_home(out, "output folder")
     registry = registry or get_registry()
     trainer = cast(
         FinetuneTrainer,

@@ -15,6 +15,7 @@ from torch.utils.data import Subset
 from doll_core.checkpoint import load_classifier
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
+from doll_core.home import expand_home
 from doll_core.labels.dataset import LabeledImages
 from doll_core.observations import OBSERVATIONS
 from doll_core.registry import Registry, get_registry
@@ -180,7 +181,7 @@ def pretrain(
     registry: Registry | None = None,
 ) -> PretrainTrainer:
     """DoLL pre-training into the run folder ``out`` (``best.pt``: the whole model)."""
-    out = Path(out).expanduser()
+    out = expand_home(out, "output folder")
     trainer = run_training(
         lambda: PretrainTrainer(config, out, registry or get_registry(), progress, on_step),
         config,

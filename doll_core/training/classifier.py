@@ -19,6 +19,7 @@ import torch
 
 from doll_core.checkpoint import ClassifierMeta, build_classifier, save_classifier
 from doll_core.data.samples import SkippedSample
+from doll_core.home import expand_home
 from doll_core.metrics import masked_auroc_per_class
 from doll_core.models import Classifier
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
@@ -177,7 +178,7 @@ def train_classifier(
     :param progress: show rich progress bars (rank 0).
     :param on_step: called as ``on_step(epoch, step)`` after every optimiser step.
     """
-    out = Path(out).expanduser()
+    out = expand_home(out, "output folder")
     trainer = run_training(
         lambda: ClassifierTrainer(config, out, registry or get_registry(), progress, on_step),
         config,
