@@ -25,10 +25,13 @@ def untrusted_pickle_message(path: Path, what: str) -> str:
     )
 
 
-def safe_torch_load(path: str | Path, what: str) -> Any:
+def safe_torch_load(path: str | Path, what: str, *, convertible: bool = True) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only, no
-    code runs. A file with other pickled objects is refused with how to convert it; any
-    other failure is one :class:`DollError` naming the file."""
+    code runs. A file with other pickled objects is refused, with how to convert it when
+    ``convertible`` (a user's weights or checkpoint); a file only DoLL writes (a training
+    state, a label shard) that holds them is damaged or not DoLL's, and is refused without
+    that advice, which would unpickle it. Any other failure (a truncated file, bytes that
+    are no archive) is one :class:`DollError` naming the file."""
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -36,10 +39,17 @@ def safe_torch_load(path: str | Path, what: str) -> Any:
         raise DollError(f"{what} not found: {path}") from None
     except Exception as exc:
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
-            raise DollError(untrusted_pickle_message(path, what)) from None
+            if convertible:
+                raise DollError(untrusted_pickle_message(path, what)) from None
+            raise DollError(
+                f"{path} is not a readable DoLL {what}: it holds pickled Python objects that "
+                "DoLL never writes there (the file is damaged, or was not written by DoLL), "
+                "so it is not loaded"
+            ) from None
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise DollError(
-            f"{path} is not a readable DoLL {what} ({type(exc).__name__}: {first_line})"
+            f"{path} is not a readable DoLL {what}: it is truncated or corrupted "
+            f"({type(exc).__name__}: {first_line})"
         ) from None
 
 

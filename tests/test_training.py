@@ -99,7 +99,7 @@ def _flip_a_weight_byte(state: Path) -> None:
     state.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "pickled"])
 def test_a_damaged_training_state_is_refused_on_resume_with_how_to_recover(
     small_phantom: Path, tmp_path: Path, damage: str
 ) -> None:
@@ -110,15 +110,23 @@ def test_a_damaged_training_state_is_refused_on_resume_with_how_to_recover(
         _flip_a_weight_byte(state)
         torch.load(state, weights_only=True)  # the damage alone does not stop a load
         expected = "is corrupted: its weights no longer match the checksum"
-    else:
+    elif damage == "truncated":
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-        expected = "is not a readable DoLL training state"
+        expected = "is not a readable DoLL training state: it is truncated or corrupted"
+    else:  # a state that unpickles objects: never advise converting it with --trusted
+        torch.save({"format": "doll-training-state", "odd": _Odd()}, state)
+        expected = "holds pickled Python objects that DoLL never writes there"
     with pytest.raises(DollError, match=expected) as caught:
         train_classifier(_config(small_phantom, epochs=2), out, resume=True)
     assert f"delete {state} to train this stage again" in str(caught.value)
+    assert "convert-weights" not in str(caught.value)
     state.unlink()
     again = train_classifier(_config(small_phantom, epochs=2), out, resume=True)
     assert [e["epoch"] for e in again.history] == [1, 2]
+
+
+class _Odd:
+    """An object ``weights_only`` loading refuses."""
 
 
 KILLER = textwrap.dedent(

@@ -108,7 +108,7 @@ def read_shard(
     """Load a shard, checking its checksum (when known), format and config."""
     if expected_sha256 is not None and sha256_of(path) != expected_sha256:
         raise DollError(f"{path}: checksum does not match the manifest (corrupted shard)")
-    payload = safe_torch_load(path, "label shard")
+    payload = safe_torch_load(path, "label shard", convertible=False)
     if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
         raise DollError(f"{path} is not a DoLL label shard")
     if payload.get("format_version") != SHARD_VERSION:

@@ -313,7 +313,7 @@ class Trainer:
             "(or put back a good copy)"
         )
         try:
-            state = safe_torch_load(path, "training state")
+            state = safe_torch_load(path, "training state", convertible=False)
         except DollError as exc:
             raise DollError(f"{exc}; {restart}") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
