@@ -100,9 +100,14 @@ def evaluate_command(
     """Rank explainers by faithfulness (deletion, insertion, ABPC, ROAD, faithfulness
     correlation), randomisation, complexity and localization, with 95% intervals, and
     write evaluation.md/.csv/.json and a rank figure."""
-    from doll_core.checkpoint import load_classifier
     from doll_core.cli.explain_cmd import _explainer_params
-    from doll_core.evaluation.engine import PhantomImages, TruthImages, build_metrics, evaluate
+    from doll_core.evaluation.engine import (
+        PhantomImages,
+        TruthImages,
+        build_metrics,
+        evaluate,
+        load_classifiers,
+    )
     from doll_core.evaluation.inputs import read_run
     from doll_core.evaluation.leaderboard import build_leaderboard, write_leaderboard
     from doll_core.groundtruth.specs import read_ground_truth
@@ -145,31 +150,30 @@ def evaluate_command(
     )
     metrics = build_metrics(evaluation.metrics, evaluation.params, registry)
     truth = read_ground_truth(ground_truth) if ground_truth is not None else None
-    models: dict[str, Any] = {}
-    images: dict[str, PhantomImages | TruthImages] = {}
-    for name, path in classifiers.items():
-        model, meta = load_classifier(path, device=device, registry=registry)
-        models[name] = model
+
+    def images_for(meta: Any) -> PhantomImages | TruthImages:
+        grey = meta.in_channels == 1
         if truth is not None:
-            images[name] = TruthImages(
-                root, truth, size=meta.image_size, grayscale=meta.in_channels == 1, count=count
-            )
-        else:
-            images[name] = PhantomImages(
-                root,
-                split=split,
-                size=meta.image_size,
-                grayscale=meta.in_channels == 1,
-                count=count,
-                registry=registry,
-            )
+            return TruthImages(root, truth, size=meta.image_size, grayscale=grey, count=count)
+        return PhantomImages(
+            root, split=split, size=meta.image_size, grayscale=grey, count=count, registry=registry
+        )
+
+    models, images = load_classifiers(classifiers, images_for, device=device, registry=registry)
 
     def progress(classifier: str, name: str, done: int, total: int) -> None:
         if done == total:
             typer.echo(f"  {classifier} · {name}: {total} images", err=True)
 
     evaluations = evaluate(
-        models, images, params, evaluation, registry=registry, engine=engine, progress=progress
+        models,
+        images,
+        params,
+        metrics,
+        evaluation,
+        registry=registry,
+        engine=engine,
+        progress=progress,
     )
     board = build_leaderboard(evaluations, metrics, replicates=bootstrap, seed=seed)
     board["settings"] = evaluation.model_dump()

@@ -133,6 +133,8 @@ def build_metrics(
 ) -> dict[str, Any]:
     """The metric plugins ``names``, built with their ``params``, each checked against
     what an evaluation gives (images, model, masks, explain), before any work."""
+    if not names:
+        raise DollError("no metrics to evaluate: name at least one")
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise DollError(
@@ -180,6 +182,7 @@ def evaluate_explainer(
     values: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
     steps: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in metrics}
     seconds = dict.fromkeys(metrics, 0.0)
+    read_masks = any("masks" in metric.needs for metric in metrics.values())
     try:
         for start, batch_images, targets, ids in images.batches(settings.batch_size):
             batch_images, targets = batch_images.to(device), targets.to(device)
@@ -187,12 +190,13 @@ def evaluate_explainer(
             maps = explain_map(model, batch_images, targets)
             outcome.explain_seconds += time.perf_counter() - started
             size = (int(maps.shape[-2]), int(maps.shape[-1]))
+            masks = images.masks(ids, targets.cpu(), size).to(device) if read_masks else None
             batch = MetricBatch(
                 maps,
                 targets,
                 images=batch_images,
                 model=model,
-                masks=images.masks(ids, targets.cpu(), size).to(device),
+                masks=masks,
                 explain=explain_map,
                 seed=settings.seed + start,
                 max_rows=settings.max_rows,
@@ -228,27 +232,46 @@ def evaluate_explainer(
     return outcome
 
 
+def load_classifiers(
+    checkpoints: Mapping[str, Path],
+    images_for: Callable[[Any], EvaluationImages],
+    *,
+    device: str | torch.device,
+    registry: Registry,
+) -> tuple[dict[str, nn.Module], dict[str, EvaluationImages]]:
+    """``(name -> classifier, name -> its images)`` of each checkpoint; ``images_for(meta)``
+    makes a classifier's images from its checkpoint's metadata (input size, channels)."""
+    from doll_core.checkpoint import load_classifier
+
+    models: dict[str, nn.Module] = {}
+    images: dict[str, EvaluationImages] = {}
+    for name, path in checkpoints.items():
+        models[name], meta = load_classifier(path, device=device, registry=registry)
+        images[name] = images_for(meta)
+    return models, images
+
+
 def evaluate(
     classifiers: Mapping[str, nn.Module],
     images: Mapping[str, EvaluationImages],
     explainers: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, Any],
     settings: EvaluationSettings,
     *,
     registry: Registry | None = None,
     engine: EngineOptions | None = None,
     progress: Progress | None = None,
 ) -> list[ExplainerEvaluation]:
-    """Every metric of ``settings`` for every classifier x explainer.
+    """Every metric for every classifier x explainer.
 
     :param classifiers: name -> classifier in eval mode.
     :param images: classifier name -> its images (each classifier reads them at its own
         input size and channels).
     :param explainers: explainer name -> its parameters.
+    :param metrics: name -> metric plugin, as :func:`build_metrics` makes them from
+        ``settings``.
     """
     registry = registry or get_registry()
-    if not settings.metrics:
-        raise DollError("no metrics to evaluate: name at least one")
-    metrics = build_metrics(settings.metrics, settings.params, registry)
     for name in explainers:
         registry.get("explainer", name)  # an unknown explainer fails before any work
     return [

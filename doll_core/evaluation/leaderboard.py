@@ -141,6 +141,38 @@ def build_leaderboard(
     }
 
 
+def leaderboard_summary(board: dict[str, Any]) -> dict[str, Any]:
+    """What a run's results keep of a leaderboard: each metric's direction and category,
+    its mean over the classifiers' rows, and every row's cells."""
+    metrics: dict[str, Any] = {}
+    for column in board["columns"]:
+        means = [
+            r["scores"][column["name"]]["mean"]
+            for r in board["rows"]
+            if not r["error"] and column["name"] in r["scores"]
+        ]
+        defined = [m for m in means if m == m]  # nan != nan
+        metrics[column["name"]] = {
+            "category": column["category"],
+            "higher_is_better": column["higher_is_better"],
+            "mean": sum(defined) / len(defined) if defined else None,
+        }
+    rows = [
+        {
+            "classifier": r["classifier"],
+            "explainer": r["explainer"],
+            "maps": r["maps"],
+            "error": r["error"],
+            "scores": {
+                n: {k: c.get(k) for k in ("mean", "low", "high", "n")}
+                for n, c in r["scores"].items()
+            },
+        }
+        for r in board["rows"]
+    ]
+    return {"metrics": metrics, "rows": rows, "interval": board["interval"]}
+
+
 def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 

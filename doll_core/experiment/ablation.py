@@ -118,38 +118,32 @@ def run_ablation(
         prepared.append((name, point, experiment, experiment.document()))
     out = Path(out)
     with folder_lock(out, "ablation folder"), folder_lock(out / "stages", "stage folder"):
-        return _run_points(out, keys, prepared, resume, device, progress, echo, registry)
+        points: list[dict[str, Any]] = []
+        for name, point, experiment, document in prepared:
+            if echo is not None:
+                echo(f"grid point {name}")
+            results = run_experiment(
+                experiment,
+                document,
+                out / "points" / name,
+                stages=out / "stages",
+                resume=resume,
+                device=device,
+                progress=progress,
+                echo=echo,
+                registry=registry,
+            )
+            points.append({"name": name, "values": point, "results": results})
+        report = ablation_report(keys, points)
+        if launched_rank() == 0:  # under torchrun, rank 0 writes
+            write_ablation_report(out, report, points)
+        return report
 
 
-def _run_points(
-    out: Path,
-    keys: list[str],
-    prepared: list[tuple[str, dict[str, Any], Any, dict[str, Any]]],
-    resume: bool,
-    device: str | None,
-    progress: bool,
-    echo: Callable[[str], None] | None,
-    registry: Registry | None,
-) -> dict[str, Any]:
-    """Every grid point of :func:`run_ablation`, once its folders are locked."""
-    points: list[dict[str, Any]] = []
-    for name, point, experiment, document in prepared:
-        if echo is not None:
-            echo(f"grid point {name}")
-        results = run_experiment(
-            experiment,
-            document,
-            out / "points" / name,
-            stages=out / "stages",
-            resume=resume,
-            device=device,
-            progress=progress,
-            echo=echo,
-            registry=registry,
-        )
-        points.append({"name": name, "values": point, "results": results})
-    report: dict[str, Any] = {
-        "varied": keys,
+def ablation_report(varied: Sequence[str], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The varied keys and one row per grid point (``name``, ``values``, ``results``)."""
+    return {
+        "varied": list(varied),
         "points": [
             {
                 "name": p["name"],
@@ -159,9 +153,6 @@ def _run_points(
             for p in points
         ],
     }
-    if launched_rank() == 0:  # under torchrun, rank 0 writes
-        write_ablation_report(out, report, points)
-    return report
 
 
 def write_ablation_report(
@@ -199,17 +190,7 @@ def rebuild_ablation_report(out: str | Path) -> dict[str, Any]:
         ]
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise DollError(f"{out}: unreadable ablation files: {exc}") from None
-    report = {
-        "varied": saved["varied"],
-        "points": [
-            {
-                "name": p["name"],
-                "values": p["values"],
-                "row": ablation_row(p["values"], p["results"]),
-            }
-            for p in points
-        ],
-    }
+    report = ablation_report(saved["varied"], points)
     write_ablation_report(out, report, points)
     return report
 

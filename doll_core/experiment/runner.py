@@ -251,18 +251,20 @@ def evaluation_stage(
     inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
-        from doll_core.checkpoint import load_classifier
-        from doll_core.evaluation.engine import PhantomImages, build_metrics, evaluate
-        from doll_core.evaluation.leaderboard import build_leaderboard, write_leaderboard
+        from doll_core.evaluation.engine import (
+            PhantomImages,
+            build_metrics,
+            evaluate,
+            load_classifiers,
+        )
+        from doll_core.evaluation.leaderboard import (
+            build_leaderboard,
+            leaderboard_summary,
+            write_leaderboard,
+        )
 
-        device = resolve_device(labels.device)
-        models, images = {}, {}
-        for name in names:
-            model, meta = load_classifier(
-                classifiers[name].folder / "best.pt", device=device, registry=stages.registry
-            )
-            models[name] = model
-            images[name] = PhantomImages(
+        def images_for(meta: Any) -> PhantomImages:
+            return PhantomImages(
                 phantom,
                 split=settings.split,
                 size=meta.image_size,
@@ -270,51 +272,33 @@ def evaluation_stage(
                 count=settings.count,
                 registry=stages.registry,
             )
-        params = {labels.explainer: dict(labels.explainer_params)}
-        evaluations = evaluate(
-            models, images, params, settings, registry=stages.registry, engine=labels.engine
+
+        checkpoints = {name: classifiers[name].folder / "best.pt" for name in names}
+        models, images = load_classifiers(
+            checkpoints,
+            images_for,
+            device=resolve_device(labels.device),
+            registry=stages.registry,
         )
         metrics = build_metrics(settings.metrics, settings.params, stages.registry)
+        params = {labels.explainer: dict(labels.explainer_params)}
+        evaluations = evaluate(
+            models,
+            images,
+            params,
+            metrics,
+            settings,
+            registry=stages.registry,
+            engine=labels.engine,
+        )
         board = build_leaderboard(
             evaluations, metrics, replicates=settings.bootstrap, seed=settings.seed
         )
         write_leaderboard(folder, board, f"# Evaluation of {labels.explainer}")
-        return evaluation_summary(board)
+        return leaderboard_summary(board)
 
     label = labels.explainer
     return stages.cache.run("evaluate", label, key, inputs, work, collective=False)
-
-
-def evaluation_summary(board: dict[str, Any]) -> dict[str, Any]:
-    """What a run's results keep of a leaderboard: each metric's direction and category,
-    its mean over the classifiers' rows, and every row's cells."""
-    metrics: dict[str, Any] = {}
-    for column in board["columns"]:
-        means = [
-            r["scores"][column["name"]]["mean"]
-            for r in board["rows"]
-            if not r["error"] and column["name"] in r["scores"]
-        ]
-        defined = [m for m in means if m == m]  # nan != nan
-        metrics[column["name"]] = {
-            "category": column["category"],
-            "higher_is_better": column["higher_is_better"],
-            "mean": sum(defined) / len(defined) if defined else None,
-        }
-    rows = [
-        {
-            "classifier": r["classifier"],
-            "explainer": r["explainer"],
-            "maps": r["maps"],
-            "error": r["error"],
-            "scores": {
-                n: {k: c.get(k) for k in ("mean", "low", "high", "n")}
-                for n, c in r["scores"].items()
-            },
-        }
-        for r in board["rows"]
-    ]
-    return {"metrics": metrics, "rows": rows, "interval": board["interval"]}
 
 
 def pretrain_stage(
@@ -521,55 +505,40 @@ def run_experiment(
     :returns: the results (also in ``out/results.json``).
     :raises DollError: when another process works in ``out`` (or in ``stages``).
     """
+    from doll_core.experiment.report import write_report
+
     out = Path(out)
     with ExitStack() as held:
         held.enter_context(folder_lock(out))
         if stages is not None and not _inside(Path(stages), out):
             held.enter_context(folder_lock(stages, "stage folder"))
-        return _run_locked(
-            experiment, document, out, stages, resume, device, progress, echo, registry
+        device = device or experiment.device
+        log = RunLog(out / "log.txt", echo)
+        cache = StageCache(stages or out / "stages", resume=resume, log=log)
+        main = launched_rank() == 0
+        if main:
+            atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
+            write_run_record(out, device=device)
+        started = time.perf_counter()
+        log(f"doll run {experiment.name}: {out} (device {device})")
+        with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
+            results = run_stages(
+                experiment, cache, device=device, progress=progress, registry=registry
+            )
+        results["environment"] = environment(device)
+        results["seconds"] = round(time.perf_counter() - started, 2)
+        results["computed"] = dict(cache.computed)
+        if main:
+            atomic_write_text(out / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+            write_report(out, results, document)
+        log(
+            f"finished in {results['seconds']:.1f} s; stages computed: "
+            f"{sum(cache.computed.values())}, reused: "
+            f"{sum(r.reused for r in cache.records)}"
         )
+        return results
 
 
 def _inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies below it."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-
-
-def _run_locked(
-    experiment: Experiment,
-    document: dict[str, Any],
-    out: Path,
-    stages: str | Path | None,
-    resume: bool,
-    device: str | None,
-    progress: bool,
-    echo: Callable[[str], None] | None,
-    registry: Registry | None,
-) -> dict[str, Any]:
-    """:func:`run_experiment` once its folders are locked."""
-    from doll_core.experiment.report import write_report
-
-    device = device or experiment.device
-    log = RunLog(out / "log.txt", echo)
-    cache = StageCache(stages or out / "stages", resume=resume, log=log)
-    main = launched_rank() == 0
-    if main:
-        atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
-        write_run_record(out, device=device)
-    started = time.perf_counter()
-    log(f"doll run {experiment.name}: {out} (device {device})")
-    with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
-        results = run_stages(experiment, cache, device=device, progress=progress, registry=registry)
-    results["environment"] = environment(device)
-    results["seconds"] = round(time.perf_counter() - started, 2)
-    results["computed"] = dict(cache.computed)
-    if main:
-        atomic_write_text(out / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
-        write_report(out, results, document)
-    log(
-        f"finished in {results['seconds']:.1f} s; stages computed: "
-        f"{sum(cache.computed.values())}, reused: "
-        f"{sum(r.reused for r in cache.records)}"
-    )
-    return results
