@@ -10,6 +10,8 @@ from torchvision.transforms.functional import gaussian_blur
 from doll_core.errors import DollError
 
 BASELINES = ("zeros", "blurred", "uniform", "mean")
+#: The ``blurred`` baseline's Gaussian sigma, as a share of the image side.
+BLUR_SIGMA = 0.05
 
 
 def check_baseline(kind: object) -> str | float:
@@ -28,7 +30,7 @@ def check_baseline(kind: object) -> str | float:
 
 
 def make_baseline(
-    images: torch.Tensor, kind: str | float, *, blur_sigma: float = 0.05, seed: int = 0
+    images: torch.Tensor, kind: str | float, *, blur_sigma: float = BLUR_SIGMA, seed: int = 0
 ) -> torch.Tensor:
     """A baseline like ``images [B, C, H, W]``.
 

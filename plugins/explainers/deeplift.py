@@ -8,7 +8,7 @@ from torch import nn
 
 from doll_core.attribution.engine import frozen_eval
 from doll_core.errors import PluginError
-from doll_plugins.explainers.baselines import check_baseline, make_baseline
+from doll_plugins.explainers.baselines import BLUR_SIGMA, check_baseline, make_baseline
 
 _NONLINEAR = (nn.ReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LeakyReLU, nn.GELU, nn.SiLU)
 
@@ -37,7 +37,7 @@ class DeepLift:
     """DeepLift (rescale rule, captum): contributions relative to a baseline."""
 
     def __init__(
-        self, baseline: str | float = "zeros", blur_sigma: float = 0.05, seed: int = 0
+        self, baseline: str | float = "zeros", blur_sigma: float = BLUR_SIGMA, seed: int = 0
     ) -> None:
         self.baseline = check_baseline(baseline)
         self.blur_sigma, self.seed = blur_sigma, seed

@@ -22,7 +22,7 @@ from doll_core.attribution.engine import (
 from doll_core.attribution.stem import stem_name
 from doll_core.compiling import compiled
 from doll_core.errors import DollError
-from doll_plugins.explainers.baselines import check_baseline, make_baseline
+from doll_plugins.explainers.baselines import BLUR_SIGMA, check_baseline, make_baseline
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -135,7 +135,7 @@ class IntegratedGradients(_EngineExplainer):
         n_steps: int = 32,
         method: str = "gausslegendre",
         baseline: str | float = "zeros",
-        blur_sigma: float = 0.05,
+        blur_sigma: float = BLUR_SIGMA,
         seed: int = 0,
         *,
         engine: EngineOptions | None = None,

@@ -27,7 +27,7 @@ from doll_core.metrics.perturbation import (
     target_outputs,
 )
 from doll_core.metrics.similarity import pearson
-from doll_plugins.explainers.baselines import make_baseline
+from doll_plugins.explainers.baselines import BLUR_SIGMA, make_baseline
 
 #: How a perturbation replaces pixels: the blurred image, each image's mean, or black.
 PERTURBATION_BASELINES = ("blurred", "mean", "zeros")
@@ -49,7 +49,7 @@ class _Perturbation(BatchMetric):
         patch: int = 8,
         steps: int = 16,
         baseline: str = "blurred",
-        blur_sigma: float = 0.05,
+        blur_sigma: float = BLUR_SIGMA,
         output: str = "probability",
         order: str = "morf",
     ) -> None:
@@ -212,7 +212,7 @@ class FaithfulnessCorrelation(BatchMetric):
         runs: int = 50,
         subset: int = 128,
         baseline: str = "zeros",
-        blur_sigma: float = 0.05,
+        blur_sigma: float = BLUR_SIGMA,
         output: str = "probability",
     ) -> None:
         """:param runs: random subsets per map. :param subset: pixels per subset.

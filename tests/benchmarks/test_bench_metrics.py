@@ -34,6 +34,14 @@ from doll_plugins.explainers.baselines import make_baseline
 
 TARGETS, IMAGES, SIZE = 14, 4, 64
 PATCH, STEPS = 8, 16
+#: Quantus' options that make it compute the raw quantity DoLL computes (as in
+#: tests/test_metrics_quantus.py)
+QUANTUS_PLAIN = {
+    "abs": False,
+    "normalise": False,
+    "disable_warnings": True,
+    "display_progressbar": False,
+}
 
 
 def _setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -148,10 +156,7 @@ def test_bench_deletion_batched_vs_quantus_region_perturbation(benchmark: Any) -
             patch_size=PATCH,
             regions_evaluation=patches,
             perturb_baseline=0.0,
-            abs=False,
-            normalise=False,
-            disable_warnings=True,
-            display_progressbar=False,
+            **QUANTUS_PLAIN,
         )(
             model=model,
             x_batch=x,
@@ -236,10 +241,7 @@ def test_bench_road_batched_vs_quantus(benchmark: Any) -> None:
         quantus.ROAD(
             percentages=[round(100 * f) for f in fractions],
             noise=0.0,
-            abs=False,
-            normalise=False,
-            disable_warnings=True,
-            display_progressbar=False,
+            **QUANTUS_PLAIN,
         )(
             model=model,
             x_batch=x,
