@@ -78,25 +78,31 @@ def tiny_on_data(classification: Path, organs: Path) -> str:
 #: The order in which ``doll run`` computes its stage kinds.
 STAGE_KINDS = ("phantom", "classifier", "explain", "labels", "pretrain", "finetune")
 
-#: Result keys that hold paths or stage bookkeeping: they differ between two runs of the
-#: same experiment by design (as do times and rates: keys ending in ``seconds``,
-#: ``_per_second`` or ``_fraction``).
-_NOT_RESULTS = {"folder", "labels_folder", "phantom", "stages", "environment", "computed"}
-_TIMES = ("seconds", "_per_second", "_fraction")
+#: Result keys that hold stage bookkeeping: they differ between two runs of the same
+#: experiment by design (as do times and rates: keys ending in ``seconds``,
+#: ``_per_second`` or ``_fraction``). The folders a run names are relative to its run
+#: folder, so two runs in different places record the same ones.
+_NOT_RESULTS = {"stages", "environment", "computed"}
+#: Result keys that name folders.
+_FOLDERS = {"folder", "labels_folder", "phantom", "evaluation_folder"}
+TIMES = ("seconds", "_per_second", "_fraction")
 #: Atomic writes (``.NAME.tmp-PID``) and the phantom's staging folder (``.NAME.partial-PID``).
 TEMPORARY = re.compile(r"^\..+\.(tmp|partial)-\d+$")
 
 
-def comparable(results: Any) -> Any:
-    """``results`` without times, rates and paths: what a rerun must reproduce exactly."""
+def comparable(results: Any, *, folders: bool = True) -> Any:
+    """``results`` without times, rates and stage bookkeeping: what a rerun must reproduce
+    exactly; without the folders it names too unless ``folders`` (for runs whose stages
+    are named otherwise, e.g. by another explainer plugin)."""
+    skip = _NOT_RESULTS if folders else _NOT_RESULTS | _FOLDERS
     if isinstance(results, dict):
         return {
-            key: comparable(value)
+            key: comparable(value, folders=folders)
             for key, value in results.items()
-            if key not in _NOT_RESULTS and not key.endswith(_TIMES)
+            if key not in skip and not key.endswith(TIMES)
         }
     if isinstance(results, list):
-        return [comparable(value) for value in results]
+        return [comparable(value, folders=folders) for value in results]
     return results
 
 

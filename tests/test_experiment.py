@@ -404,7 +404,7 @@ def test_fused_single_classifier_stores_match_joint_generation(
     out, _ = tiny_run
     stores = sorted((out / "stages").glob("explain-*/labels"))
     fused = sorted((out / "stages").glob("labels-*/labels"))[0]
-    joint_config = LabelStore(fused).config["config"]
+    joint_config = LabelStore(fused).generation_settings()
     joint = tmp_path / "joint"
     generate_labels(parse_config(LabelGenerationConfig, joint_config), joint)
     made, reference = LabelStore(fused), LabelStore(joint)

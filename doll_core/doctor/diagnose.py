@@ -21,6 +21,7 @@ from doll_core.doctor.stages import STAGE_NAME, StageState, check_stage, stage_f
 from doll_core.doctor.store import check_label_store, is_label_store
 from doll_core.errors import DollError
 from doll_core.experiment.stages import DONE, recorded_device
+from doll_core.relocation import located
 
 
 class _Doctor:
@@ -281,7 +282,11 @@ def _stages_root(run: Path) -> Path | None:
     results, _ = read_json(run / "results.json")
     if isinstance(results, dict):
         for record in results.get("stages") or []:
-            folder = Path(str(record.get("folder", ""))) if isinstance(record, dict) else None
+            folder = (
+                located(str(record["folder"]), run)
+                if isinstance(record, dict) and record.get("folder")
+                else None
+            )
             if folder is not None and folder.parent.is_dir():
                 return folder.parent
     return None

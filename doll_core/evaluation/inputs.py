@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from doll_core.errors import DollError
+from doll_core.relocation import located
 
 #: the checkpoint of a classifier stage that evaluation explains
 BEST_CHECKPOINT = "best.pt"
@@ -28,11 +29,10 @@ class RunInputs:
 
 
 def _located(recorded: str, run: Path) -> Path:
-    """``recorded`` if it exists, else the same folder name under ``run/stages`` (a run
-    folder that was moved or copied)."""
-    path = Path(recorded)
-    if not path.is_absolute():
-        path = run / path
+    """``recorded`` (relative to ``run``, or absolute) if it exists, else the same folder
+    name under ``run/stages`` (an absolute record of a run folder that was moved or
+    copied before DoLL recorded relative paths)."""
+    path = located(recorded, run)
     if path.exists():
         return path
     moved = run / "stages" / Path(recorded).name

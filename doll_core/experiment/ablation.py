@@ -25,9 +25,11 @@ from doll_core.experiment.report import (
     save_localization_chart,
     save_overlay_grid,
 )
+from doll_core.experiment.results_file import read_results
 from doll_core.experiment.runner import run_experiment
 from doll_core.locking import folder_lock
 from doll_core.registry import Registry
+from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import interval
 from doll_core.training.distributed import launched_rank
 
@@ -116,8 +118,12 @@ def run_ablation(
         name = point_name(index, point)
         experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
         prepared.append((name, point, experiment, experiment.document()))
-    out = Path(out)
-    with folder_lock(out, "ablation folder"), folder_lock(out / "stages", "stage folder"):
+    out = Path(out).absolute()
+    with (
+        folder_lock(out, "ablation folder"),
+        folder_lock(out / "stages", "stage folder"),
+        relocatable_within(out),
+    ):
         points: list[dict[str, Any]] = []
         for name, point, experiment, document in prepared:
             if echo is not None:
@@ -182,13 +188,11 @@ def rebuild_ablation_report(out: str | Path) -> dict[str, Any]:
             {
                 "name": point["name"],
                 "values": point["values"],
-                "results": json.loads(
-                    (out / "points" / point["name"] / "results.json").read_text()
-                ),
+                "results": read_results(out / "points" / point["name"]),
             }
             for point in saved["points"]
         ]
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise DollError(f"{out}: unreadable ablation files: {exc}") from None
     report = ablation_report(saved["varied"], points)
     write_ablation_report(out, report, points)

@@ -17,6 +17,7 @@ from typing import Any
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
 from doll_core.experiment.config import ReportSection
+from doll_core.experiment.results_file import read_results
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import (
     CONVERGENCE_FRACTION,
@@ -400,11 +401,8 @@ def write_report(out: Path, results: Mapping[str, Any], document: Mapping[str, A
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(results, experiment document)`` of a finished run folder."""
     run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise DollError(f"{run_dir} is not a finished run folder (no results.json)")
+    results = read_results(run_dir)
     try:
-        results = json.loads(results_path.read_text())
         document = json.loads((run_dir / "experiment.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DollError(f"{run_dir}: unreadable run files: {exc}") from None

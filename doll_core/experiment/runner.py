@@ -32,11 +32,13 @@ from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
 from doll_core.digests import sha256_of
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
+from doll_core.experiment.results_file import write_results
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.locking import folder_lock
 from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
+from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import paired_comparisons, summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
 from doll_core.training.config import ClassifierTrainingConfig
@@ -47,7 +49,6 @@ from doll_core.training.distributed import (
 )
 from doll_core.training.loop import resolve_device
 
-RESULTS = "results.json"
 GENERATION = "generation.json"
 #: ``work(stage folder, resuming) -> the stage's info``
 Work = Callable[[Path, bool], dict[str, Any]]
@@ -507,14 +508,16 @@ def run_experiment(
     """
     from doll_core.experiment.report import write_report
 
-    out = Path(out)
+    out = Path(out).absolute()
+    stages = Path(stages).absolute() if stages is not None else out / "stages"
     with ExitStack() as held:
         held.enter_context(folder_lock(out))
-        if stages is not None and not _inside(Path(stages), out):
+        if not _inside(stages, out):
             held.enter_context(folder_lock(stages, "stage folder"))
+        held.enter_context(relocatable_within(out, stages))
         device = device or experiment.device
         log = RunLog(out / "log.txt", echo)
-        cache = StageCache(stages or out / "stages", resume=resume, log=log)
+        cache = StageCache(stages, resume=resume, log=log)
         main = launched_rank() == 0
         if main:
             atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
@@ -529,7 +532,7 @@ def run_experiment(
         results["seconds"] = round(time.perf_counter() - started, 2)
         results["computed"] = dict(cache.computed)
         if main:
-            atomic_write_text(out / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+            write_results(out, results)
             write_report(out, results, document)
         log(
             f"finished in {results['seconds']:.1f} s; stages computed: "

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from doll_core.atomic import atomic_write_text
-from doll_core.checkpoint import read_classifier_meta
 from doll_core.errors import DollError
 from doll_core.labels.fusion import fuse_maps, validation_auroc
 from doll_core.labels.store import (
+    CLASSIFIER_AUROC,
     CONFIG,
     LabelStore,
     ShardContent,
@@ -35,6 +35,7 @@ from doll_core.labels.store import (
     write_shard,
 )
 from doll_core.registry import Registry, get_registry
+from doll_core.relocation import recorded_path
 
 #: Config keys that may differ between the stores being fused.
 _MAY_DIFFER = {"classifiers", "device", "batch_size", "fusion", "fusion_params"}
@@ -58,6 +59,8 @@ def _check_compatible(stores: Sequence[LabelStore]) -> dict[str, Any]:
             for k in set(first) | set(config)
             if k not in _MAY_DIFFER and first.get(k) != config.get(k)
         )
+        if "data" in differing and store.data_root == stores[0].data_root:
+            differing.remove("data")  # the same folder, recorded from another place
         if differing:
             raise DollError(
                 f"{store.path} was made with other settings than {stores[0].path}: "
@@ -69,12 +72,18 @@ def _check_compatible(stores: Sequence[LabelStore]) -> dict[str, Any]:
 
 
 def _fused_config(
-    opened: Sequence[LabelStore], base: dict[str, Any], fusion: str, params: dict[str, Any]
+    opened: Sequence[LabelStore],
+    base: dict[str, Any],
+    fusion: str,
+    params: dict[str, Any],
+    out: Path,
 ) -> dict[str, Any]:
-    """The fused store's ``config.json``: the sources' shape of store, a hash of the
-    sources' hashes and the fusion, the generation config with the fusion and all the
-    classifiers, and where it was fused from."""
-    classifiers = [store.config["config"]["classifiers"][0] for store in opened]
+    """The fused store ``out``'s ``config.json``: the sources' shape of store, a hash of
+    the sources' hashes and the fusion, the generation config with the fusion and all the
+    classifiers, each classifier's validation AUROC, and where it was fused from (paths
+    as :func:`~doll_core.relocation.recorded_path` names them from ``out``)."""
+    classifiers = [recorded_path(store.classifier_paths[0], out) for store in opened]
+    data = recorded_path(opened[0].data_root, out)
     source_hashes = [store.config["config_hash"] for store in opened]
     config_hash = hashlib.sha256(
         json.dumps(
@@ -84,9 +93,16 @@ def _fused_config(
     return {
         **{k: v for k, v in opened[0].config.items() if k != "config"},
         "config_hash": config_hash,
-        "config": {**base, "classifiers": classifiers, "fusion": fusion, "fusion_params": params},
+        "config": {
+            **base,
+            "data": data,
+            "classifiers": classifiers,
+            "fusion": fusion,
+            "fusion_params": params,
+        },
+        CLASSIFIER_AUROC: [store.classifier_auroc()[0] for store in opened],
         "fused_from": [
-            {"store": str(s.path), "config_hash": h}
+            {"store": recorded_path(s.path, out), "config_hash": h}
             for s, h in zip(opened, source_hashes, strict=True)
         ],
     }
@@ -178,9 +194,9 @@ def fuse_stores(
     base = _check_compatible(opened)
     params = dict(fusion_params or {})
     plugin = registry.create("fusion", fusion, **params)
-    record = _fused_config(opened, base, fusion, params)
-    auroc = validation_auroc([read_classifier_meta(p) for p in record["config"]["classifiers"]])
-    out = Path(out)
+    out = Path(out).absolute()
+    record = _fused_config(opened, base, fusion, params, out)
+    auroc = validation_auroc(record[CLASSIFIER_AUROC])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
     started = time.perf_counter()

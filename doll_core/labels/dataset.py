@@ -49,7 +49,7 @@ class LabeledImages(Dataset[Any]):
         self.dataset = (registry or get_registry()).create(
             "dataset",
             config["dataset"],
-            root=data or config["data"],
+            root=data or self.store.data_root,
             split=config["split"],
             size=size or self.store.config["label_size"],
             on_error=config["on_error"],

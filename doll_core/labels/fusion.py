@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from doll_core.checkpoint import ClassifierMeta
 from doll_core.errors import DollError, PluginError
 from doll_core.observations import OBSERVATIONS
 
 
-def validation_auroc(metas: Sequence[ClassifierMeta]) -> torch.Tensor:
-    """float32 ``[N_clf, 14]``: each classifier's validation AUROC per observation (0.5,
-    no skill, where it is unknown); indexed by targets it gives fusion weights."""
+def validation_auroc(aurocs: Sequence[Mapping[str, float | None]]) -> torch.Tensor:
+    """float32 ``[N_clf, 14]``: each classifier's validation AUROC per observation, from
+    ``{observation: AUROC}`` per classifier (a checkpoint's ``val_auroc``; 0.5, no skill,
+    where it is unknown); indexed by targets it gives fusion weights."""
     return torch.tensor(
         [
-            [
-                value if (value := meta.val_auroc.get(name)) is not None else 0.5
-                for name in OBSERVATIONS
-            ]
-            for meta in metas
+            [value if (value := auroc.get(name)) is not None else 0.5 for name in OBSERVATIONS]
+            for auroc in aurocs
         ],
         dtype=torch.float32,
     )

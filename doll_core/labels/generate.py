@@ -34,6 +34,7 @@ from doll_core.home import expand_home
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.fusion import fuse_maps, validation_auroc
 from doll_core.labels.store import (
+    CLASSIFIER_AUROC,
     CONFIG,
     ShardContent,
     build_manifest,
@@ -47,6 +48,7 @@ from doll_core.labels.store import (
 from doll_core.models import Classifier
 from doll_core.progress import progress_bar
 from doll_core.registry import Registry, get_registry
+from doll_core.relocation import config_record
 from doll_core.training.distributed import (
     DistributedContext,
     cleanup_distributed,
@@ -146,7 +148,7 @@ class _Labeller:
                 for model in models:
                     model.to(memory_format=torch.channels_last)
         self.fusion = registry.create("fusion", config.fusion, **config.fusion_params)
-        self.auroc = validation_auroc(metas)  # [N_clf, 14]
+        self.auroc = validation_auroc([meta.val_auroc for meta in metas])  # [N_clf, 14]
 
     def label_batch(
         self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
@@ -255,6 +257,7 @@ class _Generator:
         # under torchrun each rank computes on its own GPU
         self.device = resolve_device(config.device, launched_local_rank())
         models, metas, in_channels = _load_classifiers(config, registry, self.device)
+        self.metas = metas
         self.image_size = max(meta.image_size for meta in metas)
         self.label_size = config.label_size or self.image_size
         self.dataset = registry.create(
@@ -372,15 +375,18 @@ def _refuse_existing(out: Path, config_hash: str, *, resume: bool) -> None:
 def _write_store_config(
     out: Path, config: LabelGenerationConfig, config_hash: str, generator: _Generator
 ) -> None:
-    """The store's ``config.json``: its hash, number of shards and images, label size and
-    the generation config."""
+    """The store's ``config.json``: its hash, number of shards and images, label size, the
+    generation config (paths as :func:`~doll_core.relocation.recorded_path` names them) and
+    each classifier's validation AUROC per observation (what ``auc_weighted`` fusion weighs
+    by, kept here so that fusing never reads the checkpoints again)."""
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "config_hash": config_hash,
         "total_shards": generator.shards,
         "images": generator.count,
         "label_size": generator.label_size,
-        "config": config.model_dump(mode="json"),
+        "config": config_record(config, out),
+        CLASSIFIER_AUROC: [dict(meta.val_auroc) for meta in generator.metas],
     }
     atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
 

@@ -32,18 +32,23 @@ from typing import Any, Literal
 import torch
 
 from doll_core.atomic import LEFTOVER, TEMPORARY_NAME, atomic_torch_save, atomic_write_text
+from doll_core.checkpoint import read_classifier_meta
 from doll_core.data.imageio import ImageReadError
 from doll_core.data.paths import contained_path
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
 from doll_core.payloads import load_failure, read_json, safe_torch_load
+from doll_core.relocation import located
 
 SHARD_FORMAT = "doll-label-shard"
 SHARD_VERSION = 1
 STORE_FORMAT = "doll-label-store"
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
+#: ``config.json``'s list of each classifier's validation AUROC per observation
+#: (``{observation: AUROC}``), in the order of the generation config's ``classifiers``
+CLASSIFIER_AUROC = "classifier_val_auroc"
 _SHARD_NAME = re.compile(r"^shard-(\d{5})\.pt$")
 
 
@@ -556,6 +561,37 @@ class LabelStore:
             raise DollError(f"image {image_id!r} is not in the label store {self.path}") from None
         content = self.shard(index)
         return content.image_maps(content.ids.index(image_id))
+
+    @property
+    def data_root(self) -> Path:
+        """The dataset root the store was made from (recorded relative to the store inside
+        a run folder, see :mod:`doll_core.relocation`)."""
+        return located(self.config["config"]["data"], self.path)
+
+    @property
+    def classifier_paths(self) -> list[Path]:
+        """The checkpoints the store was made with, in their recorded order."""
+        return [located(p, self.path) for p in self.config["config"]["classifiers"]]
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The generation config the store was made with, its paths resolved: what
+        :class:`~doll_core.labels.config.LabelGenerationConfig` takes to make it again."""
+        return {
+            **self.config["config"],
+            "data": str(self.data_root),
+            "classifiers": [str(path) for path in self.classifier_paths],
+        }
+
+    def classifier_auroc(self) -> list[dict[str, float | None]]:
+        """Each classifier's validation AUROC per observation: as recorded in the store,
+        or, for a store made before DoLL recorded it, read from the checkpoints.
+
+        :raises DollError: when an older store's checkpoint is gone or unreadable.
+        """
+        recorded = self.config.get(CLASSIFIER_AUROC)
+        if isinstance(recorded, list) and len(recorded) == len(self.classifier_paths):
+            return [dict(values) for values in recorded]
+        return [dict(read_classifier_meta(path).val_auroc) for path in self.classifier_paths]
 
     def skipped(self) -> Iterator[dict[str, str]]:
         for index in sorted(int(k) for k in self.manifest["shards"]):

@@ -34,6 +34,7 @@ from doll_core.metrics.paired import (
     paired_t_interval,
 )
 from doll_core.plotting import pyplot, save_figure
+from doll_core.relocation import same_record
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.finetune import finetune
 
@@ -76,7 +77,10 @@ def compare_initialisations(
                 }
                 config = parse_config(FinetuneConfig, values, source=name)
                 saved = folder / "config.json"
-                if saved.is_file() and json.loads(saved.read_text()) != config.to_json_dict():
+                current = config.to_record(folder)
+                if saved.is_file() and (
+                    same_record(json.loads(saved.read_text()), current, config, folder) != current
+                ):
                     raise DollError(f"{folder} holds a run with other settings; use another --out")
                 if (folder / "test.json").is_file():  # finished with these settings: reuse
                     result = json.loads((folder / "test.json").read_text())

@@ -28,6 +28,7 @@ from doll_core.errors import DollError
 from doll_core.home import expand_home
 from doll_core.metrics.segmentation import SegmentationScores
 from doll_core.registry import Registry, get_registry
+from doll_core.relocation import portable
 from doll_core.segmentation.config import FinetuneConfig
 from doll_core.segmentation.losses import soft_dice_loss, weighted_bce
 from doll_core.segmentation.models import (
@@ -154,7 +155,7 @@ class FinetuneTrainer(Trainer):
             std=tuple(config.std),
             stage="finetune",
             adapter_blocks=config.adapter_blocks,
-            training_config=config.to_json_dict(),
+            training_config=config.to_record(self.out),
         )
         if config.init == "doll":
             assert config.init_path is not None
@@ -173,7 +174,7 @@ class FinetuneTrainer(Trainer):
                 mean=pretrained.mean,
                 std=pretrained.std,
             )
-            self.init_report = {"init": "doll", "from": str(config.init_path)}
+            self.init_report = {"init": "doll", "from": str(config.init_path.absolute())}
             return model
         if config.init == "classifier":
             assert config.init_path is not None
@@ -185,14 +186,14 @@ class FinetuneTrainer(Trainer):
             meta = replace(meta, encoder=encoder, mean=cmeta.mean, std=cmeta.std)
             model = build_segmenter(meta, self.registry)
             load_classifier_into_encoder(model.net, classifier.net, backbone, encoder=encoder)
-            self.init_report = {"init": "classifier", "from": str(config.init_path)}
+            self.init_report = {"init": "classifier", "from": str(config.init_path.absolute())}
         else:
             model = build_segmenter(meta, self.registry)
             if config.init == "checkpoint":
                 assert config.init_path is not None
                 self.init_report = {
                     "init": "checkpoint",
-                    "from": str(config.init_path),
+                    "from": str(config.init_path.absolute()),
                     **load_user_weights(
                         model, config.init_path, allow_partial=config.allow_partial
                     ),
@@ -313,7 +314,10 @@ class FinetuneTrainer(Trainer):
         if improved:
             save_segmenter(self.out / "best.pt", cast(Segmenter, self.model), meta)
         if self.epoch == 1:
-            atomic_write_text(self.out / "init.json", json.dumps(self.init_report, indent=2) + "\n")
+            atomic_write_text(
+                self.out / "init.json",
+                json.dumps(portable(self.init_report, self.out), indent=2) + "\n",
+            )
 
     def describe(self, record: dict[str, Any]) -> str:
         return (
@@ -359,5 +363,5 @@ def finetune(
         "init": trainer.init_report,
     }
     if is_main:
-        atomic_write_text(out / "test.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "test.json", json.dumps(portable(result, out), indent=2) + "\n")
     return result

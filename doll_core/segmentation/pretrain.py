@@ -88,7 +88,7 @@ class PretrainTrainer(Trainer):
             mean=mean,
             std=std,
             stage="pretrain",
-            training_config=config.to_json_dict(),
+            training_config=config.to_record(self.out),
         )
         self.model = build_segmenter(self.meta, self.registry)
         if classifier is not None and backbone is not None:

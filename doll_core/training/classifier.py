@@ -80,7 +80,7 @@ class ClassifierTrainer(Trainer):
             image_size=config.image_size,
             mean=tuple(config.mean),
             std=tuple(config.std),
-            training_config=config.to_json_dict(),
+            training_config=config.to_record(self.out),
         )
         self.model = build_classifier(self.meta, self.registry)
 

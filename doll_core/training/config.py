@@ -22,6 +22,7 @@ from pydantic import (
 
 from doll_core.configuration import context_registry, plugin_problems, raise_problems
 from doll_core.devices import device_field
+from doll_core.relocation import config_record
 
 
 class _Frozen(BaseModel):
@@ -80,9 +81,11 @@ class LoopSettings(_Frozen):
         "the last epoch always writes one, and a run resumes from the latest",
     )
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """JSON-ready (paths as strings), for checkpoints and run folders."""
-        return self.model_dump(mode="json")
+    def to_record(self, holder: Path) -> dict[str, Any]:
+        """JSON-ready, for a checkpoint's metadata, a training state or a ``config.json``
+        in the folder ``holder``: paths as :func:`~doll_core.relocation.recorded_path`
+        names them (relative inside a run folder that moves as one, else absolute)."""
+        return config_record(self, holder)
 
 
 class Seeded(_Frozen):

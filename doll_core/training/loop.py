@@ -35,6 +35,7 @@ from doll_core.devices import check_device
 from doll_core.errors import DollError
 from doll_core.payloads import safe_torch_load
 from doll_core.progress import progress_bar
+from doll_core.relocation import same_record
 from doll_core.training.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -97,7 +98,7 @@ def parameter_groups(
 class Trainer:
     """Generic training run; see the module docstring. ``config`` needs the loop fields of
     :class:`doll_core.training.config.LoopSettings`, a ``seed``, a ``device`` and
-    ``to_json_dict()``."""
+    ``to_record(holder)``."""
 
     #: config fields that may change when a run is resumed
     resumable_changes: frozenset[str] = frozenset(
@@ -288,7 +289,7 @@ class Trainer:
         return {
             "format": STATE_FORMAT,
             "format_version": STATE_VERSION,
-            "config": self.config.to_json_dict(),
+            "config": self.config.to_record(self.out),
             "epoch": self.epoch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -326,7 +327,8 @@ class Trainer:
                 f"{path} is corrupted: its weights no longer match the checksum saved "
                 f"with them; {restart}"
             )
-        saved, current = dict(state["config"]), self.config.to_json_dict()
+        current = self.config.to_record(self.out)
+        saved = same_record(dict(state["config"]), current, self.config, self.out)
         changed = sorted(
             k
             for k in set(saved) | set(current)
@@ -523,7 +525,7 @@ def run_training(
         elif trainer.context.is_main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(
-                out / "config.json", json.dumps(config.to_json_dict(), indent=2) + "\n"
+                out / "config.json", json.dumps(config.to_record(out), indent=2) + "\n"
             )
         trainer.run()
     finally:
