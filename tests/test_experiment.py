@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from experiments_helpers import TINY
 from typer.testing import CliRunner
 
@@ -153,6 +154,18 @@ def test_the_tiny_and_shipped_experiments_validate(tmp_path: Path) -> None:
         ("explanation.label_size", "100000", "explanation.label_size: Input should be less"),
         ("evaluation.params", "{sparseness = {k = 1}}", "evaluation.params: no evaluation.metrics"),
         (
+            "pretrain.head_params",
+            "{decoder_channels = [8, 8, 8]}",
+            "pretrain.head_params: seg head 'unet' with decoder_channels = [8, 8, 8] cannot "
+            "build a model with encoder 'resnet18': ValueError: Model depth is 5, but you "
+            "provide `decoder_channels` for 3",
+        ),
+        (
+            "finetune.head_params",
+            '{decoder_channels = "x"}',
+            "finetune.head_params: seg head 'unet' with decoder_channels = 'x' cannot build",
+        ),
+        (
             "evaluation",
             '{metrics = ["deletion"], params = {deletion = {patch = 0}}}',
             "evaluation: metric 'deletion' (from distribution 'doll') could not be built",
@@ -180,6 +193,33 @@ def test_a_bad_device_option_is_one_line_before_any_folder_is_made(tmp_path: Pat
         (line,) = result.output.strip().splitlines()
         assert line.startswith("error: unknown device") and "auto, cpu, cuda" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
+
+
+def test_models_and_checkpoints_are_checked_before_any_folder_is_made(tmp_path: Path) -> None:
+    """A backbone's weights file that does not fit it, and a fine-tuning checkpoint that
+    fits next to nothing of the model, are one line each (exit 2) before any work."""
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, foreign)
+    cases = {
+        "classifiers.resnet18.backbone_params: backbone 'resnet18' with weights = ": [
+            "--set", f"classifiers.resnet18.backbone_params={{weights={json.dumps(str(foreign))}}}"
+        ],
+        "finetune.checkpoint: ": [
+            "--set", 'finetune.inits=["checkpoint"]',
+            "--set", f"finetune.checkpoint={json.dumps(str(foreign))}",
+        ],
+    }  # fmt: skip
+    for message, settings in cases.items():
+        out = tmp_path / "run"
+        result = runner.invoke(app, ["run", str(experiment), "--out", str(out), *settings])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        problems = result.output.strip().splitlines()[1:]
+        assert len(problems) == 1 and problems[0].strip().startswith(message), result.output
+        assert str(foreign) in problems[0]
+        assert not out.exists()
 
 
 def test_all_problems_are_listed_at_once() -> None:

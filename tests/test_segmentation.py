@@ -402,3 +402,11 @@ def test_compare_initialisations_writes_table_and_curves(
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == report
     changed = CliRunner().invoke(app, [*arguments, "--set", "lr=0.5"])
     assert changed.exit_code == 2 and "holds a run with other settings" in changed.stderr
+    for kind, swapped in (("doll", resnet_checkpoint), ("classifier", pretrained / "best.pt")):
+        swap = arguments.index(f"--{kind}") + 1
+        wrong = [*arguments[:swap], str(swapped), *arguments[swap + 1 :]]
+        wrong[wrong.index("--out") + 1] = str(tmp_path / f"wrong-{kind}")
+        refused = CliRunner().invoke(app, wrong)  # read before the random runs train
+        assert refused.exit_code == 2, refused.output
+        assert f"init {kind!r}: {swapped}" in refused.stderr and "Traceback" not in refused.output
+        assert not (tmp_path / f"wrong-{kind}").exists()

@@ -605,7 +605,8 @@ def _structure_problems(error: ValidationError, document: Mapping[str, Any]) -> 
 
 def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[str]:
     """What no one section can check: names of classifiers and tasks, the encoder the
-    classifiers hand on, and every stage configuration built with stand-in paths."""
+    classifiers hand on, every stage configuration built with stand-in paths, and every
+    model built once (:func:`~doll_core.experiment.preflight.model_problems`)."""
     problems = []
     have = ", ".join(experiment.classifiers)
     for name in experiment.explained_classifiers():
@@ -645,7 +646,12 @@ def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[
             registry, "seg_head", head, "finetune.head", params, "finetune.head_params"
         )
         problems += [f"{key}: {text}" for key, text in found]
-    return problems
+    if problems:
+        return problems
+    from doll_core.experiment.preflight import model_problems
+
+    encoder = segmentation_encoder(experiment, registry) or experiment.pretrain.encoder
+    return model_problems(experiment, configs, registry, encoder=encoder)
 
 
 def _evaluation_problems(experiment: Experiment, registry: Registry) -> list[str]:

@@ -50,6 +50,37 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def check_inits(base: dict[str, Any], inits: dict[str, tuple[str, str | None]]) -> None:
+    """Validate each init's settings and read its checkpoint the way its runs will: a
+    classifier checkpoint built and loaded, a DoLL checkpoint loaded, a user's weights
+    file fitted to the model (:func:`~doll_core.segmentation.models.load_user_weights`).
+
+    :raises DollError: naming the init and the problem.
+    """
+    from doll_core.checkpoint import load_classifier
+    from doll_core.segmentation.models import check_user_weights, load_segmenter, probe_segmenter
+
+    for label, (init, path) in inits.items():
+        values = {**base, "init": init, "init_path": path}
+        config = parse_config(FinetuneConfig, values, source=f"init {label!r}")
+        if config.init_path is None:
+            continue
+        if not config.init_path.is_file():
+            raise DollError(f"init {label!r}: checkpoint not found: {config.init_path}")
+        try:
+            if config.init == "classifier":
+                load_classifier(config.init_path, in_channels=config.in_channels)
+            elif config.init == "doll":
+                load_segmenter(config.init_path)
+            elif config.init == "checkpoint":
+                probe = probe_segmenter(
+                    config.head, config.head_params, config.encoder, config.in_channels
+                )
+                check_user_weights(probe, config.init_path, allow_partial=config.allow_partial)
+        except DollError as exc:
+            raise DollError(f"init {label!r}: {exc}") from None
+
+
 def compare_initialisations(
     base: dict[str, Any],
     inits: dict[str, tuple[str, str | None]],
@@ -60,8 +91,13 @@ def compare_initialisations(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every (init, budget, seed) fine-tuning under ``out`` (each in its own run
-    folder, resumable) and summarise. ``inits`` maps a label to ``(init, init_path)``."""
+    folder, resumable) and summarise. ``inits`` maps a label to ``(init, init_path)``.
+
+    :raises DollError: before any run, for settings a run would refuse or a checkpoint
+        that cannot start one (:func:`check_inits`).
+    """
     out = Path(out)
+    check_inits(base, inits)
     runs: list[dict[str, Any]] = []
     for label, (init, path) in inits.items():
         for budget in budgets:

@@ -3,7 +3,7 @@ normalisation, with a replaceable output layer (the adapter) and weight transfer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -170,6 +170,40 @@ def build_segmenter(meta: SegmenterMeta, registry: Registry | None = None) -> Se
     return model
 
 
+def probe_segmenter(
+    head: str,
+    head_params: dict[str, Any],
+    encoder: str,
+    in_channels: int,
+    registry: Registry | None = None,
+) -> Segmenter:
+    """A one-class model of this architecture with random weights: what a check before
+    any work builds, when the task's classes are not known yet."""
+    meta = SegmenterMeta(
+        head=head,
+        head_params=dict(head_params),
+        encoder=encoder,
+        classes=("class",),
+        in_channels=in_channels,
+        image_size=64,
+        mean=(0.5,) * in_channels,
+        std=(0.25,) * in_channels,
+    )
+    return build_segmenter(meta, registry)
+
+
+def check_user_weights(probe: Segmenter, path: str | Path, *, allow_partial: bool) -> None:
+    """Would ``path`` start a fine-tuning of ``probe``'s architecture
+    (:func:`load_user_weights`, the output layer counted as fitting since its shape
+    follows the task's classes: at most that much more lenient than the run)?
+
+    :raises DollError: as :func:`load_user_weights`.
+    """
+    load_user_weights(
+        probe, path, allow_partial=allow_partial, count_as_fitting=output_tensor_names(probe)
+    )
+
+
 def save_segmenter(path: str | Path, model: Segmenter, meta: SegmenterMeta) -> None:
     module = getattr(model, "module", model)
     payload = {
@@ -215,12 +249,26 @@ def load_segmenter(
 MIN_LOADED_FRACTION = 0.5
 
 
+def output_tensor_names(model: Segmenter) -> set[str]:
+    """The names (in ``model.state_dict()``) of the output layer's parameters, whose
+    shapes follow the task's classes."""
+    ids = {id(p) for p in model.output_layer().parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
 def load_user_weights(
-    model: Segmenter, path: str | Path, *, allow_partial: bool = False
+    model: Segmenter,
+    path: str | Path,
+    *,
+    allow_partial: bool = False,
+    count_as_fitting: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """Load any user state dict (e.g. ImageNet encoder weights kept locally) into the
     model where names and shapes fit; returns which keys loaded and which did not.
 
+    :param count_as_fitting: names of the model's tensors counted as fitting whatever the
+        file holds (a check before work, on a model built before the task's classes are
+        known, counts the output layer's: :func:`output_tensor_names`).
     :raises DollError: when fewer than :data:`MIN_LOADED_FRACTION` of the model's tensors
         fit and not ``allow_partial``, naming how many fit and some that would stay random.
     """
@@ -237,7 +285,8 @@ def load_user_weights(
                 candidates[name] = value
                 break
     own_count = max(len(own), 1)
-    if not allow_partial and len(candidates) < MIN_LOADED_FRACTION * own_count:
+    fitting = len(set(candidates) | (set(count_as_fitting) & set(own)))
+    if not allow_partial and fitting < MIN_LOADED_FRACTION * own_count:
         random = sorted(set(own) - set(candidates))
         raise DollError(
             f"{path}: only {len(candidates)} of the model's {len(own)} tensors fit it (by name "
