@@ -144,6 +144,14 @@ def test_kill_9_then_resume_gives_the_same_bytes(
     assert json.loads((store / "manifest.json").read_text()) == json.loads(
         (reference_store / "manifest.json").read_text()
     )
+    # the completeness of Integrated Gradients covers the store, not only the resumed part
+    resumed, whole = (
+        json.loads((s / "generation.json").read_text())["explainer"]["completeness"]
+        for s in (store, reference_store)
+    )
+    assert resumed["maps"] == whole["maps"] > 0 and resumed["shards"] == whole["shards"] == 4
+    for key in ("mean_abs_delta", "mean_abs_gain", "relative_delta"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-9), key
 
 
 def test_a_corrupted_shard_is_detected_and_regenerated(

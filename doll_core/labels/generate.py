@@ -31,6 +31,11 @@ from doll_core.checkpoint import ClassifierMeta, load_classifier
 from doll_core.data.samples import SkippedSample, batches_from
 from doll_core.errors import DollError
 from doll_core.home import expand_home
+from doll_core.labels.completeness import (
+    completeness_sums,
+    with_store_completeness,
+    write_shard_completeness,
+)
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.labels.fusion import fuse_maps, validation_auroc
 from doll_core.labels.store import (
@@ -419,8 +424,12 @@ def _make_shards(
 
         batches = batches_from(generator.loader(mine))
         for index in mine:
+            before = completeness_sums(generator.labeller.performance())
             shard = generator.make_shard(index, batches, config_hash, on_batch, advance, timing)
             write_shard(out, shard)
+            after = completeness_sums(generator.labeller.performance())
+            if after is not None:
+                write_shard_completeness(out, index, after, before)
     return images_done
 
 
@@ -448,7 +457,9 @@ def _write_generation_report(
         "data_seconds": round(timing["data_seconds"], 3),
         "compute_seconds": round(timing["compute_seconds"], 3),
         "data_wait_fraction": round(timing["data_seconds"] / max(computing, 1e-9), 4),
-        "explainer": generator.labeller.performance(),
+        "explainer": with_store_completeness(
+            generator.labeller.performance(), out, [int(k) for k in manifest["shards"]]
+        ),
         "bytes": total_bytes,
         "bytes_per_image": round(total_bytes / images, 1),
     }
