@@ -181,10 +181,13 @@ def test_a_damaged_label_store_names_the_shard(run: Path, damage: str) -> None:
     (finding,) = about(report, path, store)
     assert finding.severity == "problem" and words in finding.message
     assert [(s.stage, s.action) for s in report.plan] == [(path.name, "redo")]
-    # Inside a run: the same finding, and the finished stage is reused damaged.
+    # Inside a run: the same finding; stage.json's checksums cover the store, so --resume
+    # continues the stage, remaking that shard.
     report = diagnose(run)
     assert "problem" in severities(report, path, run)
-    assert steps(report) == {store.parent.name: "reuse damaged"}
+    assert steps(report) == {store.parent.name: "continue"}
+    (step,) = report.plan
+    assert f"makes {path.name}" in step.detail and "labels/" in step.detail
     assert report.dependents[store.parent.name] == [
         stage(run, "labels").name,
         stage(run, "pretrain").name,
@@ -432,7 +435,8 @@ def test_the_plan_is_what_resume_recomputes(
     monkeypatch.setattr(module, "pretrain", original)
     # An explain stage killed while it rewrote two shards; a classifier checkpoint and
     # the phantom's stage.json damaged after they finished; a finished store with a
-    # corrupted shard that no checksum in stage.json covers.
+    # corrupted shard that no checksum in stage.json covers (a stage.json written before
+    # DoLL recorded its store's files).
     explain = stage(run, "explain-saliency_resnet18")
     (explain / "stage.json").unlink()
     (explain / "labels" / "shard-00001.pt").unlink()
@@ -442,6 +446,10 @@ def test_the_plan_is_what_resume_recomputes(
     phantom = stage(run, "phantom")
     replace(phantom / "stage.json", b"")
     damaged = stage(run, "explain-saliency_tiny")
+    edit_json(
+        damaged / "stage.json",
+        lambda d: d.update(files={k: v for k, v in d["files"].items() if "/" not in k}),
+    )
     _flipped_byte(damaged / "labels")
     # And fine-tuning is to run one epoch longer: a new key, so a new stage.
     edit_json(run / "experiment.json", lambda d: d["finetune"].update(epochs=3))

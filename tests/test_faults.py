@@ -6,7 +6,7 @@ kept byte for byte and reused) and that the results after recovery equal a clean
 The clean run (``reference``) is computed once per module; every other run starts from
 copies of its finished stages where the fault comes later in the pipeline.
 
-Faults injected (22):
+Faults injected (23):
 
 - kill -9 at a seeded random point inside each of the 6 stage kinds (phantom, classifier,
   explain, labels, pretrain, finetune), each followed by a refused plain rerun and a
@@ -17,6 +17,7 @@ Faults injected (22):
 - a corrupted checkpoint: truncated, zeroed or garbled ``best.pt`` of a finished classifier
   and of the pre-training (6), a garbled classifier recovered with ``--resume`` and
   checked downstream (1), a garbled ``stage.json`` (1): 8;
+- a garbled shard of a finished explanation stage, redone with ``--resume``: 1;
 - truncated images (a CheXpert-layout training image and a segmentation test image): one
   run with ``on_error = "skip"``, one with ``"fail"`` for each file: 3.
 """
@@ -622,6 +623,31 @@ def test_a_corrupted_classifier_is_recomputed_with_resume(
     recomputed = safe_torch_load(folder / "best.pt", "checkpoint")["state_dict"]
     for key, value in safe_torch_load(clean, "checkpoint")["state_dict"].items():
         assert torch.equal(recomputed[key], value), key
+
+
+def test_a_corrupted_shard_of_a_finished_label_stage_is_redone_with_resume(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """A garbled shard of a finished explanation stage (its store is under ``stage.json``'s
+    checksums): a plain rerun refuses naming the shard and ``--resume``; ``--resume``
+    makes that shard again (the others are kept), and the run ends as the clean run."""
+    out = tmp_path / "run"
+    copy_stages(reference.stages, out / "stages", STAGE_KINDS)
+    (folder,) = sorted((out / "stages").glob("explain-*_tiny-*"))
+    shard = folder / "labels" / "shard-00001.pt"
+    corrupt(shard, "garbled")
+    others = sorted(p for p in (folder / "labels").glob("shard-*.pt") if p != shard)
+    kept = file_states(others)
+    refused = runner.invoke(app, run_args(reference.experiment, out))
+    assert refused.exit_code == 2, refused.output
+    assert f"{shard} does not match the checksum" in refused.output
+    assert "pass --resume to recompute the stage" in refused.output
+    result = runner.invoke(app, run_args(reference.experiment, out, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert file_states(others) == kept
+    assert sha256_of(shard) == sha256_of(reference.stages / folder.name / "labels" / shard.name)
+    results = assert_equals_reference(out, reference)
+    assert results["computed"] == {"explain": 1}
 
 
 # -- truncated images -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import tempfile
@@ -1033,3 +1034,91 @@ def test_segfolder_masks_of_any_shape_and_mode_read_or_are_skipped(
             assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
             if detail is not None:
                 np.testing.assert_array_equal(sample["mask"].numpy(), detail.astype(np.float32))
+
+
+# -- devices and label-store records ---------------------------------------------------------
+
+_DEVICE_WORDS = st.sampled_from(["auto", "cpu", "cuda", "mps", "tpu", "xla", "meta", "cuda:"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.one_of(st.text(max_size=12), (_DEVICE_WORDS.flatmap(
+    lambda word: st.builds(lambda tail: word + tail, st.text(max_size=4))))))  # fmt: skip
+def test_a_device_name_is_one_of_the_known_forms_or_named(name: str) -> None:
+    """``auto``, or ``cpu``, ``mps`` or ``cuda`` with or without ``:N`` (N a decimal
+    number without leading zeros, as torch parses it) pass; anything else is a DollError
+    that names the string."""
+    from doll_core.devices import check_device
+
+    form = r"auto|(cpu|mps|cuda)(:(0|[1-9][0-9]*))?"
+    known = re.fullmatch(form, name, flags=re.ASCII) is not None
+    try:
+        assert check_device(name) == name and known
+    except DollError as exc:
+        assert not known and repr(name) in str(exc)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_STORE_KEYS = ("config_hash", "total_shards", "images", "shards", "label_size", "complete")
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small finished label store of the phantom (saliency of a random tiny CNN)."""
+    from doll_core.checkpoint import ClassifierMeta, build_classifier, save_classifier
+    from doll_core.configuration import parse_config
+    from doll_core.labels.config import LabelGenerationConfig
+    from doll_core.labels.generate import generate_labels
+    from doll_core.phantom.writer import PhantomSpec, write_phantom
+
+    root = tmp_path_factory.mktemp("store")
+    write_phantom(root / "phantom", PhantomSpec(n_train=6, n_valid=2, n_organs=1, size=32))
+    meta = ClassifierMeta(backbone="tiny_cnn", backbone_params={"width": 4}, in_channels=1,
+                          image_size=32, mean=(0.5,), std=(0.25,))  # fmt: skip
+    torch.manual_seed(0)
+    save_classifier(root / "tiny.pt", build_classifier(meta), meta)
+    values = {"data": str(root / "phantom"), "classifiers": [str(root / "tiny.pt")],
+              "explainer": "saliency", "label_size": 8, "shard_size": 4,
+              "device": "cpu"}  # fmt: skip
+    generate_labels(parse_config(LabelGenerationConfig, values), root / "labels")
+    return root / "labels"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(["config.json", "manifest.json"]),
+    content=st.one_of(
+        st.binary(max_size=40),
+        _JSON.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.sampled_from(_STORE_KEYS), _JSON, max_size=4).map(
+            lambda v: json.dumps(v).encode()
+        ),
+    ),
+)
+def test_any_label_store_record_opens_or_names_its_file(
+    finished_store: Path, name: str, content: bytes
+) -> None:
+    """A store whose ``config.json`` or ``manifest.json`` holds anything: opening it gives
+    a store or a DollError naming the file, and ``doll doctor``'s check never raises."""
+    from doll_core.labels.store import LabelStore, check_store
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder) / "labels"
+        store.mkdir()
+        for path in finished_store.iterdir():
+            (store / path.name).write_bytes(path.read_bytes())
+        (store / name).write_bytes(content)
+        check_store(store)
+        try:
+            opened = LabelStore(store)
+        except DollError as exc:
+            assert str(store) in str(exc) or name in str(exc), str(exc)
+        else:
+            for image_id in opened.ids:
+                opened.labels(image_id)

@@ -128,10 +128,10 @@ def _read_record(state: StageState, add: Add) -> None:
     for file, digest in sorted(recorded.items() if isinstance(recorded, dict) else []):
         path = folder / str(file)
         if not path.is_file():
-            why = f"{path.name} is missing"
+            why = f"{file} is missing"
             add("problem", path, f"missing ({DONE} recorded its SHA-256)")
         elif sha256_of(path) != digest:
-            why = f"{path.name} no longer matches its SHA-256 in {DONE}"
+            why = f"{file} no longer matches its SHA-256 in {DONE}"
             add(
                 "problem",
                 path,

@@ -92,13 +92,24 @@ def sha256_file(path: Path) -> str:
     return digest
 
 
+#: Subfolders of a stage whose files ``stage.json`` records too: a label stage's store
+#: (its shards, manifest and config), which downstream stages read.
+CHECKED_SUBFOLDERS = ("labels",)
+
+
 def file_digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of the files directly in a stage folder, except ``stage.json``, the resume
-    state and hidden files (leftovers of interrupted writes)."""
+    """SHA-256 of the files directly in a stage folder and in its
+    :data:`CHECKED_SUBFOLDERS` (named ``labels/shard-00000.pt``), except ``stage.json``,
+    the resume state and hidden files (leftovers of interrupted writes)."""
     digests = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name not in (DONE, *RESUME_ONLY) and path.name[0] != ".":
             digests[path.name] = sha256_file(path)
+    for name in CHECKED_SUBFOLDERS:
+        sub = folder / name
+        for path in sorted(sub.iterdir()) if sub.is_dir() else []:
+            if path.is_file() and path.name[0] != ".":
+                digests[f"{name}/{path.name}"] = sha256_file(path)
     return digests
 
 

@@ -307,9 +307,41 @@ def read_store_manifest(
     if manifest is None and why == "missing":
         message = "missing; readers rebuild it from the shards (each is loaded once)"
         return None, [StoreIssue("missing manifest", path, message)] if finished else []
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
-        return None, [StoreIssue("manifest", path, why or "is not a DoLL label-store manifest")]
+    problem = why or _manifest_shape_problem(manifest)
+    if problem is not None:
+        return None, [StoreIssue("manifest", path, problem)]
     return manifest, []
+
+
+def _manifest_shape_problem(manifest: Any) -> str | None:
+    """Why ``manifest`` does not have the shape :func:`build_manifest` writes, or ``None``:
+    ``config_hash`` a string, ``shards`` ``{"N": {"file": str, "sha256": str, ...}}``
+    (``sha256`` absent in manifests of DoLL before 0.1),
+    ``images`` ``{id: {"shard": int, ...}}``."""
+    not_one = "is not a DoLL label-store manifest"
+    if not isinstance(manifest, dict):
+        return f"{not_one} (not a JSON object)"
+    shards, images = manifest.get("shards"), manifest.get("images")
+    if not isinstance(manifest.get("config_hash"), str):
+        return f"{not_one} (no config_hash)"
+    if not isinstance(shards, dict) or not isinstance(images, dict):
+        return f"{not_one} (shards and images must be objects)"
+    for key, entry in shards.items():
+        if not (
+            key.isdecimal()
+            and isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str | None)  # None: a manifest before 0.1
+        ):
+            return f"{not_one} (shard entry {key!r} is not {{file, sha256, ...}})"
+    for image_id, entry in images.items():
+        if not (
+            isinstance(entry, dict)
+            and type(entry.get("shard")) is int
+            and str(entry["shard"]) in shards
+        ):
+            return f"{not_one} (image {image_id!r} names no listed shard)"
+    return None
 
 
 def manifest_disagreements(
@@ -547,7 +579,7 @@ class LabelStore:
             ) from None
         content = read_shard(
             shard_file,
-            expected_sha256=entry["sha256"],
+            expected_sha256=entry.get("sha256"),
             config_hash=self.manifest["config_hash"],
         )
         self._cache = (index, content)
