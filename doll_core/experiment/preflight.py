@@ -10,6 +10,9 @@ explanation.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from doll_core.errors import DollError
@@ -34,19 +37,43 @@ def _given(params: dict[str, Any]) -> str:
     return " with " + ", ".join(f"{k} = {v!r}" for k, v in params.items()) if params else ""
 
 
+#: what a build gave, by what it was built from (:func:`_build_key`): a validation that
+#: runs again (an ablation's grid points, ``doll run`` after ``doll plan``) builds nothing
+#: twice in a process
+_VERDICTS: dict[str, str | None] = {}
+
+
+def _build_key(registry: Registry, kind: str, name: str, *parts: Any) -> str:
+    """What a build's outcome depends on: the plugin's factory, the parameters, and the
+    size and time of every file a parameter names (a weights file replaced is read again)."""
+    factory = id(registry.get(kind, name).factory)
+    files = [
+        (str(v), os.stat(v).st_size, os.stat(v).st_mtime_ns)
+        for part in parts
+        if isinstance(part, dict)
+        for v in part.values()
+        if isinstance(v, str | Path) and os.path.isfile(v)
+    ]
+    return json.dumps([kind, name, factory, parts, files], sort_keys=True, default=str)
+
+
 def _classifier_problems(experiment: Experiment, registry: Registry) -> list[str]:
     """Each classifier's backbone, built for the 14 observations (with its local weights,
     where it names a file)."""
     problems = []
     for name, settings in experiment.classifiers.items():
         params = settings.backbone_params
-        key = f"classifiers.{name}.backbone" + ("_params" if params else "")
-        try:
-            backbone = registry.create("backbone", settings.backbone, **params)
-            backbone.build(num_classes=len(OBSERVATIONS), in_channels=settings.in_channels)
-        except Exception as exc:
-            problems.append(f"{key}: backbone {settings.backbone!r}{_given(params)} cannot "
-                            f"build its model: {_summary(exc)}")  # fmt: skip
+        built = _build_key(registry, "backbone", settings.backbone, params, settings.in_channels)
+        if built not in _VERDICTS:
+            try:
+                backbone = registry.create("backbone", settings.backbone, **params)
+                backbone.build(num_classes=len(OBSERVATIONS), in_channels=settings.in_channels)
+                _VERDICTS[built] = None
+            except Exception as exc:
+                _VERDICTS[built] = (f"backbone {settings.backbone!r}{_given(params)} cannot "
+                                    f"build its model: {_summary(exc)}")  # fmt: skip
+        if (verdict := _VERDICTS[built]) is not None:
+            problems.append(f"classifiers.{name}.backbone{'_params' if params else ''}: {verdict}")
     return problems
 
 
@@ -57,17 +84,25 @@ def _segmenter_problem(
     encoder: str,
     in_channels: int,
     registry: Registry,
+    *,
+    need_model: bool = False,
 ) -> tuple[str | None, Any]:
-    """``(problem, model)``: the segmentation model built for one class, or why not."""
+    """``(problem, model)``: the segmentation model built for one class, or why not
+    (``model`` is ``None`` too when an earlier build of this architecture passed and
+    ``need_model`` is false)."""
+    built = _build_key(registry, "seg_head", head, head_params, encoder, in_channels)
+    key = f"{section}.head_params" if head_params else f"{section}.head"
+    if built in _VERDICTS and not need_model:
+        verdict = _VERDICTS[built]
+        return (f"{key}: {verdict}" if verdict is not None else None), None
     try:
-        return None, probe_segmenter(head, head_params, encoder, in_channels, registry)
+        model = probe_segmenter(head, head_params, encoder, in_channels, registry)
+        _VERDICTS[built] = None
+        return None, model
     except Exception as exc:
-        key = f"{section}.head_params" if head_params else f"{section}.head"
-        return (
-            f"{key}: seg head {head!r}{_given(head_params)} cannot build a model with "
-            f"encoder {encoder!r}: {_summary(exc)}",
-            None,
-        )
+        _VERDICTS[built] = (f"seg head {head!r}{_given(head_params)} cannot build a model "
+                            f"with encoder {encoder!r}: {_summary(exc)}")  # fmt: skip
+        return f"{key}: {_VERDICTS[built]}", None
 
 
 def model_problems(
@@ -90,12 +125,17 @@ def model_problems(
         if problem:  # a fine-tuning that inherits the architecture fails the same way
             built[repr((pretrain.head, pretrain.head_params, encoder, pretrain.in_channels))] = None
     checked: set[tuple[str, str]] = set()
+
+    def shape_of(config: Any) -> str:
+        return repr((config.head, config.head_params, config.encoder, config.in_channels))
+
+    started_from_files = {shape_of(c) for c in configs.finetune.values() if c.init == "checkpoint"}
     for config in configs.finetune.values():
-        shape = repr((config.head, config.head_params, config.encoder, config.in_channels))
+        shape = shape_of(config)
         if shape not in built:
             problem, built[shape] = _segmenter_problem(
                 "finetune", config.head, config.head_params, config.encoder,
-                config.in_channels, registry,
+                config.in_channels, registry, need_model=shape in started_from_files,
             )  # fmt: skip
             problems += [problem] if problem else []
         model, path = built[shape], experiment.finetune.checkpoint  # the runner's init_path
