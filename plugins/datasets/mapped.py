@@ -1,0 +1,163 @@
+"""What the readers of datasets mapped to CheXpert's observations share (NIH ChestX-ray14,
+PadChest): image ids and files as compact numpy arrays, labels as CheXpert codes
+``int8 [N, 14]`` turned into labels by CheXpert's policies, a label mask that leaves out
+what the dataset does not label, and the counts ``doll data inspect`` prints."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from doll_core.data.chexpert_format import (
+    BLANK,
+    CODE_NAMES,
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+)
+from doll_core.data.imageio import MAX_IMAGE_PIXELS, read_image, resize_image
+from doll_core.data.mapping import LabelMapping
+from doll_core.data.samples import ImageDataset, OnError, to_tensor
+from doll_core.errors import DollError
+from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
+from doll_plugins.datasets.chexpert import _policy_table
+
+_CODES = (POSITIVE, NEGATIVE, UNCERTAIN, BLANK)
+_COLUMN_OF_CODE = np.array([_CODES.index(code) for code in range(BLANK, POSITIVE + 1)])
+
+
+def open_text(path: Path) -> IO[str]:
+    """A CSV file (``.csv`` or ``.csv.gz``) as UTF-8 text, a byte-order mark dropped."""
+    raw = path.open("rb")
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8-sig", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, {column: cell})`` for every row of ``path`` with the ``required`` columns
+    (by the header's names; cells past the named columns, as NIH's irregular header
+    leaves, are ignored).
+
+    :raises DollError: naming the file (and line) of a missing column, a row too short,
+        bytes that are not UTF-8 or text that is not CSV.
+    """
+    line = 1
+    try:
+        with open_text(path) as handle:
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader, [])]
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise DollError(f"{path} lacks the column(s) {missing}; it has {header}")
+            positions = {name: header.index(name) for name in required}
+            last = max(positions.values())
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) <= last:
+                    raise DollError(f"{path}, line {line}: {len(row)} cells, expected at least "
+                                    f"{last + 1}")  # fmt: skip
+                yield line, {name: row[k] for name, k in positions.items()}
+    except UnicodeDecodeError as exc:
+        raise DollError(f"{path}, near line {line}: not UTF-8 text ({exc.reason})") from None
+    except (csv.Error, OSError, EOFError) as exc:  # gzip errors are OSError / EOFError
+        raise DollError(f"{path}, line {line}: not a readable CSV ({exc})") from None
+
+
+class MappedClassification(ImageDataset):
+    """A classification dataset whose findings :attr:`mapping` maps to the 14
+    observations. Subclasses fill :attr:`_ids` (``bytes [N]``), :attr:`_codes` (``int8
+    [N, 14]``) and :attr:`_frontal` (``bool [N]``), and implement :meth:`image_path`."""
+
+    #: the dataset's findings -> observations (set by each subclass)
+    mapping: LabelMapping
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        uncertainty: str | Mapping[str, str] = "ones",
+        blank: str = "zeros",
+        size: int | Sequence[int] | None = 224,
+        grayscale: bool = True,
+        on_error: OnError = "skip",
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    ) -> None:
+        super().__init__(
+            root, size=size, grayscale=grayscale, on_error=on_error,
+            max_image_pixels=max_image_pixels,
+        )  # fmt: skip
+        self._values, self._counts = _policy_table(uncertainty, blank)
+        self._labelled = self.mapping.labelled
+        self._ids = np.array([], dtype="S1")
+        self._codes = np.zeros((0, NUM_OBSERVATIONS), dtype=np.int8)
+        self._frontal = np.zeros(0, dtype=bool)
+        #: finding names that mapped to nothing, with how many images listed them
+        self.unmapped: Counter[str] = Counter()
+        #: every finding name with how many images listed it
+        self.findings: Counter[str] = Counter()
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self._ids, self._codes, self._frontal = (
+            self._ids[keep], self._codes[keep], self._frontal[keep]
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def sample_id(self, index: int) -> str:
+        return bytes(self._ids[index]).decode("utf-8")
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def label_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``float32 [14]`` and label mask ``bool [14]`` of sample ``index``
+        (``False`` wherever the dataset does not label the observation)."""
+        column = _COLUMN_OF_CODE[self._codes[index].astype(np.int64) - BLANK]
+        rows = np.arange(NUM_OBSERVATIONS)
+        return self._values[rows, column], self._counts[rows, column] & self._labelled
+
+    def load(self, index: int) -> dict[str, Any]:
+        image = to_tensor(
+            read_image(
+                self.image_path(index),
+                grayscale=self.grayscale,
+                at_least=self.size,
+                max_pixels=self.max_image_pixels,
+            )
+        )
+        labels, mask = self.label_arrays(index)
+        return {
+            "image": resize_image(image, self.size),
+            "labels": torch.from_numpy(labels.copy()),
+            "label_mask": torch.from_numpy(mask.copy()),
+            "id": self.sample_id(index),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Images, views, per observation the count of each label value after mapping
+        (observations the dataset does not label are listed apart), and the findings
+        that mapped to nothing."""
+        return {
+            "images": len(self),
+            "frontal": int(self._frontal.sum()),
+            "lateral": int((~self._frontal).sum()),
+            "observations": {
+                name: {CODE_NAMES[c]: int((self._codes[:, k] == c).sum()) for c in _CODES}
+                for k, name in enumerate(OBSERVATIONS)
+                if self._labelled[k]
+            },
+            "unlabelled": [name for k, name in enumerate(OBSERVATIONS) if not self._labelled[k]],
+            "unmapped": dict(self.unmapped.most_common()),
+        }

@@ -1,0 +1,272 @@
+"""Readers of datasets mapped to CheXpert's observations (NIH ChestX-ray14): the mapping,
+the irregular CSV, split lists, image lookup, and counts on the real CSV that
+torchxrayvision's wheel ships, against pandas."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from doll_core.cli import app
+from doll_core.data.mapping import LabelMapping
+from doll_core.data.samples import SkippedSample
+from doll_core.errors import DollError
+from doll_core.observations import OBSERVATIONS
+from doll_plugins.datasets.nih import NIH_MAPPING, NIHChestXray14
+
+runner = CliRunner()
+
+#: Data_Entry_2017.csv as released: the bracketed names cover two cells each, and every
+#: row ends with an empty cell
+NIH_2017 = """Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,\
+View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],
+00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143,
+00000001_001.png,Mass|Effusion,1,1,58,M,PA,2894,2729,0.143,0.143,
+00000002_000.png,No Finding,0,2,81,M,AP,2500,2048,0.171,0.171,
+00000003_000.png,Hernia|Fracture?,0,3,81,F,PA,2582,2991,0.143,0.143,
+"""
+
+
+def _nih(root: Path, csv: str = NIH_2017, *, images: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Data_Entry_2017.csv").write_text(csv)
+    if images:
+        for k, line in enumerate(csv.splitlines()[1:]):
+            folder = root / f"images_00{1 + k % 2}" / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.full((40, 48), 20 * (k + 1), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / line.split(",")[0])
+    return root
+
+
+def _labels(dataset: NIHChestXray14, index: int) -> dict[str, float | None]:
+    labels, mask = dataset.label_arrays(index)
+    return {
+        n: (float(v) if m else None) for n, v, m in zip(OBSERVATIONS, labels, mask, strict=True)
+    }
+
+
+def test_nih_findings_map_to_the_observations_with_a_mask_for_what_it_does_not_label(
+    tmp_path: Path,
+) -> None:
+    dataset = NIHChestXray14(_nih(tmp_path / "nih"), size=32)
+    assert [dataset.sample_id(i) for i in range(len(dataset))] == [
+        "00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"
+    ]  # fmt: skip
+    unlabelled = {"Enlarged Cardiomediastinum": None, "Fracture": None, "Support Devices": None}
+    negative = {name: 0.0 for name in OBSERVATIONS} | unlabelled
+    assert _labels(dataset, 0) == negative | {"Cardiomegaly": 1.0}
+    # Mass is a Lung Lesion, which (CheXpert's hierarchy) is a Lung Opacity
+    assert _labels(dataset, 1) == negative | {
+        "Lung Lesion": 1.0, "Lung Opacity": 1.0, "Pleural Effusion": 1.0
+    }  # fmt: skip
+    assert _labels(dataset, 2) == negative | {"No Finding": 1.0}
+    assert _labels(dataset, 3) == negative  # Hernia and a typo map to nothing
+    summary = dataset.summary()
+    assert summary["unmapped"] == {"Hernia": 1, "Fracture?": 1}
+    assert summary["unlabelled"] == list(unlabelled)
+    assert summary["patients"] == 3 and summary["views"] == {"PA": 3, "AP": 1}
+    assert summary["observations"]["Lung Opacity"]["positive"] == 1
+    sample = dataset[1]
+    assert not isinstance(sample, SkippedSample)
+    assert sample["image"].shape == (1, 32, 32) and sample["id"] == "00000001_001.png"
+    assert sample["label_mask"].tolist() == [v is not None for v in _labels(dataset, 1).values()]
+
+
+def test_nih_splits_follow_the_release_lists_and_missing_images_are_skipped(
+    tmp_path: Path,
+) -> None:
+    root = _nih(tmp_path / "nih")
+    (root / "test_list.txt").write_text("00000002_000.png\n00000003_000.png\n")
+    with pytest.raises(DollError, match=r"split 'train' needs .*train_val_list\.txt"):
+        NIHChestXray14(root, split="train")
+    test = NIHChestXray14(root, split="test", size=32)
+    assert [test.sample_id(i) for i in range(len(test))] == ["00000002_000.png", "00000003_000.png"]
+    assert test.summary()["views"] == {"AP": 1, "PA": 1} and test.summary()["patients"] == 2
+    (root / "images_002" / "images" / "00000003_000.png").unlink()
+    skipped = test[1]
+    assert isinstance(skipped, SkippedSample) and "not found in any images" in skipped.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Image Index,View Position\nx.png,PA\n", r"lacks the column\(s\) \['Finding Labels'"),
+        (NIH_2017.replace("00000002_000.png", "../up.png"), "line 4: not an image name"),
+        (NIH_2017.replace(",0,2,81,M,AP,2500,2048,0.171,0.171,", ""), "line 4: 2 cells"),
+    ],
+)
+def test_a_bad_nih_csv_names_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(DollError, match=message):
+        NIHChestXray14(_nih(tmp_path / "nih", text, images=False))
+
+
+def test_a_mapping_refuses_unknown_observations_and_reads_case_insensitively() -> None:
+    with pytest.raises(DollError, match=r"unknown observations \['Lung Nodule'\]"):
+        LabelMapping("x", {"nodule": "Lung Nodule"})
+    mapping = LabelMapping("x", {"Pleural Effusion": "Pleural Effusion"}, ignored=("exclude",))
+    counter: Counter[str] = Counter()
+    codes = mapping.codes([" pleural effusion ", "exclude", "Other"], counter)
+    assert codes[OBSERVATIONS.index("Pleural Effusion")] == 1 and dict(counter) == {"Other": 1}
+    assert dict(NIH_MAPPING.table())["Lung Lesion"] == ["Mass", "Nodule"]
+
+
+# -- the real CSV (torchxrayvision's wheel) ----------------------------------------------------
+
+
+def _xrv_data() -> Path:
+    xrv = pytest.importorskip(
+        "torchxrayvision", reason="the real CSVs come with torchxrayvision (pip install doll[xrv])"
+    )
+    return Path(xrv.__file__).parent / "data"
+
+
+def test_nih_inspect_on_the_real_csv_counts_what_pandas_counts(tmp_path: Path) -> None:
+    """``doll data inspect nih ROOT`` on a folder holding only the released CSV: every
+    finding's count and every observation's positives equal pandas' counts."""
+    pandas = pytest.importorskip("pandas")
+    source = _xrv_data() / "Data_Entry_2017_v2020.csv.gz"
+    root = tmp_path / "nih"
+    root.mkdir()
+    shutil.copyfile(source, root / source.name)
+    result = runner.invoke(app, ["data", "inspect", "nih", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["splits"]["all"]
+
+    with gzip.open(source, "rt") as handle:
+        frame = pandas.read_csv(handle)
+    findings = frame["Finding Labels"].str.split("|")
+    assert report["images"] == len(frame) == 112120
+    assert report["patients"] == frame["Patient ID"].nunique()
+    assert report["findings"] == findings.explode().value_counts().to_dict()
+    assert report["views"] == frame["View Position"].value_counts().to_dict()
+    has = {name: findings.apply(lambda f, n=name: n in f) for name in report["findings"]}
+    expected = {
+        "No Finding": has["No Finding"],
+        "Cardiomegaly": has["Cardiomegaly"],
+        "Lung Lesion": has["Mass"] | has["Nodule"],
+        "Edema": has["Edema"],
+        "Consolidation": has["Consolidation"],
+        "Pneumonia": has["Pneumonia"],
+        "Atelectasis": has["Atelectasis"],
+        "Pneumothorax": has["Pneumothorax"],
+        "Pleural Effusion": has["Effusion"],
+        "Pleural Other": has["Pleural_Thickening"],
+    }
+    expected["Lung Opacity"] = (
+        has["Infiltration"] | expected["Edema"] | expected["Consolidation"]
+        | expected["Pneumonia"] | expected["Lung Lesion"] | expected["Atelectasis"]
+    )  # fmt: skip
+    got = {name: counts["positive"] for name, counts in report["observations"].items()}
+    assert got == {name: int(flags.sum()) for name, flags in expected.items()}
+    for name, counts in report["observations"].items():
+        assert counts["positive"] + counts["negative"] == len(frame), name
+    assert report["unmapped"] == {n: int(has[n].sum()) for n in ("Emphysema", "Fibrosis", "Hernia")}
+
+
+# -- PadChest ----------------------------------------------------------------------------------
+
+PADCHEST = """ImageID,ImageDir,PatientID,Projection,Labels,Report
+a.png,0,p1,PA,"['pleural effusion', 'cardiomegaly', 'cardiomegaly']",x
+b.png,0,p1,L,"['normal']",x
+c.png,1,p2,AP_horizontal,"['unchanged']",x
+d.png,1,p3,PA,,x
+e.png,1,p3,PA,"['callus rib fracture', 'COPD signs', '']",x
+f.png,1,p4,PA,"__import__('os').system('echo no')",x
+"""
+
+
+def _padchest(root: Path, csv: str = PADCHEST) -> Path:
+    from doll_plugins.datasets.padchest import CSV_NAME
+
+    root.mkdir(parents=True)
+    (root / CSV_NAME).write_text(csv)
+    for line in csv.splitlines()[1:]:
+        name, folder = line.split(",")[:2]
+        (root / folder).mkdir(exist_ok=True)
+        Image.fromarray(np.full((30, 30), 4095, dtype=np.uint16)).save(root / folder / name)
+    return root
+
+
+def test_padchest_report_findings_map_exactly_and_a_row_without_findings_is_blank(
+    tmp_path: Path,
+) -> None:
+    from doll_plugins.datasets.padchest import PadChest
+
+    dataset = PadChest(_padchest(tmp_path / "pc"), size=16, blank="ignore")
+    negative = {name: 0.0 for name in OBSERVATIONS}
+    blank = {name: None for name in OBSERVATIONS}
+    assert _labels(dataset, 0) == negative | {  # a duplicate counts once
+        "Pleural Effusion": 1.0, "Cardiomegaly": 1.0, "Enlarged Cardiomediastinum": 1.0
+    }  # fmt: skip
+    assert _labels(dataset, 1) == negative | {"No Finding": 1.0}
+    assert _labels(dataset, 2) == blank  # only "unchanged": no evidence of anything
+    assert _labels(dataset, 3) == blank  # no Labels at all
+    assert _labels(dataset, 4) == negative | {"Fracture": 1.0}
+    assert _labels(dataset, 5) == blank  # not a list literal: never evaluated
+    summary = dataset.summary()
+    assert summary["unmapped"] == {"COPD signs": 1}
+    assert summary["unreadable_labels"] == 1 and summary["empty_labels"] == 1
+    assert summary["findings"]["cardiomegaly"] == 1
+    assert summary["projections"] == {"PA": 4, "L": 1, "AP_horizontal": 1}
+    assert summary["frontal"] == 5 and summary["patients"] == 4
+    sample = dataset[0]
+    assert not isinstance(sample, SkippedSample)
+    assert float(sample["image"].max()) == pytest.approx(4095 / 65535, abs=1e-6)  # 16-bit
+    frontal = PadChest(tmp_path / "pc", frontal_only=True)
+    assert [frontal.sample_id(i) for i in range(len(frontal))] == ["a.png", "c.png", "d.png",
+                                                                   "e.png", "f.png"]  # fmt: skip
+
+
+def test_padchest_inspect_on_the_real_csv_counts_what_pandas_counts(tmp_path: Path) -> None:
+    """``doll data inspect padchest ROOT`` on a folder holding only the released CSV (160,861
+    rows): every finding's and every observation's counts equal pandas' counts."""
+    import ast
+
+    pandas = pytest.importorskip("pandas")
+    from doll_plugins.datasets.padchest import CSV_NAME, NOT_FINDINGS, PADCHEST_MAPPING
+
+    source = _xrv_data() / f"{CSV_NAME}.gz"
+    root = tmp_path / "pc"
+    root.mkdir()
+    shutil.copyfile(source, root / source.name)
+    result = runner.invoke(app, ["data", "inspect", "padchest", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["splits"]["all"]
+
+    frame = pandas.read_csv(source, low_memory=False)
+
+    def findings(cell: object) -> list[str] | None:
+        try:
+            value = ast.literal_eval(cell) if isinstance(cell, str) else None
+        except (ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, list) else None
+
+    lists = frame["Labels"].map(findings)
+    named = lists.map(lambda v: sorted({f.strip() for f in v or []} - set(NOT_FINDINGS)))
+    assert report["images"] == len(frame) == 160861
+    empty = frame["Labels"].isna()
+    assert report["empty_labels"] == int(empty.sum())
+    assert report["unreadable_labels"] == int((lists.isna() & ~empty).sum())
+    assert report["findings"] == named.explode().dropna().value_counts().to_dict()
+    assert report["patients"] == frame["PatientID"].nunique()
+    assert report["projections"] == frame["Projection"].value_counts().to_dict()
+    has_any = named.map(bool)
+    for observation, synonyms in PADCHEST_MAPPING.table():
+        positive = named.map(lambda f, s=set(synonyms): bool(s & set(f)))
+        counts = report["observations"][observation]
+        if observation in ("Lung Opacity", "Enlarged Cardiomediastinum"):
+            assert counts["positive"] >= int(positive.sum())  # raised by their children
+        else:
+            assert counts["positive"] == int(positive.sum()), observation
+        assert counts["blank"] == int((~has_any).sum()), observation
+        assert counts["positive"] + counts["negative"] == int(has_any.sum()), observation
