@@ -270,3 +270,65 @@ def test_padchest_inspect_on_the_real_csv_counts_what_pandas_counts(tmp_path: Pa
             assert counts["positive"] == int(positive.sum()), observation
         assert counts["blank"] == int((~has_any).sum()), observation
         assert counts["positive"] + counts["negative"] == int(has_any.sum()), observation
+
+
+# -- MIMIC-CXR-JPG -----------------------------------------------------------------------------
+
+_MIMIC_COLUMNS = sorted(OBSERVATIONS)  # the release's label columns are alphabetical
+
+
+def _mimic(root: Path) -> Path:
+    root.mkdir(parents=True)
+    metadata = ["dicom_id,subject_id,study_id,ViewPosition,Rows,Columns"]
+    metadata += [
+        "aa-01,10000032,50414267,PA,30,30",
+        "aa-02,10000032,50414267,LATERAL,30,30",
+        "bb-01,10000033,50000001,AP,30,30",
+        "cc-01,19999999,59999999,AP,30,30",
+    ]
+    (root / "mimic-cxr-2.0.0-metadata.csv").write_text("\n".join(metadata) + "\n")
+    cells = {"Cardiomegaly": "1.0", "Edema": "-1.0", "Pneumonia": "0.0"}
+    first = ",".join(cells.get(name, "") for name in _MIMIC_COLUMNS)
+    second = ",".join("1.0" if name == "No Finding" else "" for name in _MIMIC_COLUMNS)
+    with gzip.open(root / "mimic-cxr-2.0.0-chexpert.csv.gz", "wt") as handle:
+        handle.write("subject_id,study_id," + ",".join(_MIMIC_COLUMNS) + "\n")
+        handle.write(f"10000032,50414267,{first}\n10000033,50000001,{second}\n")
+    (root / "mimic-cxr-2.0.0-split.csv").write_text(
+        "dicom_id,study_id,subject_id,split\naa-01,50414267,10000032,train\n"
+        "aa-02,50414267,10000032,train\nbb-01,50000001,10000033,test\n"
+        "cc-01,59999999,19999999,validate\n"
+    )
+    folder = root / "files" / "p10" / "p10000032" / "s50414267"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((30, 30), 128, dtype=np.uint8)).save(folder / "aa-01.jpg")
+    return root
+
+
+def test_mimic_labels_each_image_by_its_study_with_chexperts_policies(tmp_path: Path) -> None:
+    from doll_plugins.datasets.mimic import MIMICCXRJPG
+
+    root = _mimic(tmp_path / "mimic")
+    dataset = MIMICCXRJPG(root, size=16, uncertainty="ignore", blank="ignore")
+    assert [dataset.sample_id(i) for i in range(len(dataset))] == ["aa-01", "aa-02", "bb-01",
+                                                                   "cc-01"]  # fmt: skip
+    blank = {name: None for name in OBSERVATIONS}
+    study = blank | {"Cardiomegaly": 1.0, "Pneumonia": 0.0}  # Edema -1: ignored
+    assert _labels(dataset, 0) == _labels(dataset, 1) == study
+    assert _labels(dataset, 2) == blank | {"No Finding": 1.0}
+    assert _labels(dataset, 3) == blank  # a study without a labels row
+    ones = MIMICCXRJPG(root, uncertainty="ones")
+    assert _labels(ones, 0)["Edema"] == 1.0 and _labels(ones, 0)["Fracture"] == 0.0
+    summary = dataset.summary()
+    assert summary["observations"]["Edema"] == {"positive": 0, "negative": 0, "uncertain": 2,
+                                                "blank": 2}  # fmt: skip
+    assert summary["images_without_labels"] == 1 and summary["studies"] == 3
+    assert summary["views"] == {"AP": 2, "PA": 1, "LATERAL": 1} and summary["frontal"] == 3
+    sample = dataset[0]
+    assert not isinstance(sample, SkippedSample) and sample["image"].shape == (1, 16, 16)
+    assert isinstance(dataset[2], SkippedSample)  # no such file
+    test = MIMICCXRJPG(root, split="test")
+    assert [test.sample_id(i) for i in range(len(test))] == ["bb-01"]
+    frontal = MIMICCXRJPG(root, frontal_only=True)
+    assert len(frontal) == 3
+    with pytest.raises(DollError, match=r"neither mimic-cxr-2\.0\.0-negbio\.csv"):
+        MIMICCXRJPG(root, labeler="negbio")
