@@ -1,5 +1,5 @@
 """The rich progress bar of every long stage: count, a free ``info`` field (loss,
-images/s), elapsed and remaining time, on stderr."""
+images/s), elapsed and remaining time, on stderr (on a terminal only)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from rich.progress import (
 
 
 def progress_bar(console: Console | None = None) -> Progress:
-    """A progress bar; tasks are added with ``info=""`` and updated with ``info=...``."""
+    """A progress bar; tasks are added with ``info=""`` and updated with ``info=...``.
+    Off where the console is no terminal (a log file, a pipe, a batch job): there rich
+    would print each bar's last state, repeating the line each epoch already writes."""
+    console = console or Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -23,5 +26,6 @@ def progress_bar(console: Console | None = None) -> Progress:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,
     )

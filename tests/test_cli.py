@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +44,9 @@ def test_plugins_list_table_shows_the_builtins() -> None:
         "deeplabv3plus",
         "fpn",
         "chexpert",
+        "nih",
+        "padchest",
+        "mimic",
         "segfolder",
         "jsrt",
         "covid-qu-ex",
@@ -78,7 +82,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 42  # 25 of the first five kinds, 17 metrics
+    assert len(rows) == 45  # 28 of the first five kinds, 17 metrics
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -99,7 +103,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 42
+    assert len(json.loads(result.stdout)) == 45
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -122,7 +126,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
         "explainer": 8,
         "fusion": 5,
         "seg_head": 4,
-        "dataset": 4,
+        "dataset": 7,
         "metric": 17,
     }
     table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})
@@ -164,3 +168,55 @@ def test_console_script_runs_as_a_subprocess() -> None:
     )
     assert completed.returncode == 0
     assert completed.stdout.strip() == f"doll {doll_core.__version__}"
+
+
+# -- one grammar -------------------------------------------------------------------------------
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command below the click group ``group``, with its words."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        words = (*prefix, name)
+        found.append((words, command))
+        if hasattr(command, "commands"):
+            found += _commands(command, words)
+    return found
+
+
+def test_no_help_shows_a_value_after_a_flag() -> None:
+    """``--resume``, ``--json``, ``--help``, ``--version``: flags take no value, so no
+    ``<bool>`` follows them in any command's help."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = _commands(root)
+    assert len(commands) > 20
+    for words in [(), *(words for words, _ in commands)]:
+        result = runner.invoke(app, [*words, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (words, result.output)
+        assert "<bool>" not in result.output, words
+    assert "--resume " in runner.invoke(app, ["run", "--help"], terminal_width=200).output
+
+
+def test_every_set_takes_toml_values(small_phantom: Path, tmp_path: Path) -> None:
+    """``--set`` reads a value as ``doll run`` does: TOML (an inline table too); a JSON
+    object is not TOML, so it stays text and is refused by name."""
+    out = tmp_path / "clf"
+    arguments = ["train-classifier", "--data", str(small_phantom), "--backbone", "tiny_cnn",
+                 "--out", str(out), "--epochs", "1", "--device", "cpu", "--set", "image_size=32",
+                 "--set", "batch_size=16", "--set", "num_workers=0"]  # fmt: skip
+    result = runner.invoke(app, [*arguments, "--set", "backbone_params={width = 4}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["backbone_params"] == {"width": 4}
+    lines = result.output.splitlines()
+    assert sum(line.startswith("epoch 1") for line in lines) == 1  # no bar line besides
+    refused = runner.invoke(app, [*arguments[:6], str(tmp_path / "other"), *arguments[7:],
+                                  "--set", 'backbone_params={"width": 4}'])  # fmt: skip
+    assert refused.exit_code == 2 and "backbone_params" in refused.output
+    inspected = runner.invoke(
+        app, ["data", "inspect", "chexpert", str(small_phantom), "--json",
+              "--set", "frontal_only=true", "--set", "uncertainty={default = \"zeros\"}"],
+    )  # fmt: skip
+    assert inspected.exit_code == 0, inspected.output
+    assert json.loads(inspected.output)["splits"]["train"]["lateral"] == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from doll_core._version import __version__
 from doll_core.atomic import disk_full_error
@@ -30,6 +30,17 @@ from doll_core.cli import (
     train_cmd,
 )
 from doll_core.errors import DollError
+
+_display_type = TyperOption.display_type_rich
+
+
+def _flag_shows_no_type(self: TyperOption, ctx: Any) -> str | None:
+    """``--resume`` takes no value, so ``--help`` shows no ``<bool>`` after it (typer
+    0.29 shows one for every boolean flag, which reads as if the flag took a value)."""
+    return None if self.is_flag else _display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_shows_no_type  # type: ignore[method-assign]
 
 USER_ERROR_EXIT_CODE = 2
 #: The machine or third-party code, not the user: a full disk, a plugin that raised.

@@ -74,16 +74,15 @@ def given(**values: Any) -> dict[str, Any]:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> a dict; values are JSON where they parse, else strings."""
+    """``KEY=VALUE`` strings -> a dict. Every command's ``--set`` reads a value as ``doll
+    run`` does (:func:`~doll_core.experiment.overrides.parse_value`): a TOML value
+    (``3``, ``true``, ``[8, "all"]``, ``{width = 4}``, ``"x"``), else the text itself."""
+    from doll_core.experiment.overrides import parse_value, split_assignment
+
     options: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise DollError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key.strip()] = raw
+        key, raw = split_assignment(item)
+        options[key] = parse_value(raw)
     return options
 
 
@@ -95,7 +94,7 @@ def inspect(
     root: Path = typer.Argument(..., help="The dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     option: list[str] = typer.Option(
-        [], "--set", help="Reader option KEY=VALUE (JSON values), e.g. --set 'classes=[\"a\"]'."
+        [], "--set", help="Reader option KEY=VALUE (a TOML value), e.g. --set 'classes=[\"a\"]'."
     ),
 ) -> None:
     """Count what a dataset folder holds, per split: how a user checks a download."""

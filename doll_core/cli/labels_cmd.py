@@ -28,7 +28,7 @@ def generate(
     settings: list[str] = typer.Option(
         [],
         "--set",
-        help="Any config key, KEY=VALUE (JSON), e.g. --set shard_size=512 "
+        help="Any config key, KEY=VALUE (a TOML value), e.g. --set shard_size=512 "
         "--set 'explainer_params={\"n_steps\": 16}'.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted store."),

@@ -21,7 +21,9 @@ def pretrain_command(
     encoder_from: Path | None = typer.Option(
         None, "--encoder-from", help="Classifier checkpoint for the encoder."
     ),
-    settings: list[str] = typer.Option([], "--set", help="Any config key, KEY=VALUE (JSON)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Any config key, KEY=VALUE (a TOML value)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
     """Pre-train a whole segmentation model (encoder and decoder) on DoLL labels."""
@@ -46,7 +48,9 @@ def finetune_command(
     init: str = typer.Option("random", "--init", help="random, classifier, doll or checkpoint."),
     init_path: Path | None = typer.Option(None, "--init-path", help="Checkpoint for --init."),
     n_labeled: int | None = typer.Option(None, "--n-labeled", help="Training images used."),
-    settings: list[str] = typer.Option([], "--set", help="Any config key, KEY=VALUE (JSON)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Any config key, KEY=VALUE (a TOML value)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
     """Fine-tune on a downstream segmentation task and report test mIoU / Dice."""
@@ -69,7 +73,9 @@ def compare_command(
     dataset: str | None = typer.Option(None, "--dataset", help="Reader (default: the config's)."),
     budget: list[str] = typer.Option(["8", "32", "all"], "--budget", help="Labelled images."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per setting."),
-    settings: list[str] = typer.Option([], "--set", help="Fine-tuning config KEY=VALUE (JSON)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Fine-tuning config KEY=VALUE (a TOML value)."
+    ),
 ) -> None:
     """Fine-tune from random, classifier and DoLL initialisation; table and curves."""
     from doll_core.segmentation.compare import compare_initialisations

@@ -31,7 +31,9 @@ def train_classifier_command(
     amp: str = typer.Option("auto", "--amp", help="auto, off, bf16 or fp16 (CUDA only)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     settings: list[str] = typer.Option(
-        [], "--set", help="Any other config key, KEY=VALUE (JSON), e.g. --set weight_decay=0.05."
+        [],
+        "--set",
+        help="Any other config key, KEY=VALUE (a TOML value), e.g. --set weight_decay=0.05.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
