@@ -332,3 +332,42 @@ def test_mimic_labels_each_image_by_its_study_with_chexperts_policies(tmp_path: 
     assert len(frontal) == 3
     with pytest.raises(DollError, match=r"neither mimic-cxr-2\.0\.0-negbio\.csv"):
         MIMICCXRJPG(root, labeler="negbio")
+
+
+def test_splits_divide_by_patient_and_cover_every_image_once(tmp_path: Path) -> None:
+    """NIH's train/valid divide its train_val list, PadChest's train/valid/test divide it
+    all, by patient: disjoint, complete, no patient in two splits; MIMIC's ``valid`` is its
+    ``validate``."""
+    from doll_plugins.datasets.mapped import patient_split
+    from doll_plugins.datasets.mimic import MIMICCXRJPG
+    from doll_plugins.datasets.padchest import PadChest
+
+    patients = [f"p{k % 97}" for k in range(2000)]
+    first = patient_split(patients, {"valid": 0.1, "train": 0.9}, seed=0)
+    assert first.tolist() == patient_split(list(reversed(patients)), {"valid": 0.1, "train": 0.9},
+                                           seed=0).tolist()[::-1]  # fmt: skip
+    by_patient = {p: set() for p in patients}
+    for patient, split in zip(patients, first, strict=True):
+        by_patient[patient].add(split)
+    assert all(len(splits) == 1 for splits in by_patient.values())
+    share = sum(next(iter(s)) == "valid" for s in by_patient.values()) / len(by_patient)
+    assert 0.02 < share < 0.25
+
+    root = _nih(tmp_path / "nih")
+    (root / "train_val_list.txt").write_text(
+        "00000001_000.png\n00000001_001.png\n00000002_000.png\n00000003_000.png\n"
+    )
+    (root / "test_list.txt").write_text("")
+    ids = {s: set() for s in ("train", "valid")}
+    for seed in range(6):  # some seed puts a patient in valid
+        for split in ids:
+            dataset = NIHChestXray14(root, split=split, split_seed=seed)
+            ids[split] |= {(seed, dataset.sample_id(i)) for i in range(len(dataset))}
+    assert not ids["train"] & ids["valid"] and ids["valid"]
+    assert len(ids["train"] | ids["valid"]) == 6 * 4
+
+    pc = _padchest(tmp_path / "pc")
+    parts = {s: PadChest(pc, split=s) for s in ("train", "valid", "test")}
+    names = [d.sample_id(i) for d in parts.values() for i in range(len(d))]
+    assert sorted(names) == sorted(PadChest(pc).sample_id(i) for i in range(6))
+    assert MIMICCXRJPG(_mimic(tmp_path / "mimic"), split="valid").split == "validate"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,6 +73,29 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
         raise DollError(f"{path}, near line {line}: not UTF-8 text ({exc.reason})") from None
     except (csv.Error, OSError, EOFError) as exc:  # gzip errors are OSError / EOFError
         raise DollError(f"{path}, line {line}: not a readable CSV ({exc})") from None
+
+
+#: the share of patients :func:`patient_split` puts in ``valid`` (and, where a dataset has
+#: no test split of its own, in ``test``)
+VALID_FRACTION = 0.1
+
+
+def patient_split(patients: Sequence[str], fractions: Mapping[str, float], seed: int) -> np.ndarray:
+    """Each patient's split, ``str [N]``: a patient goes to the split whose share of
+    ``[0, 1)`` holds the SHA-256 of ``"seed:patient"`` (read as a fraction), in the order
+    of ``fractions`` (the last split takes the rest). Every image of a patient lands in
+    the same split, whatever the file order, on every machine."""
+    names = list(fractions)
+    bounds = np.cumsum([fractions[name] for name in names[:-1]])
+    cache: dict[str, str] = {}
+    result = []
+    for patient in patients:
+        if patient not in cache:
+            digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+            where = int.from_bytes(digest[:8], "big") / 2**64
+            cache[patient] = names[int(np.searchsorted(bounds, where, side="right"))]
+        result.append(cache[patient])
+    return np.array(result, dtype=object)
 
 
 class MappedClassification(ImageDataset):

@@ -28,6 +28,8 @@ from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_plugins.datasets.mapped import MappedClassification, csv_rows
 
 SPLITS = ("all", "train", "validate", "test")
+#: other names of a split (DoLL's classifier training asks for ``valid`` by default)
+SPLIT_ALIASES = {"valid": "validate"}
 LABELERS = ("chexpert", "negbio")
 PREFIX = "mimic-cxr-2.0.0"
 #: views that are frontal
@@ -71,7 +73,8 @@ class MIMICCXRJPG(MappedClassification):
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         """:param root: the release folder (the CSVs and ``files/``).
-        :param split: ``all``, or ``train`` / ``validate`` / ``test`` by the split CSV.
+        :param split: ``all``, or ``train`` / ``validate`` (or ``valid``) / ``test`` by the
+            split CSV.
         :param labeler: whose labels: ``chexpert`` or ``negbio``.
         :param frontal_only: keep only frontal views (:data:`FRONTAL`).
         :param uncertainty, blank: CheXpert's policies for -1 and blank cells.
@@ -80,7 +83,7 @@ class MIMICCXRJPG(MappedClassification):
             root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
             on_error=on_error, max_image_pixels=max_image_pixels,
         )  # fmt: skip
-        self.split = check_choice("split", split, SPLITS)
+        self.split = check_choice("split", SPLIT_ALIASES.get(split, split), SPLITS)
         self.labeler = check_choice("labeler", labeler, LABELERS)
         labels = self._study_labels(find_table(self.root, self.labeler))
         splits = self._splits(find_table(self.root, "split")) if self.split != "all" else {}

@@ -7,8 +7,10 @@ names before them. ``Finding Labels`` lists the findings present, ``|``-separate
 ``No Finding``; NIH's 14 findings map to the observations by :data:`NIH_MAPPING`. The
 images are in ``images_001/images/`` ... ``images_012/images/`` (or one ``images/``
 folder); they are located on first read, so a folder with only the CSV can be inspected.
-``split = "train"`` and ``"test"`` follow the release's ``train_val_list.txt`` and
-``test_list.txt``.
+``split = "test"`` is the release's ``test_list.txt``; ``"train"`` and ``"valid"`` divide
+its ``train_val_list.txt`` by patient (:func:`~doll_plugins.datasets.mapped.patient_split`,
+:data:`~doll_plugins.datasets.mapped.VALID_FRACTION` of the patients in ``valid``), so no
+patient is in two splits and model choices never see the test list.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
 from doll_core.data.samples import OnError, check_choice
 from doll_core.errors import DollError
-from doll_plugins.datasets.mapped import MappedClassification, csv_rows
+from doll_plugins.datasets.mapped import (
+    VALID_FRACTION,
+    MappedClassification,
+    csv_rows,
+    patient_split,
+)
 
-SPLITS = ("all", "train", "test")
+SPLITS = ("all", "train", "valid", "test")
 #: the file of each split's image names, in the release's root
-SPLIT_LISTS = {"train": "train_val_list.txt", "test": "test_list.txt"}
+SPLIT_LISTS = {"train": "train_val_list.txt", "valid": "train_val_list.txt",
+               "test": "test_list.txt"}  # fmt: skip
 #: NIH's findings -> DoLL's observations. Infiltration is CheXpert's Lung Opacity, Mass and
 #: Nodule its Lung Lesion, Pleural_Thickening its Pleural Other; Emphysema, Fibrosis and
 #: Hernia have no counterpart (counted as unmapped). NIH does not label Enlarged
@@ -82,10 +90,13 @@ class NIHChestXray14(MappedClassification):
         grayscale: bool = True,
         on_error: OnError = "skip",
         csv_path: str | Path | None = None,
+        split_seed: int = 0,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         """:param root: the release folder (the CSV, ``images_*/``, the split lists).
-        :param split: ``all``, or ``train`` / ``test`` by the release's lists.
+        :param split: ``all``; ``test`` by the release's list; ``train`` / ``valid``, its
+            other list divided by patient.
+        :param split_seed: which patients go to ``valid``.
         :param csv_path: read this CSV instead of the newest ``Data_Entry_2017*.csv``.
         :param uncertainty, blank: as CheXpert's (NIH has neither: every labelled
             observation is positive or negative).
@@ -119,7 +130,12 @@ class NIHChestXray14(MappedClassification):
         self._patients = np.array(patients, dtype=np.int64)
         self._views = np.array(views, dtype=np.bytes_) if views else np.array([], dtype="S1")
         if self.split != "all":
-            self._keep(self._in_split_list())
+            keep = self._in_split_list()
+            if self.split in ("train", "valid"):
+                fractions = {"valid": VALID_FRACTION, "train": 1 - VALID_FRACTION}
+                split_of = patient_split([str(p) for p in self._patients], fractions, split_seed)
+                keep &= split_of == self.split
+            self._keep(keep)
         self._folders: dict[str, Path] | None = None
 
     def _in_split_list(self) -> np.ndarray:

@@ -8,7 +8,9 @@ name (PadChest names 193 findings; the ones that stand for one of the 14 observa
 listed there, the rest are counted as unmapped). A row whose list names no finding at all
 (empty, unreadable, or only ``unchanged``, ``exclude``, ``suboptimal study``) is blank for
 every observation: it is not evidence that nothing is there. Images are the 16-bit PNGs
-in ``<root>/<ImageDir>/<ImageID>`` (read as value / 65535).
+in ``<root>/<ImageDir>/<ImageID>`` (read as value / 65535). PadChest has no split of its
+own: ``train``, ``valid`` and ``test`` divide it by patient
+(:func:`~doll_plugins.datasets.mapped.patient_split`, 80/10/10).
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from doll_core.data.chexpert_format import BLANK
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError
+from doll_core.data.samples import OnError, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS
-from doll_plugins.datasets.mapped import MappedClassification, csv_rows
+from doll_plugins.datasets.mapped import (
+    VALID_FRACTION,
+    MappedClassification,
+    csv_rows,
+    patient_split,
+)
 
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+SPLITS = ("all", "train", "valid", "test")
+#: each split's share of the patients
+SPLIT_FRACTIONS = {"valid": VALID_FRACTION, "test": VALID_FRACTION,
+                   "train": 1 - 2 * VALID_FRACTION}  # fmt: skip
 #: projections that are frontal views
 FRONTAL = ("PA", "AP", "AP_horizontal")
 #: a ``Labels`` cell that holds no list (the released CSV writes ``nan`` for 103 rows)
@@ -177,6 +188,8 @@ class PadChest(MappedClassification):
         self,
         root: str | Path,
         *,
+        split: str = "all",
+        split_seed: int = 0,
         frontal_only: bool = False,
         uncertainty: str | Mapping[str, str] = "ones",
         blank: str = "zeros",
@@ -187,6 +200,8 @@ class PadChest(MappedClassification):
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         """:param root: the folder of the image folders (``0/`` ... ``54/``) and the CSV.
+        :param split: ``all``, or ``train`` / ``valid`` / ``test`` by patient.
+        :param split_seed: which patients go to which split.
         :param frontal_only: keep only PA, AP and AP_horizontal projections.
         :param blank: what a row that names no finding becomes (``zeros``, or ``ignore``
             to leave it out of the loss).
@@ -231,8 +246,11 @@ class PadChest(MappedClassification):
         self._frontal = np.array([p in FRONTAL for p in projections], dtype=bool)
         self._patients = np.array(patients, dtype=object)
         self._projections = np.array(projections, dtype=object)
-        if frontal_only:
-            self._keep(self._frontal.copy())
+        self.split = check_choice("split", split, SPLITS)
+        keep = self._frontal.copy() if frontal_only else np.ones(len(self._ids), dtype=bool)
+        if self.split != "all":
+            keep &= patient_split(self._patients.tolist(), SPLIT_FRACTIONS, split_seed) == split
+        self._keep(keep)
 
     def _keep(self, keep: np.ndarray) -> None:
         super()._keep(keep)
@@ -245,6 +263,7 @@ class PadChest(MappedClassification):
 
     def summary(self) -> dict[str, Any]:
         return {
+            "split": self.split,
             "csv": str(self.csv_path),
             **super().summary(),
             "patients": len(set(self._patients.tolist())),
