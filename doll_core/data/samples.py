@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError
+from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError, read_image, resize_image
 from doll_core.errors import DollError
 from doll_core.home import expand_home
 
@@ -134,6 +134,38 @@ class ImageDataset(Dataset[Any]):
             record = SkippedSample(self.sample_id(index), exc.path, exc.reason)
             self.skipped.append(record)
             return record
+
+
+class LabelledImages(ImageDataset):
+    """A classification reader: subclasses implement :meth:`image_path` and
+    :meth:`label_arrays`; :meth:`load` reads, resizes and labels the image."""
+
+    def image_path(self, index: int) -> Path:
+        """The file of sample ``index``; :class:`ImageReadError` where there is none."""
+        raise NotImplementedError
+
+    def label_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``float32 [14]`` and label mask ``bool [14]`` of sample ``index``."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> dict[str, Any]:
+        """``image`` ``[C, H, W]`` in [0, 1], ``labels`` ``[14]``, ``label_mask`` ``[14]``,
+        ``id``."""
+        image = to_tensor(
+            read_image(
+                self.image_path(index),
+                grayscale=self.grayscale,
+                at_least=self.size,
+                max_pixels=self.max_image_pixels,
+            )
+        )
+        labels, mask = self.label_arrays(index)
+        return {
+            "image": resize_image(image, self.size),
+            "labels": torch.from_numpy(labels.copy()),
+            "label_mask": torch.from_numpy(mask.copy()),
+            "id": self.sample_id(index),
+        }
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:

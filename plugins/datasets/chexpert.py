@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from doll_core.data.chexpert_format import (
     BLANK,
@@ -26,9 +25,9 @@ from doll_core.data.chexpert_format import (
     UNCERTAIN,
     parse_label,
 )
-from doll_core.data.imageio import MAX_IMAGE_PIXELS, read_image, resize_image
+from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import ImageDataset, OnError, check_choice, to_tensor
+from doll_core.data.samples import LabelledImages, OnError, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 
@@ -110,7 +109,7 @@ def _check_utf8(row: Sequence[str], where: str) -> None:
             )
 
 
-class CheXpert(ImageDataset):
+class CheXpert(LabelledImages):
     """CheXpert (train.csv / valid.csv, 14 observations, U-Ones/U-Zeros/U-Ignore)."""
 
     def __init__(
@@ -227,23 +226,6 @@ class CheXpert(ImageDataset):
         column = _COLUMN_OF_CODE[self._codes[index].astype(np.int64) - BLANK]
         rows = np.arange(NUM_OBSERVATIONS)
         return self._values[rows, column], self._counts[rows, column]
-
-    def load(self, index: int) -> dict[str, Any]:
-        image = to_tensor(
-            read_image(
-                self.image_path(index),
-                grayscale=self.grayscale,
-                at_least=self.size,
-                max_pixels=self.max_image_pixels,
-            )
-        )
-        labels, mask = self.label_arrays(index)
-        return {
-            "image": resize_image(image, self.size),
-            "labels": torch.from_numpy(labels.copy()),
-            "label_mask": torch.from_numpy(mask.copy()),
-            "id": self.sample_id(index),
-        }
 
     def summary(self) -> dict[str, Any]:
         """Rows, views, patients and per-observation counts of each label value."""

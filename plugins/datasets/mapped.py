@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from doll_core.data.chexpert_format import (
     BLANK,
@@ -24,9 +23,9 @@ from doll_core.data.chexpert_format import (
     POSITIVE,
     UNCERTAIN,
 )
-from doll_core.data.imageio import MAX_IMAGE_PIXELS, read_image, resize_image
+from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
-from doll_core.data.samples import ImageDataset, OnError, to_tensor
+from doll_core.data.samples import LabelledImages, OnError
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_plugins.datasets.chexpert import _policy_table
@@ -98,7 +97,7 @@ def patient_split(patients: Sequence[str], fractions: Mapping[str, float], seed:
     return np.array(result, dtype=object)
 
 
-class MappedClassification(ImageDataset):
+class MappedClassification(LabelledImages):
     """A classification dataset whose findings :attr:`mapping` maps to the 14
     observations. Subclasses fill :attr:`_ids` (``bytes [N]``), :attr:`_codes` (``int8
     [N, 14]``) and :attr:`_frontal` (``bool [N]``), and implement :meth:`image_path`."""
@@ -142,32 +141,12 @@ class MappedClassification(ImageDataset):
     def sample_id(self, index: int) -> str:
         return bytes(self._ids[index]).decode("utf-8")
 
-    def image_path(self, index: int) -> Path:
-        raise NotImplementedError
-
     def label_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``float32 [14]`` and label mask ``bool [14]`` of sample ``index``
         (``False`` wherever the dataset does not label the observation)."""
         column = _COLUMN_OF_CODE[self._codes[index].astype(np.int64) - BLANK]
         rows = np.arange(NUM_OBSERVATIONS)
         return self._values[rows, column], self._counts[rows, column] & self._labelled
-
-    def load(self, index: int) -> dict[str, Any]:
-        image = to_tensor(
-            read_image(
-                self.image_path(index),
-                grayscale=self.grayscale,
-                at_least=self.size,
-                max_pixels=self.max_image_pixels,
-            )
-        )
-        labels, mask = self.label_arrays(index)
-        return {
-            "image": resize_image(image, self.size),
-            "labels": torch.from_numpy(labels.copy()),
-            "label_mask": torch.from_numpy(mask.copy()),
-            "id": self.sample_id(index),
-        }
 
     def summary(self) -> dict[str, Any]:
         """Images, views, per observation the count of each label value after mapping
