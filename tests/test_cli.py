@@ -47,6 +47,7 @@ def test_plugins_list_table_shows_the_builtins() -> None:
         "nih",
         "padchest",
         "mimic",
+        "multi",
         "segfolder",
         "jsrt",
         "covid-qu-ex",
@@ -82,7 +83,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 45  # 28 of the first five kinds, 17 metrics
+    assert len(rows) == 46  # 29 of the first five kinds, 17 metrics
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -103,7 +104,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 45
+    assert len(json.loads(result.stdout)) == 46
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -126,7 +127,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
         "explainer": 8,
         "fusion": 5,
         "seg_head": 4,
-        "dataset": 7,
+        "dataset": 8,
         "metric": 17,
     }
     table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})

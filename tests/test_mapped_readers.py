@@ -371,3 +371,55 @@ def test_splits_divide_by_patient_and_cover_every_image_once(tmp_path: Path) -> 
     names = [d.sample_id(i) for d in parts.values() for i in range(len(d))]
     assert sorted(names) == sorted(PadChest(pc).sample_id(i) for i in range(6))
     assert MIMICCXRJPG(_mimic(tmp_path / "mimic"), split="valid").split == "validate"
+
+
+# -- several sources as one --------------------------------------------------------------------
+
+
+def test_several_sources_train_a_classifier_and_label_a_store_that_names_each_source(
+    small_phantom: Path, tmp_path: Path
+) -> None:
+    """The phantom's CheXpert layout and an NIH layout as one ``multi`` dataset: ids name
+    their source, NIH's images keep NIH's label mask, a classifier trains on both, and a
+    label store made from them records each image's source and reads back."""
+    from doll_core.configuration import parse_config
+    from doll_core.labels.config import LabelGenerationConfig
+    from doll_core.labels.dataset import LabeledImages
+    from doll_core.labels.generate import generate_labels
+    from doll_core.registry import get_registry
+    from doll_core.training.classifier import train_classifier
+    from doll_core.training.config import ClassifierTrainingConfig
+
+    nih = _nih(tmp_path / "data" / "nih")
+    (nih / "train_val_list.txt").write_text("\n".join(
+        line.split(",")[0] for line in NIH_2017.splitlines()[1:]))  # fmt: skip
+    sources = [
+        {"name": "phantom", "dataset": "chexpert", "root": str(small_phantom)},
+        {"name": "nih", "dataset": "nih", "root": "nih", "splits": {"valid": "train"}},
+    ]
+    dataset = get_registry().create(
+        "dataset", "multi", root=tmp_path / "data", sources=sources, split="train", size=32
+    )
+    count = len(dataset.parts[0])
+    assert len(dataset) == count + 4
+    assert dataset.sample_id(0).startswith("phantom:") and dataset.source_of(count) == "nih"
+    sample = dataset[count + 1]
+    assert sample["id"] == "nih:00000001_001.png"
+    assert not sample["label_mask"][OBSERVATIONS.index("Fracture")]
+    assert set(dataset.summary()["sources"]) == {"phantom", "nih"}
+
+    multi = {"dataset": "multi", "dataset_options": {"sources": sources}, "device": "cpu"}
+    values = {**multi, "data": tmp_path / "data", "backbone": "tiny_cnn",
+              "backbone_params": {"width": 4}, "image_size": 32, "batch_size": 8, "epochs": 1,
+              "num_workers": 0}  # fmt: skip
+    train_classifier(parse_config(ClassifierTrainingConfig, values), tmp_path / "clf")
+    store = tmp_path / "labels"
+    labels = {**multi, "data": str(tmp_path / "data"), "explainer": "saliency",
+              "classifiers": [str(tmp_path / "clf" / "best.pt")], "label_size": 8,
+              "targets": "all"}  # fmt: skip
+    generate_labels(parse_config(LabelGenerationConfig, labels), store)
+    read = LabeledImages(store, size=16)
+    sources_seen = {read.ids[i].split(":")[0] for i in range(len(read))}
+    assert sources_seen == {"phantom", "nih"}
+    with pytest.raises(DollError, match="source names must differ"):
+        get_registry().create("dataset", "multi", root=tmp_path / "data", sources=sources * 2)

@@ -24,6 +24,7 @@ BUILTINS = {
     ("nih", "dataset"),
     ("padchest", "dataset"),
     ("mimic", "dataset"),
+    ("multi", "dataset"),
     ("segfolder", "dataset"),
     ("jsrt", "dataset"),
     ("covid-qu-ex", "dataset"),

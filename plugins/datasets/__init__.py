@@ -1,4 +1,5 @@
-"""Built-in dataset readers: chexpert, nih, padchest, mimic, segfolder, jsrt, covid-qu-ex."""
+"""Built-in dataset readers: chexpert, nih, padchest, mimic, multi (several as one),
+segfolder, jsrt, covid-qu-ex."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from doll_plugins.datasets.chexpert import CheXpert
 from doll_plugins.datasets.covid_qu_ex import CovidQuEx
 from doll_plugins.datasets.jsrt import JSRT
 from doll_plugins.datasets.mimic import MIMICCXRJPG
+from doll_plugins.datasets.multi import MultiSource
 from doll_plugins.datasets.nih import NIHChestXray14
 from doll_plugins.datasets.padchest import PadChest
 from doll_plugins.datasets.segfolder import SegFolder
@@ -20,6 +22,7 @@ def doll_register_datasets(register: Any) -> None:
     register("nih", NIHChestXray14, task="classification", splits=["all"])
     register("padchest", PadChest, task="classification", splits=[])
     register("mimic", MIMICCXRJPG, task="classification", splits=["all"])
+    register("multi", MultiSource, task="classification", splits=[])
     register("segfolder", SegFolder, task="segmentation", splits=[])
     register("jsrt", JSRT, task="segmentation", splits=[])
     register("covid-qu-ex", CovidQuEx, task="segmentation", splits=["Train", "Val", "Test"])
