@@ -25,19 +25,36 @@ def untrusted_pickle_message(path: Path, what: str) -> str:
     )
 
 
+def _torch_file_start(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save's files do: a zip archive, or a pickle
+    (protocol 2 or later, as the legacy format writes), or cannot be read to tell."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return True
+    return start.startswith(b"PK\x03\x04") or start[:1] == b"\x80"
+
+
 def safe_torch_load(path: str | Path, what: str, *, convertible: bool = True) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only, no
     code runs. A file with other pickled objects is refused, with how to convert it when
     ``convertible`` (a user's weights or checkpoint); a file only DoLL writes (a training
     state, a label shard) that holds them is damaged or not DoLL's, and is refused without
-    that advice, which would unpickle it. Any other failure (a truncated file, bytes that
-    are no archive) is one :class:`DollError` naming the file."""
+    that advice, which would unpickle it. A file that is neither a zip archive nor a
+    pickle (a text file, zeroed bytes) is said to be no PyTorch file; any other failure (a
+    truncated archive) is one :class:`DollError` naming the file."""
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DollError(f"{what} not found: {path}") from None
     except Exception as exc:
+        if not _torch_file_start(path):
+            raise DollError(
+                f"{path} is not a readable DoLL {what}: it is not a PyTorch file (neither the "
+                "zip archive torch.save writes nor a pickle): damaged, or another kind of file"
+            ) from None
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
             if convertible:
                 raise DollError(untrusted_pickle_message(path, what)) from None

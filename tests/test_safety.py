@@ -259,3 +259,16 @@ def test_a_listed_file_linking_out_of_the_root_is_a_skipped_sample(
     # a dataset whose folders link to another disk on purpose: the option reads them all
     trusting = get_registry().create("dataset", kind, root=root, follow_links=True, **options)
     assert not any(isinstance(trusting[i], SkippedSample) for i in range(len(trusting)))
+
+
+def test_a_file_that_is_no_pytorch_file_is_named_as_such(tmp_path: Path) -> None:
+    """A text file or zeroed bytes given as weights: not "pickled Python objects" (which
+    would advise converting it), but no PyTorch file at all."""
+    from doll_core.payloads import safe_torch_load
+
+    for name, data in (("notes.txt", b"lr = 0.1\n"), ("zeroed.pt", bytes(64)), ("empty.pt", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(DollError, match="it is not a PyTorch file") as caught:
+            safe_torch_load(path, "weights file")
+        assert "pickled" not in str(caught.value) and str(path) in str(caught.value)
