@@ -122,7 +122,10 @@ def inspect(
         return
     console = Console()
     for split, summary in report["splits"].items():
-        _print_summary(console, f"{kind} · {split}", summary)
+        for name, part in summary.get("sources", {}).items():  # several sources as one
+            _print_summary(console, f"{kind} · {split} · {name}", part)
+        _print_summary(console, f"{kind} · {split}", {k: v for k, v in summary.items()
+                                                       if k != "sources"})  # fmt: skip
     for split, problem in problems.items():
         typer.echo(f"warning: {split}: {problem}", err=True)
 
