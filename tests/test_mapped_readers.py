@@ -421,5 +421,19 @@ def test_several_sources_train_a_classifier_and_label_a_store_that_names_each_so
     read = LabeledImages(store, size=16)
     sources_seen = {read.ids[i].split(":")[0] for i in range(len(read))}
     assert sources_seen == {"phantom", "nih"}
+    toml = ", ".join(
+        "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in source.items() if k != "splits") + "}"
+        for source in sources
+    )
+    inspected = runner.invoke(app, ["data", "inspect", "multi", str(tmp_path / "data"), "--json",
+                                    "--set", f"sources=[{toml}]"])  # fmt: skip
+    assert inspected.exit_code == 0, inspected.output
+    parts = json.loads(inspected.output)["splits"]["all"]["sources"]
+    assert parts["nih"]["images"] == 4 and parts["phantom"]["images"] == count
+    assert parts["nih"]["unlabelled"] == [
+        "Enlarged Cardiomediastinum",
+        "Fracture",
+        "Support Devices",
+    ]
     with pytest.raises(DollError, match="source names must differ"):
         get_registry().create("dataset", "multi", root=tmp_path / "data", sources=sources * 2)
