@@ -39,6 +39,9 @@ class ClassifierMeta:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     observations: tuple[str, ...] = OBSERVATIONS
+    #: observations the model has no output for (its backbone's ``unavailable``, e.g.
+    #: torchxrayvision's lacks Support Devices): never trained on, scored or explained
+    unavailable: tuple[str, ...] = ()
     training_config: dict[str, Any] = field(default_factory=dict)
     val_auroc: dict[str, float | None] = field(default_factory=dict)
     epoch: int = 0
@@ -64,6 +67,7 @@ def save_classifier(path: str | Path, model: Classifier, meta: ClassifierMeta) -
             "mean": list(meta.mean),
             "std": list(meta.std),
             "observations": list(meta.observations),
+            "unavailable": list(meta.unavailable),
             "val_auroc": {
                 k: (None if v is None or math.isnan(v) else float(v))
                 for k, v in meta.val_auroc.items()
@@ -91,6 +95,7 @@ def read_classifier_meta(path: str | Path) -> ClassifierMeta:
         raw["mean"] = tuple(raw["mean"])
         raw["std"] = tuple(raw["std"])
         raw["observations"] = tuple(raw["observations"])
+        raw["unavailable"] = tuple(raw.get("unavailable") or ())
         meta = ClassifierMeta(**raw)
     except (KeyError, TypeError) as exc:
         raise DollError(f"{path}: checkpoint metadata is incomplete ({exc})") from None

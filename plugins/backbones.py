@@ -243,5 +243,7 @@ BUILTIN_BACKBONES: dict[str, Any] = {
 
 @hookimpl
 def doll_register_backbones(register: Any) -> None:
-    for name, factory in BUILTIN_BACKBONES.items():
+    from doll_plugins.xrv_backbones import XRVDenseNet
+
+    for name, factory in {**BUILTIN_BACKBONES, "xrv_densenet": XRVDenseNet}.items():
         register(name, factory, cam_layer=factory.cam_layer, encoder_name=factory.encoder_name)

@@ -32,10 +32,15 @@ def _explainer_names(values: list[str]) -> list[str]:
     return values
 
 
-def _target_indices(values: list[str], probabilities: torch.Tensor) -> list[int]:
+def _target_indices(
+    values: list[str], probabilities: torch.Tensor, unavailable: tuple[str, ...] = ()
+) -> list[int]:
+    """The observations to explain: ``values`` by name or index, or (none given) the
+    predicted ones, else the three most likely; never one the model has no output for."""
+    have = [i for i in range(1, len(OBSERVATIONS)) if OBSERVATIONS[i] not in unavailable]
     if not values:  # the predicted observations, or the three most likely
-        chosen = [i for i in range(1, len(OBSERVATIONS)) if probabilities[i] >= 0.5]
-        ranked = sorted(range(1, len(OBSERVATIONS)), key=lambda i: -float(probabilities[i]))
+        chosen = [i for i in have if probabilities[i] >= 0.5]
+        ranked = sorted(have, key=lambda i: -float(probabilities[i]))
         return chosen or ranked[:3]
     indices = []
     lower = {name.lower(): i for i, name in enumerate(OBSERVATIONS)}
@@ -49,6 +54,9 @@ def _target_indices(values: list[str], probabilities: torch.Tensor) -> list[int]
             raise DollError(
                 f"unknown target {value!r}; observations are: {', '.join(OBSERVATIONS)}"
             )
+    lacking = [OBSERVATIONS[i] for i in indices if OBSERVATIONS[i] in unavailable]
+    if lacking:
+        raise DollError(f"the classifier has no output for {lacking}: it cannot be explained there")
     return indices
 
 
@@ -109,7 +117,7 @@ def explain_command(
     pixels = resize_image(pixels, (meta.image_size, meta.image_size))
     with torch.no_grad():
         probabilities = torch.sigmoid(model(pixels[None]))[0]
-    indices = _target_indices(targets, probabilities)
+    indices = _target_indices(targets, probabilities, meta.unavailable)
     target_tensor = torch.tensor([indices], dtype=torch.long)
     params, engine = _explainer_params(settings)
     truth: dict[int, np.ndarray] = {}
@@ -117,7 +125,7 @@ def explain_command(
         observation, sep, path = item.partition("=")
         if not sep:
             raise DollError(f"--mask takes OBSERVATION=PNG, got {item!r}")
-        (index,) = _target_indices([observation], probabilities)
+        (index,) = _target_indices([observation], probabilities, meta.unavailable)
         loaded = torch.from_numpy(read_mask(path).astype(np.float32))[None]
         truth[index] = resize_mask(loaded, (meta.image_size, meta.image_size))[0].numpy() > 0.5
     soft_maps = {}

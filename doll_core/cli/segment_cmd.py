@@ -101,6 +101,11 @@ def convert_weights_command(
     trusted: bool = typer.Option(
         False, "--trusted", help="Confirm that you trust the file: loading it runs its code."
     ),
+    origin: str | None = typer.Option(
+        None,
+        "--from",
+        help="torchxrayvision: check that the result loads as the xrv_densenet backbone.",
+    ),
 ) -> None:
     """Convert a trusted pickled weights file into a plain state dict DoLL loads safely."""
     from doll_core.convert import convert_trusted_weights
@@ -110,6 +115,17 @@ def convert_weights_command(
         raise DollError(
             "loading a pickled file runs code from it; pass --trusted if you trust its source"
         )
+    if origin not in (None, "torchxrayvision"):
+        raise DollError(f"--from takes torchxrayvision, got {origin!r}")
     report = convert_trusted_weights(source, target)
     dropped = f"; dropped {', '.join(report['dropped'])}" if report["dropped"] else ""
+    if origin == "torchxrayvision":  # the file must build the backbone it is for
+        from doll_plugins.xrv_backbones import XRVDenseNet
+
+        try:
+            XRVDenseNet(weights=target).build(num_classes=14, in_channels=1)
+        except DollError as exc:
+            target.unlink()
+            raise DollError(f"{source} is not torchxrayvision's DenseNet-121: {exc}") from None
+        dropped += "; loads as backbone xrv_densenet"
     typer.echo(f"wrote {target}: {report['tensors']} tensors{dropped}")

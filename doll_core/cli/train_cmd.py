@@ -37,8 +37,10 @@ def train_classifier_command(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
-    """Train a multi-label chest X-ray classifier (14 CheXpert observations)."""
-    from doll_core.training.classifier import train_classifier
+    """Train a multi-label chest X-ray classifier (14 CheXpert observations); with
+    ``--set train=false``, package a given one (a torchxrayvision model) as a checkpoint,
+    validated for its AUROC, without training it."""
+    from doll_core.training.classifier import package_classifier, train_classifier
 
     values = {
         "data": data,
@@ -54,7 +56,10 @@ def train_classifier_command(
     }
     values.update(parse_set(settings))
     config = parse_config(ClassifierTrainingConfig, values, source="train-classifier")
-    result = train_classifier(config, out, resume=resume, progress=True)
+    if config.train:
+        result = train_classifier(config, out, resume=resume, progress=True)
+    else:
+        result = package_classifier(config, out)
     last = result.history[-1] if result.history else {}
     typer.echo(
         json.dumps(

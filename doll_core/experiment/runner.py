@@ -149,16 +149,20 @@ def classifier_stage(
     stages: Stages, name: str, config: ClassifierTrainingConfig, data: str
 ) -> StageRecord:
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
-        from doll_core.training.classifier import train_classifier
+        from doll_core.training.classifier import package_classifier, train_classifier
 
-        result = train_classifier(config, folder, resume=resuming, **stages.options())
+        if not config.train:  # a given model (torchxrayvision's): validated, never trained
+            result = package_classifier(config, folder, registry=stages.registry)
+        else:
+            result = train_classifier(config, folder, resume=resuming, **stages.options())
         return {
             "best_epoch": result.best_epoch,
             "mean_auroc": result.best_mean_auroc,
             "train_images_per_second": mean_rate(result.history),
         }
 
-    key = config.model_dump(mode="json", exclude={"data"})
+    # train = true stays out of the key, so classifier stages of earlier DoLL are reused
+    key = config.model_dump(mode="json", exclude={"data"} | ({"train"} if config.train else set()))
     return stages.cache.run("classifier", name, key, {"data": data}, work)
 
 
@@ -183,6 +187,15 @@ def explain_stage(
         return cast(dict[str, Any], json.loads((folder / "labels" / GENERATION).read_text()))
 
     return stages.cache.run("explain", f"{config.explainer}-{name}", key, inputs, work)
+
+
+def _lacking_outputs(checkpoints: tuple[Path, ...]) -> tuple[str, ...]:
+    """The observations that some of ``checkpoints`` has no output for, in DoLL's order."""
+    from doll_core.checkpoint import read_classifier_meta
+    from doll_core.observations import OBSERVATIONS
+
+    lacking = {name for path in checkpoints for name in read_classifier_meta(path).unavailable}
+    return tuple(name for name in OBSERVATIONS if name in lacking)
 
 
 def labels_stage(
@@ -212,6 +225,9 @@ def labels_stage(
             return describe_store(store, manifest, {}, phantom)
 
         return stages.cache.run("labels", label, key, inputs, joint)
+    lacking = _lacking_outputs(paths)
+    if lacking:  # what any classifier lacks is explained by none, so the stores fuse
+        config = config.model_copy(update={"never_targets": lacking})
     explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}
 
     def fuse(folder: Path, resuming: bool) -> dict[str, Any]:

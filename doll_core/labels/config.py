@@ -19,6 +19,7 @@ from doll_core.attribution.engine import HASHED_OPTIONS, EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig
 from doll_core.configuration import context_registry
 from doll_core.digests import sha256_of
+from doll_core.observations import OBSERVATIONS
 from doll_core.training.config import ClassificationSource, StageInputs
 
 #: the version of the maps a given config produces (see ``content_hash``)
@@ -74,6 +75,19 @@ class LabelInputs(ClassificationSource, StageInputs):
     classifiers: tuple[Path, ...] = Field(min_length=1)
     fusion: str = "mean"
     fusion_params: dict[str, Any] = Field(default_factory=dict)
+    never_targets: tuple[str, ...] = Field(
+        (),
+        description="observations never explained, besides those the store's classifiers "
+        "have no output for (a run explaining several classifiers apart gives what any of "
+        "them lacks, so that their stores hold the same targets and fuse)",
+    )
+
+    @model_validator(mode="after")
+    def _known_observations(self) -> LabelInputs:
+        unknown = sorted(set(self.never_targets) - set(OBSERVATIONS))
+        if unknown:
+            raise ValueError(f"never_targets names unknown observations {unknown}")
+        return self
 
 
 class LabelGenerationConfig(LabelSettings, LabelInputs):
@@ -86,6 +100,8 @@ class LabelGenerationConfig(LabelSettings, LabelInputs):
         before the engine options had a section of their own, so that stage keys and store
         hashes stay those of earlier DoLL versions; ``exclude`` drops more fields."""
         exclude = {"device", "workers", "engine", *(exclude or set())}
+        if not getattr(self, "never_targets", ()):  # stage keys of earlier DoLL stay
+            exclude.add("never_targets")
         payload = self.model_dump(mode="json", exclude=exclude)
         if "explainer_params" in payload:
             changed = self.engine.changed()

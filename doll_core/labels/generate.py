@@ -51,6 +51,7 @@ from doll_core.labels.store import (
     write_shard,
 )
 from doll_core.models import Classifier
+from doll_core.observations import OBSERVATIONS
 from doll_core.progress import progress_bar
 from doll_core.registry import Registry, get_registry
 from doll_core.relocation import config_record
@@ -154,6 +155,12 @@ class _Labeller:
                     model.to(memory_format=torch.channels_last)
         self.fusion = registry.create("fusion", config.fusion, **config.fusion_params)
         self.auroc = validation_auroc([meta.val_auroc for meta in metas])  # [N_clf, 14]
+        #: bool [14]: observations never a target: those some classifier has no output
+        #: for, and the config's ``never_targets``
+        never = set(config.never_targets)
+        self.unavailable = torch.tensor(
+            [name in never or any(name in m.unavailable for m in metas) for name in OBSERVATIONS]
+        )
 
     def label_batch(
         self, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
@@ -169,6 +176,7 @@ class _Labeller:
                 for model, x in zip(self.models, resized, strict=True)
             ]
         targets = _targets(self.config, labels, mask, torch.stack(probabilities).mean(dim=0))
+        targets = targets.masked_fill(self.unavailable[targets.clamp(min=0)], -1)
         per_classifier = []
         nonfinite = no_signal = 0
         for model, x, probs in zip(self.models, resized, probabilities, strict=True):

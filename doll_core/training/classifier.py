@@ -9,6 +9,7 @@ The run folder holds ``best.pt`` and ``last.pt`` (classifier checkpoints, see
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, cast
 
 import torch
 
+from doll_core.atomic import atomic_write_text
 from doll_core.checkpoint import ClassifierMeta, build_classifier, save_classifier
 from doll_core.data.samples import SkippedSample
 from doll_core.home import expand_home
@@ -26,11 +28,17 @@ from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_core.registry import Registry, get_registry
 from doll_core.training.augment import augment_batch
 from doll_core.training.config import ClassifierTrainingConfig
-from doll_core.training.distributed import all_gather_objects
+from doll_core.training.distributed import all_gather_objects, cleanup_distributed
 from doll_core.training.loop import StepCallback, Trainer, resolve_device, run_training
 from doll_core.training.losses import masked_bce_with_logits
 
-__all__ = ["ClassifierTrainer", "TrainResult", "resolve_device", "train_classifier"]
+__all__ = [
+    "ClassifierTrainer",
+    "TrainResult",
+    "package_classifier",
+    "resolve_device",
+    "train_classifier",
+]
 
 
 @dataclass
@@ -47,6 +55,8 @@ class TrainResult:
 
 class ClassifierTrainer(Trainer):
     score_key = "mean_auroc"
+    #: a state is only ever written by training (``train`` true, or unset before DoLL 0.2)
+    resumable_changes = Trainer.resumable_changes | {"train"}
 
     def __init__(
         self,
@@ -73,7 +83,12 @@ class ClassifierTrainer(Trainer):
         self.val_set = self.registry.create(
             "dataset", config.dataset, root=config.data, split=config.val_split, **common
         )
+        backbone = self.registry.create("backbone", config.backbone, **config.backbone_params)
+        unavailable = tuple(getattr(backbone, "unavailable", ()))
+        #: bool [14]: the observations the model has an output for
+        self.available = torch.tensor([name not in unavailable for name in OBSERVATIONS])
         self.meta = ClassifierMeta(
+            unavailable=unavailable,
             backbone=config.backbone,
             backbone_params=dict(config.backbone_params),
             in_channels=config.in_channels,
@@ -95,7 +110,7 @@ class ClassifierTrainer(Trainer):
         return (
             self.to_device(batch["image"], image=True),
             self.to_device(batch["labels"]),
-            self.to_device(batch["label_mask"]),
+            self.to_device(batch["label_mask"] & self.available),
         )
 
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -192,4 +207,43 @@ def train_classifier(
         best_epoch=trainer.best_epoch,
         best_mean_auroc=trainer.best_metric if trainer.best_epoch else math.nan,
         stopped_early=trainer.stopped_early,
+    )
+
+
+def package_classifier(
+    config: ClassifierTrainingConfig,
+    out: str | Path,
+    *,
+    registry: Registry | None = None,
+) -> TrainResult:
+    """A classifier used as its backbone gives it (``train = false``: a torchxrayvision
+    model with its weights), written into ``out`` as a trained one is: validated once on
+    the validation split (its AUROC per observation, which ``auc_weighted`` fusion weighs
+    by), ``best.pt`` and ``last.pt`` (epoch 0), ``config.json`` and ``metrics.json``.
+    Nothing is trained, so the same config gives the same files."""
+    out = expand_home(out, "output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = ClassifierTrainer(config, out, registry or get_registry())
+    try:
+        validation = trainer.validate()
+        skipped = validation.pop("skipped", [])
+        trainer.history.append({"epoch": 0, **validation})
+        trainer.finished = True
+        if trainer.context.is_main:
+            trainer.save_checkpoints(improved=True)
+            atomic_write_text(
+                out / "config.json", json.dumps(config.to_record(out), indent=2) + "\n"
+            )
+            atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
+            summary = {"best_epoch": 0, "best_mean_auroc": validation["mean_auroc"],
+                       "finished": True, "trained": False, "history": trainer.history}  # fmt: skip
+            atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    finally:
+        cleanup_distributed(trainer.context)
+    return TrainResult(
+        model=cast(Classifier, trainer.model),
+        out=out,
+        history=trainer.history,
+        best_epoch=0,
+        best_mean_auroc=float(validation["mean_auroc"]),
     )

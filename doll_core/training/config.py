@@ -22,6 +22,8 @@ from pydantic import (
 
 from doll_core.configuration import context_registry, plugin_problems, raise_problems
 from doll_core.devices import device_field
+from doll_core.errors import DollError
+from doll_core.registry import get_registry
 from doll_core.relocation import config_record
 
 
@@ -131,15 +133,48 @@ class ClassifierSettings(LoopSettings, ImageSettings, Seeded):
 
     backbone: str = "tiny_cnn"
     backbone_params: dict[str, Any] = Field(default_factory=dict)
+    train: bool = Field(
+        True,
+        description="false: use the backbone's weights as they are (a torchxrayvision "
+        "model), validated once for its AUROC per observation, never trained",
+    )
 
     @model_validator(mode="after")
     def _known_backbone(self, info: ValidationInfo) -> ClassifierSettings:
         registry = context_registry(info)
         name, params = self.backbone, self.backbone_params
-        raise_problems(
-            plugin_problems(registry, "backbone", name, "backbone", params, "backbone_params")
+        problems = plugin_problems(
+            registry, "backbone", name, "backbone", params, "backbone_params"
         )
+        if not problems:  # the input a model takes is checked with or without a context
+            try:
+                factory = (registry or get_registry()).get("backbone", name).factory
+            except DollError:  # an unknown name: reported where a registry is given
+                factory = None
+            problems = _normalisation_problems(factory, self)
+        raise_problems(problems)
         return self
+
+
+def _normalisation_problems(factory: Any, settings: ClassifierSettings) -> list[tuple[str, str]]:
+    """A backbone whose weights expect one normalisation (its ``input_mean`` and
+    ``input_std``, e.g. torchxrayvision's) sets ``mean``/``std`` where they are unset, and
+    refuses other values."""
+    mean, std = getattr(factory, "input_mean", None), getattr(factory, "input_std", None)
+    if mean is None or std is None:
+        return []
+    want: tuple[tuple[float, ...], tuple[float, ...]] = (tuple(mean), tuple(std))
+    if not {"mean", "std"} & settings.model_fields_set:  # unset: the backbone's own
+        object.__setattr__(settings, "mean", want[0])
+        object.__setattr__(settings, "std", want[1])
+        return []
+    given = tuple(settings.mean), tuple(settings.std)
+    if all(len(g) == len(w) and all(abs(a - b) < 1e-12 for a, b in zip(g, w, strict=True))
+           for g, w in zip(given, want, strict=True)):  # fmt: skip
+        return []
+    return [("mean", f"backbone {settings.backbone!r} takes mean = {list(want[0])} and std = "
+             f"{list(want[1])} (the input its weights expect); got mean = {list(given[0])}, "
+             f"std = {list(given[1])}")]  # fmt: skip
 
 
 class ClassifierInputs(ClassificationSource, StageInputs):
