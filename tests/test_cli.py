@@ -39,6 +39,7 @@ def test_plugins_list_table_shows_the_builtins() -> None:
         "resnet50",
         "densenet121",
         "tiny_cnn",
+        "xrv_densenet",
         "unet",
         "pspnet",
         "deeplabv3plus",
@@ -83,7 +84,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 46  # 29 of the first five kinds, 17 metrics
+    assert len(rows) == 47  # 30 of the first five kinds, 17 metrics
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -104,7 +105,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 46
+    assert len(json.loads(result.stdout)) == 47
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -123,7 +124,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
     )
     assert data["device"]["threads"] == torch.get_num_threads()
     assert data["plugins"] == {
-        "backbone": 4,
+        "backbone": 5,
         "explainer": 8,
         "fusion": 5,
         "seg_head": 4,

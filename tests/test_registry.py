@@ -16,6 +16,7 @@ BUILTINS = {
     ("resnet50", "backbone"),
     ("densenet121", "backbone"),
     ("tiny_cnn", "backbone"),
+    ("xrv_densenet", "backbone"),
     ("unet", "seg_head"),
     ("pspnet", "seg_head"),
     ("deeplabv3plus", "seg_head"),
@@ -268,7 +269,9 @@ def test_doll_plugins_restricts_loading(
 
     monkeypatch.setenv("DOLL_PLUGINS", "doll:backbones, nonexistent")
     registry = Registry.from_environment()
-    assert registry.names("backbone") == ["densenet121", "resnet18", "resnet50", "tiny_cnn"]
+    assert registry.names("backbone") == [
+        "densenet121", "resnet18", "resnet50", "tiny_cnn", "xrv_densenet"
+    ]  # fmt: skip
     (failure,) = registry.failures
     assert "'nonexistent'" in str(failure) and "named in DOLL_PLUGINS" in str(failure)
     assert "backbones, broken, datasets, explainers, fusions, metrics, seg_heads" in str(failure)
