@@ -190,11 +190,20 @@ def explain_stage(
 
 
 def _lacking_outputs(checkpoints: tuple[Path, ...]) -> tuple[str, ...]:
-    """The observations that some of ``checkpoints`` has no output for, in DoLL's order."""
+    """The observations that some of ``checkpoints`` has no output for, in DoLL's order.
+    A checkpoint that cannot be read counts as lacking nothing: the stage that loads it
+    says what is wrong with it (and ``doll doctor``, which plans a run without running
+    it, gets its plan)."""
     from doll_core.checkpoint import read_classifier_meta
+    from doll_core.errors import DollError
     from doll_core.observations import OBSERVATIONS
 
-    lacking = {name for path in checkpoints for name in read_classifier_meta(path).unavailable}
+    lacking: set[str] = set()
+    for path in checkpoints:
+        try:
+            lacking.update(read_classifier_meta(path).unavailable)
+        except DollError:
+            continue
     return tuple(name for name in OBSERVATIONS if name in lacking)
 
 
