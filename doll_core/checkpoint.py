@@ -9,6 +9,7 @@ training config, the validation AUROC per observation and the state dict.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,16 @@ class ClassifierMeta:
     val_auroc: dict[str, float | None] = field(default_factory=dict)
     epoch: int = 0
     doll_version: str = __version__
+
+
+def unavailable_outputs(
+    backbone: str, params: Mapping[str, Any], registry: Registry | None = None
+) -> tuple[str, ...]:
+    """The observations the backbone plugin ``backbone`` with ``params`` has no output for
+    (its ``unavailable``; none for most backbones): what a classifier's checkpoint records
+    as ``ClassifierMeta.unavailable``."""
+    plugin = (registry or get_registry()).create("backbone", backbone, **params)
+    return tuple(getattr(plugin, "unavailable", ()))
 
 
 def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> Classifier:

@@ -189,21 +189,24 @@ def explain_stage(
     return stages.cache.run("explain", f"{config.explainer}-{name}", key, inputs, work)
 
 
-def _lacking_outputs(checkpoints: tuple[Path, ...]) -> tuple[str, ...]:
-    """The observations that some of ``checkpoints`` has no output for, in DoLL's order.
-    A checkpoint that cannot be read counts as lacking nothing: the stage that loads it
-    says what is wrong with it (and ``doll doctor``, which plans a run without running
-    it, gets its plan)."""
-    from doll_core.checkpoint import read_classifier_meta
-    from doll_core.errors import DollError
+def _lacking_outputs(
+    experiment: Experiment, names: list[str], registry: Registry
+) -> tuple[str, ...]:
+    """The observations that the backbone of some of the classifiers ``names`` has no
+    output for (what their checkpoints record as ``unavailable``), in DoLL's order: known
+    from the settings, so a plan of the run (``doll doctor``) gives the same keys."""
+    from doll_core.checkpoint import unavailable_outputs
     from doll_core.observations import OBSERVATIONS
 
-    lacking: set[str] = set()
-    for path in checkpoints:
-        try:
-            lacking.update(read_classifier_meta(path).unavailable)
-        except DollError:
-            continue
+    lacking = {
+        observation
+        for name in names
+        for observation in unavailable_outputs(
+            experiment.classifiers[name].backbone,
+            experiment.classifiers[name].backbone_params,
+            registry,
+        )
+    }
     return tuple(name for name in OBSERVATIONS if name in lacking)
 
 
@@ -234,7 +237,7 @@ def labels_stage(
             return describe_store(store, manifest, {}, phantom)
 
         return stages.cache.run("labels", label, key, inputs, joint)
-    lacking = _lacking_outputs(paths)
+    lacking = _lacking_outputs(experiment, names, stages.registry)
     if lacking:  # what any classifier lacks is explained by none, so the stores fuse
         config = config.model_copy(update={"never_targets": lacking})
     explained = {n: explain_stage(stages, n, classifiers[n], config, sources.key) for n in names}

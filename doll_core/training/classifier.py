@@ -19,7 +19,12 @@ from typing import Any, cast
 import torch
 
 from doll_core.atomic import atomic_write_text
-from doll_core.checkpoint import ClassifierMeta, build_classifier, save_classifier
+from doll_core.checkpoint import (
+    ClassifierMeta,
+    build_classifier,
+    save_classifier,
+    unavailable_outputs,
+)
 from doll_core.data.samples import SkippedSample
 from doll_core.home import expand_home
 from doll_core.metrics import masked_auroc_per_class
@@ -83,8 +88,7 @@ class ClassifierTrainer(Trainer):
         self.val_set = self.registry.create(
             "dataset", config.dataset, root=config.data, split=config.val_split, **common
         )
-        backbone = self.registry.create("backbone", config.backbone, **config.backbone_params)
-        unavailable = tuple(getattr(backbone, "unavailable", ()))
+        unavailable = unavailable_outputs(config.backbone, config.backbone_params, self.registry)
         #: bool [14]: the observations the model has an output for
         self.available = torch.tensor([name not in unavailable for name in OBSERVATIONS])
         self.meta = ClassifierMeta(
