@@ -7,7 +7,7 @@ to a ``state_dict`` file with ``weights=...``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +61,37 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+def local_weights_file(weights: str | Path | None) -> Path | None:
+    """A backbone's ``weights`` parameter as a path, checked to exist (``None``: random)."""
+    path = Path(weights) if weights is not None else None
+    if path is not None and not path.is_file():
+        raise DollError(f"weights file not found: {path}")
+    return path
+
+
+def load_local_weights(
+    model: nn.Module, path: Path, what: str, *, skip: Callable[[str], bool] = lambda k: False
+) -> None:
+    """Load a local state dict (or a ``{"state_dict": ...}``) into ``model``: every tensor
+    but those whose name ``skip`` is true for must fit, by name and shape.
+
+    :raises DollError: naming the file and ``what`` it does not fit.
+    """
+    state = safe_torch_load(path, "weights file")
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise DollError(f"weights file {path} does not hold a state_dict")
+    state = {k: v for k, v in state.items() if not skip(k)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not skip(k)]
+    if missing or unexpected:
+        raise DollError(
+            f"weights file {path} does not fit {what}: "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
 class TorchvisionBackbone:
     """Common code of the torchvision classifiers; subclasses name the architecture."""
 
@@ -78,9 +109,7 @@ class TorchvisionBackbone:
         :param dropout: dropout probability before the final linear layer."""
         if not 0.0 <= float(dropout) < 1.0:
             raise DollError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.weights = Path(weights) if weights is not None else None
-        if self.weights is not None and not self.weights.is_file():
-            raise DollError(f"weights file not found: {self.weights}")
+        self.weights = local_weights_file(weights)
         self.dropout = float(dropout)
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
@@ -114,20 +143,8 @@ class TorchvisionBackbone:
 
     def _load_local_weights(self, model: nn.Module) -> None:
         assert self.weights is not None
-        state = safe_torch_load(self.weights, "weights file")
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, Mapping):
-            raise DollError(f"weights file {self.weights} does not hold a state_dict")
         prefix = self.head + "."
-        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(prefix)]
-        if missing or unexpected:
-            raise DollError(
-                f"weights file {self.weights} does not fit {self.arch}: "
-                f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
-            )
+        load_local_weights(model, self.weights, self.arch, skip=lambda k: k.startswith(prefix))
 
 
 def _split(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
@@ -169,6 +186,13 @@ class _DenseNetOutOfPlace(torchvision.models.DenseNet):
         return self.classifier(pooled)
 
 
+def densenet121_model(num_classes: int = 1000) -> _DenseNetOutOfPlace:
+    """torchvision's DenseNet-121 configuration with random weights (out-of-place ReLU)."""
+    return _DenseNetOutOfPlace(
+        growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, num_classes=num_classes
+    )
+
+
 class DenseNet121(TorchvisionBackbone):
     """torchvision DenseNet-121 (7.0 M parameters, CheXNet's); Grad-CAM hooks features.norm5."""
 
@@ -179,10 +203,7 @@ class DenseNet121(TorchvisionBackbone):
     encoder_name = "densenet121"
 
     def _make_model(self) -> nn.Module:
-        # torchvision.models.densenet121's configuration
-        return _DenseNetOutOfPlace(
-            growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64
-        )
+        return densenet121_model()
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

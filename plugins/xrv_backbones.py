@@ -29,8 +29,7 @@ from torch.nn import functional
 
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
-from doll_core.payloads import safe_torch_load
-from doll_plugins.backbones import _DenseNetOutOfPlace
+from doll_plugins.backbones import densenet121_model, load_local_weights, local_weights_file
 
 #: torchxrayvision's 18 outputs, in its order (``xrv.datasets.default_pathologies``)
 XRV_PATHOLOGIES = (
@@ -119,9 +118,7 @@ class XRVDenseNet:
             once with ``doll convert-weights FILE --trusted``); ``None``: random weights.
         :param outputs: the weight set, for which of its outputs were trained (see
             :func:`trained_outputs`)."""
-        self.weights = Path(weights) if weights is not None else None
-        if self.weights is not None and not self.weights.is_file():
-            raise DollError(f"weights file not found: {self.weights}")
+        self.weights = local_weights_file(weights)
         trained = trained_outputs(outputs)
         position = {name: k for k, name in enumerate(XRV_PATHOLOGIES) if trained[k]}
         by_observation = {obs: position.get(xrv) for xrv, obs in XRV_TO_OBSERVATION.items()}
@@ -138,26 +135,11 @@ class XRVDenseNet:
                 f"xrv_densenet classifies grey images into the {NUM_OBSERVATIONS} "
                 f"observations (got {num_classes} classes, {in_channels} channels)"
             )
-        densenet = _DenseNetOutOfPlace(
-            growth_rate=32,
-            block_config=(6, 12, 24, 16),
-            num_init_features=64,
-            num_classes=len(XRV_PATHOLOGIES),
-        )
+        densenet = densenet121_model(num_classes=len(XRV_PATHOLOGIES))
         densenet.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if self.weights is not None:
-            state = safe_torch_load(self.weights, "weights file")
-            if isinstance(state, Mapping) and "state_dict" in state:
-                state = state["state_dict"]
-            if not isinstance(state, Mapping):
-                raise DollError(f"weights file {self.weights} does not hold a state_dict")
-            state = {k: v for k, v in state.items() if k != "op_threshs"}
-            missing, unexpected = densenet.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise DollError(
-                    f"weights file {self.weights} is not torchxrayvision's DenseNet-121: "
-                    f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-                )
+        if self.weights is not None:  # torchxrayvision's files may keep their op_threshs
+            load_local_weights(densenet, self.weights, "torchxrayvision's DenseNet-121",
+                               skip=lambda k: k == "op_threshs")  # fmt: skip
         return XRVNet(densenet, self.index.clone())
 
     def encoder_state_dict(self, model: nn.Module) -> Mapping[str, torch.Tensor]:
