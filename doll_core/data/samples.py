@@ -168,6 +168,17 @@ class LabelledImages(ImageDataset):
         }
 
 
+def bytes_array(values: Sequence[bytes]) -> np.ndarray:
+    """``values`` as one compact numpy array of fixed-width bytes ``[N]`` (no per-row
+    Python objects, so DataLoader workers share it); an empty ``S1`` array for none."""
+    return np.array(values, dtype=np.bytes_) if len(values) else np.array([], dtype="S1")
+
+
+def is_plain_file_name(name: str) -> bool:
+    """Whether ``name`` is one file's name: not empty, no folder separator, no NUL."""
+    return bool(name) and not any(c in name for c in ("/", "\\", "\x00"))
+
+
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 

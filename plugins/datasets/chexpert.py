@@ -27,7 +27,7 @@ from doll_core.data.chexpert_format import (
 )
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import LabelledImages, OnError, check_choice
+from doll_core.data.samples import LabelledImages, OnError, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 
@@ -201,7 +201,7 @@ class CheXpert(LabelledImages):
                     f"{csv_path}, line {line}: not a readable CSV row ({exc})"
                 ) from None
         return (
-            np.array(paths, dtype=np.bytes_) if paths else np.array([], dtype="S1"),
+            bytes_array(paths),
             np.array(codes, dtype=np.int8).reshape(-1, NUM_OBSERVATIONS),
             np.array(frontal, dtype=bool),
         )

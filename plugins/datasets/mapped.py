@@ -25,7 +25,7 @@ from doll_core.data.chexpert_format import (
 )
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
-from doll_core.data.samples import LabelledImages, OnError
+from doll_core.data.samples import LabelledImages, OnError, bytes_array
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_plugins.datasets.chexpert import _policy_table
@@ -122,7 +122,7 @@ class MappedClassification(LabelledImages):
         )  # fmt: skip
         self._values, self._counts = _policy_table(uncertainty, blank)
         self._labelled = self.mapping.labelled
-        self._ids = np.array([], dtype="S1")
+        self._ids = bytes_array([])
         self._codes = np.zeros((0, NUM_OBSERVATIONS), dtype=np.int8)
         self._frontal = np.zeros(0, dtype=bool)
         #: finding names that mapped to nothing, with how many images listed them

@@ -22,7 +22,7 @@ from doll_core.data.chexpert_format import BLANK, parse_label
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, check_choice
+from doll_core.data.samples import OnError, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_plugins.datasets.mapped import MappedClassification, csv_rows
@@ -110,7 +110,7 @@ class MIMICCXRJPG(MappedClassification):
             if found is None:
                 self.images_without_labels += 1
             codes.append(found if found is not None else unlabelled)
-        self._ids = np.array(ids, dtype=np.bytes_) if ids else np.array([], dtype="S1")
+        self._ids = bytes_array(ids)
         self._codes = np.array(codes, dtype=np.int8).reshape(-1, NUM_OBSERVATIONS)
         self._studies = np.array(studies, dtype=np.int64).reshape(-1, 2)
         self._views = np.array(views, dtype=object)

@@ -26,7 +26,7 @@ import numpy as np
 from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, check_choice
+from doll_core.data.samples import OnError, bytes_array, check_choice, is_plain_file_name
 from doll_core.errors import DollError
 from doll_plugins.datasets.mapped import (
     VALID_FRACTION,
@@ -115,7 +115,7 @@ class NIHChestXray14(MappedClassification):
         views: list[bytes] = []
         for line, row in csv_rows(self.csv_path, _COLUMNS):
             name = row["Image Index"].strip()
-            if not name or "/" in name or "\\" in name or "\x00" in name:
+            if not is_plain_file_name(name):
                 raise DollError(f"{self.csv_path}, line {line}: not an image name: {name!r}")
             findings = list(dict.fromkeys(f.strip() for f in row["Finding Labels"].split("|")))
             findings = [f for f in findings if f]
@@ -124,11 +124,11 @@ class NIHChestXray14(MappedClassification):
             ids.append(name.encode("utf-8"))
             patients.append(int(row["Patient ID"]) if row["Patient ID"].strip().isdigit() else -1)
             views.append(row["View Position"].strip().encode("utf-8"))
-        self._ids = np.array(ids, dtype=np.bytes_) if ids else np.array([], dtype="S1")
+        self._ids = bytes_array(ids)
         self._codes = np.array(codes, dtype=np.int8).reshape(-1, len(self._labelled))
         self._frontal = np.ones(len(ids), dtype=bool)  # NIH holds frontal views only
         self._patients = np.array(patients, dtype=np.int64)
-        self._views = np.array(views, dtype=np.bytes_) if views else np.array([], dtype="S1")
+        self._views = bytes_array(views)
         if self.split != "all":
             keep = self._in_split_list()
             if self.split in ("train", "valid"):

@@ -27,7 +27,7 @@ from doll_core.data.chexpert_format import BLANK
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, check_choice
+from doll_core.data.samples import OnError, bytes_array, check_choice, is_plain_file_name
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS
 from doll_plugins.datasets.mapped import (
@@ -225,7 +225,7 @@ class PadChest(MappedClassification):
         not_findings = {name.lower() for name in NOT_FINDINGS}
         for line, row in csv_rows(self.csv_path, _COLUMNS):
             image, folder = row["ImageID"].strip(), row["ImageDir"].strip()
-            if not image or "/" in image or "\\" in image or "\x00" in image + folder:
+            if not is_plain_file_name(image) or "\x00" in folder:
                 raise DollError(f"{self.csv_path}, line {line}: not an image name: {image!r}")
             findings = parse_label_list(row["Labels"])
             if findings is None:
@@ -240,8 +240,7 @@ class PadChest(MappedClassification):
             folders.append(folder.encode("utf-8"))
             patients.append(row["PatientID"].strip())
             projections.append(row["Projection"].strip())
-        self._ids = np.array(ids, dtype=np.bytes_) if ids else np.array([], dtype="S1")
-        self._folders = np.array(folders, dtype=np.bytes_) if ids else np.array([], dtype="S1")
+        self._ids, self._folders = bytes_array(ids), bytes_array(folders)
         self._codes = np.array(codes, dtype=np.int8).reshape(-1, NUM_OBSERVATIONS)
         self._frontal = np.array([p in FRONTAL for p in projections], dtype=bool)
         self._patients = np.array(patients, dtype=object)
