@@ -111,7 +111,8 @@ def _first_docstring_line(obj: Any) -> str:
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
 
 
-def _exception_summary(exc: BaseException) -> str:
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or the type alone): an exception in one line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -175,7 +176,7 @@ class Registry:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
                 self.failures.append(
-                    LoadFailure(source, f"import failed: {_exception_summary(exc)}")
+                    LoadFailure(source, f"import failed: {exception_summary(exc)}")
                 )
                 continue
             self.add_plugin(module, source=source)
@@ -249,7 +250,7 @@ class Registry:
             function(register=register)
         except Exception as exc:
             self.failures.append(
-                LoadFailure(source, f"hook {kind.hook_name} raised {_exception_summary(exc)}")
+                LoadFailure(source, f"hook {kind.hook_name} raised {exception_summary(exc)}")
             )
             return
         self._plugins[kind].update(staged)
@@ -356,7 +357,7 @@ class Registry:
         try:
             instance = info.factory(**params)
         except Exception as exc:
-            raise PluginError(f"{label} could not be built: {_exception_summary(exc)}") from exc
+            raise PluginError(f"{label} could not be built: {exception_summary(exc)}") from exc
         missing = [m for m in REQUIRED_MEMBERS[info.kind] if not hasattr(instance, m)]
         if missing:
             protocol = PROTOCOLS[info.kind]

@@ -120,10 +120,11 @@ def convert_weights_command(
     report = convert_trusted_weights(source, target)
     dropped = f"; dropped {', '.join(report['dropped'])}" if report["dropped"] else ""
     if origin == "torchxrayvision":  # the file must build the backbone it is for
+        from doll_core.observations import NUM_OBSERVATIONS
         from doll_plugins.xrv_backbones import XRVDenseNet
 
         try:
-            XRVDenseNet(weights=target).build(num_classes=14, in_channels=1)
+            XRVDenseNet(weights=target).build(num_classes=NUM_OBSERVATIONS, in_channels=1)
         except DollError as exc:
             target.unlink()
             raise DollError(f"{source} is not torchxrayvision's DenseNet-121: {exc}") from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
-from doll_core.registry import Registry
+from doll_core.registry import Registry, exception_summary
 from doll_core.segmentation.models import check_user_weights, probe_segmenter
 
 if TYPE_CHECKING:
@@ -25,11 +25,8 @@ if TYPE_CHECKING:
 
 
 def _summary(exc: Exception) -> str:
-    """One line: a DoLL error's message, else the exception's type and first line."""
-    if isinstance(exc, DollError):
-        return str(exc)
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """One line: a DoLL error's message, else :func:`~doll_core.registry.exception_summary`."""
+    return str(exc) if isinstance(exc, DollError) else exception_summary(exc)
 
 
 def _given(params: dict[str, Any]) -> str:
