@@ -48,6 +48,7 @@ def test_plugins_list_table_shows_the_builtins() -> None:
         "nih",
         "padchest",
         "mimic",
+        "csv",
         "multi",
         "segfolder",
         "jsrt",
@@ -84,7 +85,7 @@ def test_plugins_list_json_has_name_kind_distribution() -> None:
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 47  # 30 of the first five kinds, 17 metrics
+    assert len(rows) == 48  # 31 of the first five kinds, 17 metrics
     assert all({"name", "kind", "distribution"} <= set(row) for row in rows)
     assert {row["distribution"] for row in rows} == {"doll"}
     seg = json.loads(runner.invoke(app, ["plugins", "list", "--kind", "seg_head", "--json"]).stdout)
@@ -105,7 +106,7 @@ def test_broken_plugins_are_warned_about_on_stderr(install_fake_distribution: An
     )
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.stdout)) == 47
+    assert len(json.loads(result.stdout)) == 48
     assert (
         "warning: plugin module 'doll_broken_cli' (entry point 'broken' of distribution "
         "'doll-broken'): import failed: ModuleNotFoundError" in result.stderr
@@ -128,7 +129,7 @@ def test_info_json_reports_versions_device_and_plugin_counts() -> None:
         "explainer": 8,
         "fusion": 5,
         "seg_head": 4,
-        "dataset": 8,
+        "dataset": 9,
         "metric": 17,
     }
     table = runner.invoke(app, ["info"], env={"COLUMNS": "160"})

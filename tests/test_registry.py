@@ -25,6 +25,7 @@ BUILTINS = {
     ("nih", "dataset"),
     ("padchest", "dataset"),
     ("mimic", "dataset"),
+    ("csv", "dataset"),
     ("multi", "dataset"),
     ("segfolder", "dataset"),
     ("jsrt", "dataset"),

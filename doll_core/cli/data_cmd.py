@@ -89,7 +89,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 @data_app.command("inspect")
 def inspect(
     kind: str = typer.Argument(
-        ..., help="Dataset reader: chexpert, nih, padchest, mimic, segfolder, jsrt, covid-qu-ex."
+        ...,
+        help="Dataset reader: chexpert, nih, padchest, mimic, csv, multi, segfolder, jsrt, "
+        "covid-qu-ex (any dataset plugin).",
     ),
     root: Path = typer.Argument(..., help="The dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
