@@ -71,8 +71,8 @@ from doll_core.labels.store import LabelStore
 from doll_core.locking import LOCK_FILE
 from doll_core.payloads import safe_torch_load
 from doll_core.segmentation.config import FinetuneConfig
-from doll_core.segmentation.finetune import SPLIT_SEED
-from doll_core.segmentation.pretrain import split_indices
+from doll_core.segmentation.splits import SPLIT_SEED
+from doll_core.segmentation.splits import seeded_split as split_indices
 
 pytestmark = pytest.mark.faults
 

@@ -168,7 +168,11 @@ def read_image(
 
 
 def read_image_and_facts(
-    path: str | Path, *, grayscale: bool = True, at_least: tuple[int, int] | None = None
+    path: str | Path,
+    *,
+    grayscale: bool = True,
+    at_least: tuple[int, int] | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, ImageFacts]:
     """:func:`read_image`, and the :class:`ImageFacts` of the file (counting coloured
     pixels costs a pass over a colour file)."""
@@ -177,7 +181,7 @@ def read_image_and_facts(
     if dicom.is_dicom(path):
         array = dicom.read_dicom(path, grayscale=grayscale)
         return array, ImageFacts("DICOM", "", (int(array.shape[-2]), int(array.shape[-1])))
-    image, facts = _open_image(Path(path), grayscale, at_least)
+    image, facts = _open_image(Path(path), grayscale, at_least, max_pixels)
     if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
         fraction = _coloured_fraction(image if image.mode == "RGB" else image.convert("RGB"))
         facts = ImageFacts(facts.format, facts.mode, facts.size, round(fraction, 6))

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError, read_image, resize_image
+from doll_core.data.decoded import DecodedImages, read_levels
+from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageFacts, ImageReadError
 from doll_core.errors import DollError
 from doll_core.home import expand_home
 
@@ -103,6 +104,21 @@ class ImageDataset(Dataset[Any]):
         self.on_error = check_choice("on_error", on_error, ON_ERROR_CHOICES)
         #: skip records of this process (worker processes report theirs through batches)
         self.skipped: list[SkippedSample] = []
+        #: where decoded, resized images are kept (:mod:`doll_core.data.decoded`); a stage
+        #: sets it with :func:`~doll_core.data.decoded.attach_image_cache`
+        self.image_cache: DecodedImages | None = None
+
+    def read_sized(self, path: Path) -> tuple[torch.Tensor, ImageFacts]:
+        """The image at ``path`` as this reader hands it on: ``float32 [C, H, W]`` in
+        [0, 1] at the reader's size, rounded to its file's depth, through the image cache
+        when there is one; and the file's facts."""
+        return read_levels(
+            path,
+            grayscale=self.grayscale,
+            size=self.size,
+            max_pixels=self.max_image_pixels,
+            cache=self.image_cache,
+        )
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -151,17 +167,10 @@ class LabelledImages(ImageDataset):
     def load(self, index: int) -> dict[str, Any]:
         """``image`` ``[C, H, W]`` in [0, 1], ``labels`` ``[14]``, ``label_mask`` ``[14]``,
         ``id``."""
-        image = to_tensor(
-            read_image(
-                self.image_path(index),
-                grayscale=self.grayscale,
-                at_least=self.size,
-                max_pixels=self.max_image_pixels,
-            )
-        )
+        image, _ = self.read_sized(self.image_path(index))
         labels, mask = self.label_arrays(index)
         return {
-            "image": resize_image(image, self.size),
+            "image": image,
             "labels": torch.from_numpy(labels.copy()),
             "label_mask": torch.from_numpy(mask.copy()),
             "id": self.sample_id(index),

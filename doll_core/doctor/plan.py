@@ -41,6 +41,7 @@ class _PlanningCache(StageCache):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, resume=True)
+        self.planning = True
         self.planned: list[PlannedStage] = []
 
     def run(

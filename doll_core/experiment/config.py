@@ -82,6 +82,7 @@ from doll_core.segmentation.config import (
     PretrainInputs,
     PretrainSettings,
 )
+from doll_core.segmentation.splits import SplitSpec
 from doll_core.training.config import (
     ClassifierInputs,
     ClassifierSettings,
@@ -166,13 +167,32 @@ class TaskData(_Section):
     root: Path | None = None
     dataset: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    splits: Literal["random", "folders"] | None = None
+    splits: Literal["random", "patients", "file", "folders"] | None = Field(
+        None,
+        description="random (by image), patients (random by patient), file (split_file), "
+        "folders (the dataset's own); default: the reader's (random for a folder)",
+    )
+    split_file: Path | None = Field(None, description="splits = 'file': CSV of image, split")
+    patient_file: Path | None = Field(None, description="CSV of image, patient")
+    patient_column: str | None = Field(None, description="patient_file's column of patients")
+    patient_pattern: str | None = Field(None, description="regex over the image id: patient")
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo) -> TaskData:
         if (self.phantom is None) == (self.root is None):
             raise ValueError("give exactly one of phantom = 'organs'|'infection' or root = PATH")
         problems = [("root", m) for _, m in _folder_problems(self.root)]
+        for key in ("split_file", "patient_file"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                problems.append((key, f"file not found: {path}"))
+        spec_problems = SplitSpec(
+            mode=self.reader().get("splits", "random"),
+            split_file=self.split_file,
+            patient_file=self.patient_file,
+            patient_pattern=self.patient_pattern,
+        ).problems()
+        problems += [("splits", m) for m in spec_problems if "file not found" not in m]
         if (dataset := self.reader().get("dataset")) is not None:
             problems += plugin_problems(context_registry(info), "dataset", dataset, "dataset")
         raise_problems(problems)
@@ -185,6 +205,10 @@ class TaskData(_Section):
             "dataset": self.dataset or known.get("dataset"),
             "splits": self.splits or known.get("splits"),
             "dataset_options": self.options,
+            "split_file": self.split_file,
+            "patient_file": self.patient_file,
+            "patient_column": self.patient_column,
+            "patient_pattern": self.patient_pattern,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -436,17 +460,19 @@ def stage_configs(
     *,
     device: str | None = None,
     registry: Registry | None = None,
+    image_cache: Path | None = None,
 ) -> StageConfigs:
     """The one place where the sections of ``experiment`` and its data ``sources`` become
     stage configurations. ``finetune`` is keyed by ``(task, init, budget, seed)``, in grid
-    order. ``device`` overrides the experiment's.
+    order. ``device`` overrides the experiment's; ``image_cache`` is every stage's folder
+    of decoded images (:mod:`doll_core.data.decoded`).
 
     :raises DollError: naming the stage whose configuration is not valid.
     """
     registry = registry or get_registry()
     data = experiment.data
     classification = {"data": sources.classification_root, **data.classification.source()}
-    common = {"device": device or experiment.device}
+    common: dict[str, Any] = {"device": device or experiment.device, "image_cache": image_cache}
     classifiers = {
         name: parse_config(
             ClassifierTrainingConfig,
@@ -548,7 +574,8 @@ def resolve_relative_paths(document: dict[str, Any], base: Path) -> dict[str, An
         resolve(data.get("classification"), "root", "data.classification.root")
         tasks = data.get("tasks")
         for name, task in tasks.items() if isinstance(tasks, dict) else ():
-            resolve(task, "root", f"data.tasks.{name}.root")
+            for key in ("root", "split_file", "patient_file"):
+                resolve(task, key, f"data.tasks.{name}.{key}")
     resolve(document.get("finetune"), "checkpoint", "finetune.checkpoint")
     return document
 

@@ -116,6 +116,23 @@ def classifiers_line(results: Mapping[str, Any]) -> str | None:
     return "classifiers, mean validation AUROC at the best epoch: " + "; ".join(cells)
 
 
+def splits_lines(results: Mapping[str, Any]) -> list[str]:
+    """Per task, the split the fine-tuning runs used: how it was made, and images (and
+    patients, where known) in train / valid / test; ``[]`` for a run recorded without."""
+    lines = []
+    for task, split in (results.get("splits") or {}).items():
+        images, patients = split.get("images") or {}, split.get("patients")
+        cells = []
+        for name in ("train", "valid", "test"):
+            cell = f"{name} {images.get(name, 0)}"
+            if patients:
+                cell += f" ({patients.get(name, 0)} patients)"
+            cells.append(cell)
+        left_out = f"; {split['left_out']} left out" if split.get("left_out") else ""
+        lines.append(f"split of {task}: {', '.join(cells)} images, {split.get('how')}{left_out}")
+    return lines
+
+
 def evaluation_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
     """The ``[evaluation]`` section of a run's report: each metric of the explainer, per
     classifier, mean [95% CI] (the stage folder holds the whole leaderboard)."""
@@ -151,6 +168,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     classifiers = classifiers_line(results)
     if classifiers:
         lines += [classifiers[0].upper() + classifiers[1:] + ".", ""]
+    splits = splits_lines(results)
+    if splits:
+        lines += [f"- {line[0].upper()}{line[1:]}" for line in splits] + [""]
     rows = summary_rows(results)
     for task in dict.fromkeys(row["task"] for row in rows):
         lines += [
@@ -259,6 +279,7 @@ def rich_table(results: Mapping[str, Any]) -> Any:
     classifiers = classifiers_line(results)
     if classifiers is not None:
         parts.append(Text(classifiers, style="dim"))
+    parts += [Text(line, style="dim") for line in splits_lines(results)]
     if differences.row_count:
         parts.append(differences)
     return Group(*parts)

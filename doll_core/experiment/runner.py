@@ -31,9 +31,11 @@ import torch
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
 from doll_core.digests import sha256_of
+from doll_core.errors import DollError
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
 from doll_core.experiment.results_file import write_results
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
+from doll_core.home import expand_home
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.locking import folder_lock
 from doll_core.phantom.labels import FindingsConfig
@@ -41,6 +43,7 @@ from doll_core.registry import Registry, get_registry
 from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import paired_comparisons, summarise_runs
 from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
+from doll_core.segmentation.splits import TaskSplit, task_datasets
 from doll_core.training.config import ClassifierTrainingConfig
 from doll_core.training.distributed import (
     held_process_group,
@@ -371,8 +374,10 @@ def finetune_stage(
     config: FinetuneConfig,
     sources: DataSources,
     upstream: dict[str, StageRecord],
+    split: TaskSplit | None,
 ) -> dict[str, Any]:
-    """One fine-tuning run of the grid, as a row of the run's results."""
+    """One fine-tuning run of the grid, as a row of the run's results; ``split`` is its
+    task's (:func:`task_splits`)."""
     task, init, budget, seed = run
     root = sources.task_roots[task]
     phantom = experiment.data.tasks[task].phantom
@@ -392,7 +397,11 @@ def finetune_stage(
         result = finetune(config, folder, resume=resuming, **stages.options())
         return {key: result[key] for key in FINETUNE_INFO}
 
-    key = config.model_dump(mode="json", exclude={"data", "init_path"})
+    # where a split comes from stays out of the key; the split it makes enters it (for the
+    # splits added in 0.2, so that earlier fine-tuning stages are reused)
+    key = config.model_dump(mode="json", exclude={"data", "init_path", *SPLIT_SOURCES})
+    if config.splits in ("patients", "file"):
+        inputs["split"] = split.digest() if split is not None else "(data not yet read)"
     record = stages.cache.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
     test = record.info["test"]  # every rank has it (test.json is written by rank 0)
     return {
@@ -412,6 +421,41 @@ def finetune_stage(
     }
 
 
+#: the fine-tuning inputs that say where a split comes from (its digest enters the key)
+SPLIT_SOURCES = frozenset({"split_file", "patient_file", "patient_column", "patient_pattern"})
+
+
+def task_splits(
+    runs: dict[tuple[str, str, int | str, int], FinetuneConfig],
+    registry: Registry,
+    *,
+    planning: bool = False,
+) -> dict[str, TaskSplit | None]:
+    """Each task's split (every run of a task splits it alike), checked before any stage
+    reads data: a patient in two splits, or a budget larger than the training split, is a
+    :class:`DollError` naming the task. ``planning``: a task whose data cannot be read yet
+    (a phantom not yet written) has no split (``None``) instead of an error."""
+    splits: dict[str, TaskSplit | None] = {}
+    for (task, _, budget, _), config in runs.items():
+        if task not in splits:
+            try:
+                splits[task] = task_datasets(config, registry)[1]
+            except DollError as exc:
+                if not planning:
+                    raise DollError(f"task {task!r}: {exc}") from None
+                splits[task] = None
+        found = splits[task]
+        if found is None:
+            continue
+        size = found.sizes()["train"]
+        if isinstance(budget, int) and budget > size:
+            raise DollError(
+                f"task {task!r}: budget {budget} is larger than its training split of {size} "
+                f"images ({found.how}); lower finetune.budgets or change the split"
+            )
+    return splits
+
+
 def run_stages(
     experiment: Experiment,
     cache: StageCache,
@@ -419,13 +463,18 @@ def run_stages(
     device: str,
     progress: bool = False,
     registry: Registry | None = None,
+    image_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Every stage of ``experiment`` in order, through ``cache``; each stage's
     configuration comes from :func:`~doll_core.experiment.config.stage_configs`, with the
-    paths of the upstream stages it reads filled in. :returns: the run's results."""
+    paths of the upstream stages it reads filled in. ``image_cache``: the folder of
+    decoded images the stages share (``None``: none). :returns: the run's results."""
     stages = Stages(cache, progress, registry or get_registry())
     sources = data_sources(stages, experiment)
-    configs = stage_configs(experiment, sources, device=device, registry=stages.registry)
+    configs = stage_configs(
+        experiment, sources, device=device, registry=stages.registry, image_cache=image_cache
+    )
+    splits = task_splits(configs.finetune, stages.registry, planning=cache.planning)
     classifiers = {
         name: classifier_stage(stages, name, config, sources.key)
         for name, config in configs.classifiers.items()
@@ -440,7 +489,7 @@ def run_stages(
     if "classifier" in experiment.finetune.inits and chosen is not None:
         upstream["classifier"] = classifiers[chosen]
     runs = [
-        finetune_stage(stages, experiment, run, config, sources, upstream)
+        finetune_stage(stages, experiment, run, config, sources, upstream, splits[run[0]])
         for run, config in configs.finetune.items()
     ]
     return {
@@ -458,6 +507,7 @@ def run_stages(
             "summary": summarise_runs(runs, ("task", "init", "budget")),
             "comparisons": paired_comparisons(runs, ("task", "budget")),
         },
+        "splits": {task: split.summary() for task, split in splits.items() if split},
         "stages": [record.to_dict() for record in cache.records],
         "stage_seconds": stage_seconds(cache.records),
     }
@@ -512,6 +562,23 @@ def stage_seconds(records: list[StageRecord]) -> dict[str, float]:
     return totals
 
 
+#: the environment variable that moves the decoded-image cache (a folder) or turns it off
+#: (``off``); by default it lies beside the stage folder (``RUN/image-cache``)
+IMAGE_CACHE_ENV = "DOLL_IMAGE_CACHE"
+
+
+def image_cache_folder(stages: Path) -> Path | None:
+    """Where the stages of a run keep decoded images (:mod:`doll_core.data.decoded`):
+    ``$DOLL_IMAGE_CACHE`` if set (``off``: nowhere), else ``image-cache`` beside the stage
+    folder, so that an ablation's points share one."""
+    value = os.environ.get(IMAGE_CACHE_ENV)
+    if value is None:
+        return stages.parent / "image-cache"
+    if value.strip().lower() in ("", "off", "0", "false", "no", "none"):
+        return None
+    return expand_home(value, IMAGE_CACHE_ENV)
+
+
 def run_experiment(
     experiment: Experiment,
     document: dict[str, Any],
@@ -554,7 +621,12 @@ def run_experiment(
         log(f"doll run {experiment.name}: {out} (device {device})")
         with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
             results = run_stages(
-                experiment, cache, device=device, progress=progress, registry=registry
+                experiment,
+                cache,
+                device=device,
+                progress=progress,
+                registry=registry,
+                image_cache=image_cache_folder(stages),
             )
         results["environment"] = environment(device)
         results["seconds"] = round(time.perf_counter() - started, 2)

@@ -49,6 +49,7 @@ NOT_IN_KEY = frozenset(
         "state_every",
         "cache_samples",
         "allow_partial",  # it decides whether a run starts, not what it computes
+        "image_cache",  # a cached image is bit for bit the decoded file
     }
 )
 
@@ -187,6 +188,9 @@ class StageCache:
         self.log = log or (lambda line: None)
         self.records: list[StageRecord] = []
         self.computed: dict[str, int] = {}
+        #: True for a cache that only plans (``doll doctor``): no stage runs, and data that
+        #: an unfinished stage would make may be missing
+        self.planning = False
 
     def folder(self, kind: str, label: str, key: str) -> Path:
         return self.root / f"{kind}-{_slug(label)}-{key}"

@@ -99,7 +99,7 @@ class LabelGenerationConfig(LabelSettings, LabelInputs):
         where not at their default), listed with the explainer parameters as they were
         before the engine options had a section of their own, so that stage keys and store
         hashes stay those of earlier DoLL versions; ``exclude`` drops more fields."""
-        exclude = {"device", "workers", "engine", *(exclude or set())}
+        exclude = {"device", "workers", "engine", "image_cache", *(exclude or set())}
         if not getattr(self, "never_targets", ()):  # stage keys of earlier DoLL stay
             exclude.add("never_targets")
         payload = self.model_dump(mode="json", exclude=exclude)

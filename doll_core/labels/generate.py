@@ -28,6 +28,7 @@ from doll_core.attribution.api import check_attributions, create_explainer
 from doll_core.attribution.postprocess import postprocess
 from doll_core.attribution.targets import select_targets
 from doll_core.checkpoint import ClassifierMeta, load_classifier
+from doll_core.data.decoded import attach_image_cache
 from doll_core.data.samples import SkippedSample, batches_from
 from doll_core.errors import DollError
 from doll_core.home import expand_home
@@ -283,6 +284,7 @@ class _Generator:
             on_error=config.on_error,
             **config.dataset_options,
         )
+        attach_image_cache(self.dataset, config.image_cache)
         self.count = min(len(self.dataset), config.limit or len(self.dataset))
         self.shards = math.ceil(self.count / config.shard_size)
         self.labeller = _Labeller(config, registry, models, metas, self.label_size, self.device)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from doll_core.segmentation.splits import SplitSpec
 from doll_core.training.config import (
     AugmentConfig,
     ImageSettings,
@@ -82,7 +83,19 @@ class FinetuneInputs(Seeded, StageInputs):
     data: Path
     dataset: str = "segfolder"
     dataset_options: dict[str, Any] = Field(default_factory=dict)
-    splits: Literal["random", "folders"] = "random"
+    splits: Literal["random", "patients", "file", "folders"] = Field(
+        "random", description="how the task is divided (doll_core.segmentation.splits)"
+    )
+    split_file: Path | None = Field(
+        None, description="splits = 'file': a CSV of image (stem) and split [and patient]"
+    )
+    patient_file: Path | None = Field(
+        None, description="a CSV of image (stem) and patient: the patient of each image"
+    )
+    patient_column: str = Field("patient", description="patient_file's column of patients")
+    patient_pattern: str | None = Field(
+        None, description="a regex over the image id whose first group is the patient"
+    )
     n_labeled: int | None = Field(None, ge=1, description="training images used; None = all")
     init: Literal["random", "classifier", "doll", "checkpoint"] = "random"
     init_path: Path | None = None
@@ -91,8 +104,27 @@ class FinetuneInputs(Seeded, StageInputs):
 class FinetuneConfig(FinetuneSettings, FinetuneInputs):
     """Everything that determines a fine-tuning run."""
 
+    def split_spec(self) -> SplitSpec:
+        """How this run's task is divided."""
+        return SplitSpec(
+            mode=self.splits,
+            split_file=self.split_file,
+            patient_file=self.patient_file,
+            patient_column=self.patient_column,
+            patient_pattern=self.patient_pattern,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
+
     @model_validator(mode="after")
     def _init_needs_a_path(self) -> FinetuneConfig:
         if self.init != "random" and self.init_path is None:
             raise ValueError(f"init {self.init!r} needs init_path")
+        return self
+
+    @model_validator(mode="after")
+    def _usable_split(self) -> FinetuneConfig:
+        problems = self.split_spec().problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         return self

@@ -39,13 +39,10 @@ from doll_core.segmentation.models import (
     load_user_weights,
     save_segmenter,
 )
-from doll_core.segmentation.pretrain import split_indices
+from doll_core.segmentation.splits import task_datasets
 from doll_core.training.distributed import DistributedContext, all_gather_objects
 from doll_core.training.loop import StepCallback, Trainer, parameter_groups, run_training
 from doll_core.transfer import load_classifier_into_encoder
-
-#: the test and validation images are drawn with this seed, the same for every run
-SPLIT_SEED = 0
 
 
 class EpochSampler(Sampler[int]):
@@ -96,31 +93,16 @@ class FinetuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
     def _datasets(self) -> tuple[Any, Any, Any]:
-        config: FinetuneConfig = self.config
-        options = {
-            "size": config.image_size,
-            "grayscale": config.in_channels == 1,
-            "on_error": config.on_error,
-            **config.dataset_options,
-        }
-        create = self.registry.create
-        if config.splits == "folders":
-            return tuple(
-                create("dataset", config.dataset, root=config.data, split=s, **options)
-                for s in (config.train_split, config.val_split, config.test_split)
-            )
-        full = create("dataset", config.dataset, root=config.data, **options)
-        rest, test = split_indices(len(full), config.test_fraction, SPLIT_SEED)
-        order, held = split_indices(len(rest), config.val_fraction, SPLIT_SEED + 1)
-        return (
-            Subset(full, [rest[i] for i in order]),
-            Subset(full, [rest[i] for i in held]),
-            Subset(full, test),
-        )
+        """The training pool, validation and test sets, and :attr:`split` (written to
+        ``split.json``)."""
+        datasets, self.split = task_datasets(self.config, self.registry)
+        return datasets
 
     def setup(self) -> None:
         config: FinetuneConfig = self.config
         pool, self.val_set, self.test_set = self._datasets()
+        if self.context.is_main:
+            atomic_write_text(self.out / "split.json", json.dumps(self.split.record(), indent=1))
         if config.n_labeled is not None:
             if config.n_labeled > len(pool):
                 raise DollError(

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Subset
 
 from doll_core.checkpoint import load_classifier
+from doll_core.data.decoded import attach_image_cache
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.home import expand_home
@@ -27,16 +28,10 @@ from doll_core.segmentation.models import (
     build_segmenter,
     save_segmenter,
 )
+from doll_core.segmentation.splits import seeded_split as split_indices
 from doll_core.training.distributed import all_gather_objects
 from doll_core.training.loop import StepCallback, Trainer, run_training
 from doll_core.transfer import load_classifier_into_encoder
-
-
-def split_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of ``range(count)`` into (rest, held-out ``fraction``)."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, round(count * fraction))
-    return sorted(order[held:]), sorted(order[:held])
 
 
 class PretrainTrainer(Trainer):
@@ -76,6 +71,7 @@ class PretrainTrainer(Trainer):
             background_weight=config.background_weight,
             registry=self.registry,
         )
+        attach_image_cache(labelled.dataset, config.image_cache)
         train, held = split_indices(len(labelled), config.val_fraction, seed=0)
         self.train_set, self.val_set = Subset(labelled, train), Subset(labelled, held)
         self.meta = SegmenterMeta(

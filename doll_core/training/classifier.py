@@ -25,6 +25,7 @@ from doll_core.checkpoint import (
     save_classifier,
     unavailable_outputs,
 )
+from doll_core.data.decoded import attach_image_cache
 from doll_core.data.samples import SkippedSample
 from doll_core.home import expand_home
 from doll_core.metrics import masked_auroc_per_class
@@ -88,6 +89,8 @@ class ClassifierTrainer(Trainer):
         self.val_set = self.registry.create(
             "dataset", config.dataset, root=config.data, split=config.val_split, **common
         )
+        for dataset in (self.train_set, self.val_set):
+            attach_image_cache(dataset, config.image_cache)
         unavailable = unavailable_outputs(config.backbone, config.backbone_params, self.registry)
         #: bool [14]: the observations the model has an output for
         self.available = torch.tensor([name not in unavailable for name in OBSERVATIONS])

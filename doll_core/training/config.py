@@ -48,6 +48,11 @@ class StageInputs(_Frozen):
     """What the runner supplies to every stage, whatever the stage."""
 
     device: Annotated[str, AfterValidator(device_field)] = "auto"
+    image_cache: Path | None = Field(
+        None,
+        description="a folder of decoded, resized images (doll_core.data.decoded), read "
+        "instead of the files after their first decoding; never changes a result",
+    )
 
     @classmethod
     def runner_keys(cls) -> frozenset[str]:

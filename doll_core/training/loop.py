@@ -111,6 +111,7 @@ class Trainer:
             "compile",
             "state_every",
             "cache_samples",
+            "image_cache",
         }
     )
     #: the validation record key that selects the best epoch (higher is better)

@@ -27,13 +27,12 @@ from doll_core.data.imageio import (
     IMAGE_EXTENSIONS,
     ImageFacts,
     ImageReadError,
-    read_image_and_facts,
     resize_image,
     resize_mask,
 )
 from doll_core.data.maskrule import MaskRead, MaskRule
 from doll_core.data.paths import resolves_inside
-from doll_core.data.samples import ImageDataset, SkippedSample, to_tensor
+from doll_core.data.samples import ImageDataset, SkippedSample
 
 #: ``doll data inspect`` counts an image as annotated in colour when at least this
 #: fraction of its pixels is coloured (a JPEG's chroma noise stays far below it).
@@ -191,12 +190,10 @@ def segmentation_sample(
 def load_image_and_masks(
     dataset: ImageDataset, image_path: Path, masks: ClassMasks, sample_id: str, rule: MaskRule
 ) -> dict[str, Any]:
-    """:func:`segmentation_sample` of an image file (read at no less than the dataset
-    size) and its masks."""
-    array, facts = read_image_and_facts(
-        image_path, grayscale=dataset.grayscale, at_least=dataset.size
-    )
-    return segmentation_sample(dataset, to_tensor(array), facts, masks, sample_id, rule)
+    """:func:`segmentation_sample` of an image file (at the dataset size, through its
+    image cache: :meth:`~doll_core.data.samples.ImageDataset.read_sized`) and its masks."""
+    image, facts = dataset.read_sized(image_path)
+    return segmentation_sample(dataset, image, facts, masks, sample_id, rule)
 
 
 def pixel_fractions(dataset: ImageDataset, classes: Sequence[str]) -> dict[str, Any]:
