@@ -361,5 +361,6 @@ def test_where_reads_only_the_rows_named(tmp_path: Path) -> None:
     assert only_a.summary()["rows_kept"] == {"source": ["a"]}
     both = CsvLabels(root, where={"source": ["a", " b "]}, **options)
     assert len(both) == 6
+    assert len(CsvLabels(root, where={}, **options)) == 6  # an empty table keeps every row
     with pytest.raises(DollError, match="where"):
         CsvLabels(root, where={"source": []}, **options)

@@ -118,6 +118,10 @@ def test_the_tiny_and_shipped_experiments_validate(tmp_path: Path) -> None:
                 folder = tmp_path / key
                 folder.mkdir()
                 overrides.append(f'data.{key}.root="{folder}"')
+        if path.stem == "real_lungs":  # the full-size sources are the user's: DoLL's copies
+            real = REPO_ROOT / "data" / "real-cxr"
+            overrides += [f'data.classification.root="{real / "classification"}"',
+                          f'data.tasks.lungs.root="{real / "lungs"}"']  # fmt: skip
         experiment, _ = load_experiment(path, overrides)
         for key, values in experiment.ablation.vary.items():  # every grid point is valid
             for value in values:

@@ -229,12 +229,20 @@ class DataSection(_Section):
 
 
 class ExplanationSection(LabelSettings):
-    """Label-generation settings, plus ``classifiers`` (which ones to explain; default all)
-    and ``params``: explainer parameters by explainer name, used when that explainer is
-    the chosen one (so an ablation over explainers gives each its own settings)."""
+    """Label-generation settings, plus ``classifiers`` (which ones to explain; default all),
+    ``params``: explainer parameters by explainer name, used when that explainer is the
+    chosen one (so an ablation over explainers gives each its own settings), and
+    ``reader_options``: options of the classification reader for the images explained,
+    over ``[data.classification]``'s (the classifiers may learn from one source and
+    explain all)."""
 
     classifiers: list[str] | None = None
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    reader_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="reader options of the images explained, over [data.classification]'s "
+        "(e.g. explain every source while the classifiers learn from one)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -259,7 +267,7 @@ class ExplanationSection(LabelSettings):
     def label_settings(self) -> dict[str, Any]:
         """The :class:`LabelSettings` values, ``params[explainer]`` merged into
         ``explainer_params``."""
-        values = self.model_dump(exclude={"classifiers", "params"})
+        values = self.model_dump(exclude={"classifiers", "params", "reader_options"})
         values["explainer_params"] = self.explainer_params | self.params.get(self.explainer, {})
         return values
 
@@ -486,6 +494,10 @@ def stage_configs(
         {
             **experiment.explanation.label_settings(),
             **{k: v for k, v in classification.items() if k in LabelInputs.model_fields},
+            "dataset_options": {
+                **data.classification.options,
+                **experiment.explanation.reader_options,
+            },
             **experiment.fusion.inputs(),
             "classifiers": [UPSTREAM] * len(experiment.explained_classifiers()),
             **common,

@@ -404,9 +404,10 @@ def write_figures(out: Path, results: Mapping[str, Any], document: Mapping[str, 
     store = results.get("labels_folder")
     count = document.get("report", {}).get("overlay_images", OVERLAY_IMAGES)
     if store and Path(store).is_dir() and count:
-        overlay = save_overlay_grid(
-            {title: store}, figures / "labels-overlay.png", count, results.get("phantom")
-        )
+        # the phantom's lesion masks are the truth only of labels made on its images
+        classification = document.get("data", {}).get("classification") or {}
+        truth = results.get("phantom") if not classification.get("root") else None
+        overlay = save_overlay_grid({title: store}, figures / "labels-overlay.png", count, truth)
         if overlay is not None:
             written.append(overlay)
     return written

@@ -159,9 +159,9 @@ def value_codes(values: Mapping[str, int | str]) -> dict[str, int]:
 
 def _row_filter(where: Mapping[str, str | Sequence[str]] | None) -> dict[str, frozenset[str]]:
     """``where`` as ``{column: the values kept}``."""
-    if where is None:
-        return {}
-    if not isinstance(where, Mapping) or not where:
+    if where is None or (isinstance(where, Mapping) and not where):
+        return {}  # every row
+    if not isinstance(where, Mapping):
         raise DollError(f"where must be a table {{column: value or [values]}}, got {where!r}")
     kept = {}
     for column, wanted in where.items():
@@ -279,7 +279,8 @@ class CsvLabels(MappedClassification):
         :param hierarchy: with ``findings``, a positive child makes its parent positive.
         :param where: ``{column: value or [values]}``: read only the rows whose cells hold
             one of the values (stripped), e.g. one source of a pooled CSV; the others are
-            not part of the dataset (nor of its patient split). Default: every row.
+            not part of the dataset (nor of its patient split). Default (or ``{}``): every
+            row.
         :param uncertainty, blank: CheXpert's policies for -1 and blank labels.
         """
         if (finding_column is None) != (findings is None):

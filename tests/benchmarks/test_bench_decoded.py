@@ -18,7 +18,7 @@ from doll_core.training.classifier import train_classifier
 from doll_core.training.config import ClassifierTrainingConfig
 
 FULL_SIZE = Path(__file__).parent.parent / "data" / "real" / "full-size"
-COPIES = 6  # 8 files x 6 = 48 training images
+COPIES = 12  # 8 files x 12 = 96 training images
 
 
 @pytest.fixture(scope="module")
