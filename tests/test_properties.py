@@ -379,9 +379,11 @@ def test_every_experiment_key_takes_any_value_or_names_itself(
 ) -> None:
     """The quick start with one key (every key in turn, tables too) set to a random value
     of a random type: the experiment loads, or the error names that key."""
-    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.config import load_experiment, resolve_relative_paths
 
     document = tomllib.loads(QUICKSTART.read_text(encoding="utf-8"))
+    # the copy lives elsewhere: its data paths are the quick start's, made absolute
+    document = resolve_relative_paths(document, QUICKSTART.parent)
     _set_path(document, key, value)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "experiment.toml"
@@ -446,9 +448,10 @@ def test_every_schema_field_takes_any_value_or_names_itself(
     """The quick start with any field of the experiment schema or of a stage config (not
     only the quick start's keys; missing tables are created) set to a random value: the
     experiment loads, or the error names that key; nan and inf are always refused."""
-    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.config import load_experiment, resolve_relative_paths
 
     document = tomllib.loads(QUICKSTART.read_text(encoding="utf-8"))
+    document = resolve_relative_paths(document, QUICKSTART.parent)  # the copy lives elsewhere
     node = document
     for part in key[:-1]:
         if not isinstance(node.get(part), dict):

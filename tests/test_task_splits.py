@@ -98,6 +98,22 @@ def test_a_split_file_is_followed_and_checked(tmp_path: Path) -> None:
     assert "no image column" in refused(["a,train"], header="file,split")
 
 
+def test_a_monai_datalist_is_a_split_file_and_nnunet_folds_are_refused(tmp_path: Path) -> None:
+    ids = ["a", "b", "c", "d"]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({
+        "training": [{"image": "imagesTr/a.png", "label": "labelsTr/a.png"}, {"image": "b.png"}],
+        "validation": [{"image": "c.png"}],
+        "test": ["d.png"],
+    }))  # fmt: skip
+    split = split_dataset(Ids(ids), SplitSpec(mode="file", split_file=datalist))
+    assert split.ids == {"train": ["a", "b"], "valid": ["c"], "test": ["d"]}
+    folds = tmp_path / "splits_final.json"
+    folds.write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]))
+    with pytest.raises(DollError, match="but no test cases"):
+        split_dataset(Ids(ids), SplitSpec(mode="file", split_file=folds))
+
+
 def test_spec_problems_name_what_is_missing(tmp_path: Path) -> None:
     assert "needs split_file" in SplitSpec(mode="file").problems()[0]
     assert "needs patient_file" in SplitSpec(mode="patients").problems()[0]

@@ -15,7 +15,9 @@ Four ways (``splits`` in a task's ``[data.tasks.NAME]``, :class:`SplitSpec`):
   and a ``split`` column (``train``/``training``, ``valid``/``val``/``validation``,
   ``test``/``testing``, any case), optionally a ``patient`` column. Images the file does
   not list are left out (and counted); an id the file lists that the dataset lacks is an
-  error.
+  error. A ``.json`` split file is a MONAI datalist (``training``, ``validation`` and
+  ``test`` lists of ``{"image": PATH}`` entries or paths); nnU-Net's ``splits_final.json``
+  names no test cases and is refused with that reason.
 - ``folders``: the dataset's own split folders (COVID-QU-Ex's ``Train``/``Val``/``Test``).
 
 Wherever patients are known (``patients``, a split file with a ``patient`` column, or a
@@ -312,12 +314,52 @@ def _patient_parts(patients: Sequence[str], spec: SplitSpec) -> dict[str, list[i
     return {name: sorted(indices) for name, indices in parts.items()}
 
 
+#: a MONAI datalist's keys (``load_decathlon_datalist``) -> DoLL's splits
+DATALIST_KEYS = {"training": "train", "validation": "valid", "test": "test"}
+
+
+def _datalist_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A MONAI datalist (``{"training": [{"image": PATH, ...}], "validation": [...],
+    "test": [...]}``, test entries dicts or paths) as split-file rows ``image, split``,
+    numbered by entry; a list (nnU-Net's ``splits_final.json``) is refused, since it names
+    no test cases."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DollError(f"split_file {path}: not a readable JSON file ({exc})") from None
+    if isinstance(document, list):
+        raise DollError(
+            f"split_file {path} is a list of folds (nnU-Net's splits_final.json): it names "
+            "training and validation cases but no test cases; give a CSV of image and split "
+            "(train, valid, test) or a MONAI datalist with a 'test' list"
+        )
+    if not isinstance(document, dict) or not set(DATALIST_KEYS) & set(document):
+        raise DollError(
+            f"split_file {path}: a JSON split file is a MONAI datalist with the lists "
+            f"{', '.join(DATALIST_KEYS)}"
+        )
+    rows: list[tuple[int, dict[str, str]]] = []
+    for key, split in DATALIST_KEYS.items():
+        entries = document.get(key, [])
+        if not isinstance(entries, list):
+            raise DollError(f"split_file {path}: {key!r} must be a list")
+        for entry in entries:
+            image = entry.get("image") if isinstance(entry, dict) else entry
+            if not isinstance(image, str) or not image:
+                raise DollError(f"split_file {path}, {key!r} entry {len(rows) + 1}: no image path")
+            rows.append((len(rows) + 1, {"image": image, "split": split}))
+    return ["image", "split"], rows
+
+
 def _file_parts(
     spec: SplitSpec, ids: Sequence[str], where: str
 ) -> tuple[dict[str, list[int]], list[str] | None, list[str]]:
     assert spec.split_file is not None
     path = Path(spec.split_file)
-    header, rows = _read_csv(path, "split_file")
+    if path.suffix.lower() == ".json":
+        header, rows = _datalist_rows(path)
+    else:
+        header, rows = _read_csv(path, "split_file")
     column = _id_column(header, path, "split_file")
     if "split" not in header:
         raise DollError(f"split_file {path} has no 'split' column; it has {header}")
