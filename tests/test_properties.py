@@ -421,7 +421,7 @@ def _schema_keys() -> list[tuple[str, ...]]:
     from doll_core.training.config import ClassifierTrainingConfig
 
     keys = _model_keys(config.Experiment, ())
-    for task in ("organs", "infection"):
+    for task in ("organs", "lungs"):  # the quick start's tasks (a phantom one, a folder)
         keys += _model_keys(config.TaskData, ("data", "tasks", task))
     keys += _model_keys(ClassifierTrainingConfig, ("training",))
     keys += _model_keys(ClassifierTrainingConfig, ("classifiers", "tiny"))
