@@ -107,14 +107,14 @@ def test_an_empty_findings_cell_is_blank_and_the_blank_policy_decides(tmp_path: 
     assert ignored.label_arrays(1)[1].sum() == 4  # a row with findings: every labelled one
 
 
-def test_the_hierarchy_makes_a_labelled_parent_positive(tmp_path: Path) -> None:
+def test_the_hierarchy_makes_a_labelled_parent_positive_only_when_asked(tmp_path: Path) -> None:
     text = "path,findings\na.png,Mass\nb.png,opacity\n"
     root = _write(tmp_path / "data", text)
     table = {"Mass": "Lung Lesion", "opacity": "Lung Opacity"}
-    dataset = CsvLabels(root, finding_column="findings", findings=table)
+    dataset = CsvLabels(root, finding_column="findings", findings=table, hierarchy=True)
     assert _labels(dataset, 0)["Lung Opacity"] == 1.0 and _labels(dataset, 0)["Lung Lesion"] == 1.0
     assert _labels(dataset, 1)["Lung Lesion"] == 0.0
-    flat = CsvLabels(root, finding_column="findings", findings=table, hierarchy=False)
+    flat = CsvLabels(root, finding_column="findings", findings=table)  # the default: no inference
     assert _labels(flat, 0)["Lung Opacity"] == 0.0
 
 

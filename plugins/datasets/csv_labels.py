@@ -18,8 +18,10 @@ The labels take one of two forms:
   findings present, separated by ``separator`` (``Effusion|Mass``), and ``findings`` maps
   each finding name (compared without surrounding spaces or case) to an observation or a
   list of observations. An observation the table maps to is labelled on every row:
-  positive where a listed finding maps to it (with ``hierarchy``, a positive child also
-  makes its parent positive, as CheXpert's labeler does), negative where none does.
+  positive where a listed finding maps to it, negative where none does. With
+  ``hierarchy = true`` (off by default: a parent the CSV does not name is not inferred), a
+  positive child also makes its labelled parent positive
+  (:data:`~doll_core.data.mapping.PARENTS`).
   Observations the table does not name are unlabelled (``label_mask`` False on every
   image), never inferred: "No Finding" is labelled only if the table maps a finding (e.g.
   ``normal``) to it. Finding names not in the table are counted as unmapped. An empty cell
@@ -247,7 +249,7 @@ class CsvLabels(MappedClassification):
         findings: Mapping[str, str | Sequence[str]] | None = None,
         label_columns: Mapping[str, str] | None = None,
         values: Mapping[str, int | str] | None = None,
-        hierarchy: bool = True,
+        hierarchy: bool = False,
         where: Mapping[str, str | Sequence[str]] | None = None,
         uncertainty: str | Mapping[str, str] = "ones",
         blank: str = "zeros",
@@ -276,7 +278,8 @@ class CsvLabels(MappedClassification):
             of ``finding_column``).
         :param values: ``{cell text: 1 | 0 | -1 | "blank"}``, the words of label columns
             (compared without case or surrounding spaces, before CheXpert's codes).
-        :param hierarchy: with ``findings``, a positive child makes its parent positive.
+        :param hierarchy: with ``findings``, a positive child makes its labelled parent
+            positive (default off: what the CSV does not say is not inferred).
         :param where: ``{column: value or [values]}``: read only the rows whose cells hold
             one of the values (stripped), e.g. one source of a pooled CSV; the others are
             not part of the dataset (nor of its patient split). Default (or ``{}``): every
