@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 import time
 import warnings
@@ -85,7 +86,18 @@ def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
             _held[key] = (fd, depth - 1)
         return
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link: a planted .doll.lock -> ../notes.txt would be truncated
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if not path.is_symlink():
+            raise
+        raise DollError(
+            f"{path} is a symbolic link ({exc.strerror}); DoLL keeps its lock as a plain file "
+            "in the folder and never writes through a link: remove the link"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DollError(f"{path} is not a plain file; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -63,3 +63,19 @@ def test_one_process_may_take_its_own_folder_again(tmp_path: Path) -> None:
         assert child.returncode != 0 and "is in use by process" in child.stderr
     with folder_lock(tmp_path):  # released after the outer block
         pass
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_never_written(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(notes)
+    with pytest.raises(DollError, match="is a symbolic link"), folder_lock(run):
+        pass
+    assert notes.read_text() == "my notes\n"
+    (run / LOCK_FILE).unlink()
+    (run / LOCK_FILE).symlink_to(tmp_path / "missing")  # a dangling link is not created either
+    with pytest.raises(DollError, match="is a symbolic link"), folder_lock(run):
+        pass
+    assert not (tmp_path / "missing").exists()
