@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from doll_core.links import refuse_link
 
 
 def pyplot() -> Any:
@@ -27,8 +30,13 @@ def save_figure(
         figure.tight_layout()
     else:
         figure.tight_layout(rect=rect)
-    out = Path(out)
+    out = refuse_link(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=dpi)
-    plt.close(figure)
+    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}{out.suffix}")
+    try:  # written beside it, then renamed: a link in its place is replaced, not followed
+        figure.savefig(temporary, dpi=dpi)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+        plt.close(figure)
     return out

@@ -37,6 +37,7 @@ from doll_core.experiment.results_file import write_results
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.home import expand_home
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
+from doll_core.links import append_line
 from doll_core.locking import folder_lock
 from doll_core.phantom.labels import FindingsConfig
 from doll_core.registry import Registry, get_registry
@@ -69,8 +70,7 @@ class RunLog:
         if not self.enabled:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(f"{stamp}  {line}\n")
+        append_line(self.path, f"{stamp}  {line}\n")
         if self.echo is not None:
             self.echo(line)
 

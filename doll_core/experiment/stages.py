@@ -31,6 +31,7 @@ from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
+from doll_core.links import refuse_link
 from doll_core.payloads import read_json
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
@@ -197,8 +198,9 @@ class StageCache:
 
     def _status(self, folder: Path) -> tuple[str, dict[str, Any]]:
         """``("done", stage.json)``, ``("interrupted", {})`` or ``("new", {})``; an
-        interrupted stage without ``resume`` is refused. The folder exists afterwards."""
-        done = folder / DONE
+        interrupted stage without ``resume`` is refused, and so is a stage folder that is a
+        symbolic link (nothing is written through it). The folder exists afterwards."""
+        done = refuse_link(folder / DONE)
         if done.is_file():
             try:
                 saved = json.loads(done.read_text())
