@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from doll_core.atomic import atomic_write
 from doll_core.links import refuse_link
 
 
@@ -31,12 +31,9 @@ def save_figure(
     else:
         figure.tight_layout(rect=rect)
     out = refuse_link(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}{out.suffix}")
+    image_format = out.suffix.lstrip(".") or "png"
     try:  # written beside it, then renamed: a link in its place is replaced, not followed
-        figure.savefig(temporary, dpi=dpi)
-        os.replace(temporary, out)
+        atomic_write(out, lambda handle: figure.savefig(handle, dpi=dpi, format=image_format))
     finally:
-        temporary.unlink(missing_ok=True)
         plt.close(figure)
     return out

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from doll_core.atomic import atomic_write
 from doll_core.data.imageio import (
     MAX_IMAGE_PIXELS,
     ImageFacts,
@@ -156,24 +155,17 @@ class DecodedImages:
 
     @staticmethod
     def _write(entry: Path, levels: np.ndarray, facts: ImageFacts) -> None:
-        """Write to a temporary file beside ``entry``, then rename it into place; a cache
-        that cannot be written (full disk, read-only folder) costs speed, not the run."""
+        """Write ``entry`` atomically (:func:`~doll_core.atomic.atomic_write`); a cache that
+        cannot be written (full disk, read-only folder) costs speed, not the run."""
         record = {
             "format": facts.format,
             "mode": facts.mode,
             "size": list(facts.size),
             "colour_fraction": facts.colour_fraction,
         }
+        facts_text = np.array(json.dumps(record))
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=entry.parent)
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    np.savez(out, levels=levels, facts=np.array(json.dumps(record)))
-                os.replace(temporary, entry)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            atomic_write(entry, lambda out: np.savez(out, levels=levels, facts=facts_text))
         except OSError:
             return
 

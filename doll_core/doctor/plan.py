@@ -39,9 +39,10 @@ _BLANK_INFO: dict[str, Any] = {
 class _PlanningCache(StageCache):
     """A :class:`StageCache` that records which stages a run asks for and does nothing."""
 
+    planning = True
+
     def __init__(self, root: Path) -> None:
         super().__init__(root, resume=True)
-        self.planning = True
         self.planned: list[PlannedStage] = []
 
     def run(

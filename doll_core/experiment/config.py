@@ -186,13 +186,13 @@ class TaskData(_Section):
             path = getattr(self, key)
             if path is not None and not path.is_file():
                 problems.append((key, f"file not found: {path}"))
-        spec_problems = SplitSpec(
+        spec = SplitSpec(
             mode=self.reader().get("splits", "random"),
             split_file=self.split_file,
             patient_file=self.patient_file,
             patient_pattern=self.patient_pattern,
-        ).problems()
-        problems += [("splits", m) for m in spec_problems if "file not found" not in m]
+        )
+        problems += [("splits", message) for message in spec.problems(check_files=False)]
         if (dataset := self.reader().get("dataset")) is not None:
             problems += plugin_problems(context_registry(info), "dataset", dataset, "dataset")
         raise_problems(problems)

@@ -181,6 +181,10 @@ class StageCache:
     :param log: called with one line per stage event.
     """
 
+    #: True for a cache that only plans (``doll doctor``): no stage runs, and data that an
+    #: unfinished stage would make may be missing
+    planning = False
+
     def __init__(
         self, root: str | Path, *, resume: bool = False, log: Callable[[str], None] | None = None
     ) -> None:
@@ -189,9 +193,6 @@ class StageCache:
         self.log = log or (lambda line: None)
         self.records: list[StageRecord] = []
         self.computed: dict[str, int] = {}
-        #: True for a cache that only plans (``doll doctor``): no stage runs, and data that
-        #: an unfinished stage would make may be missing
-        self.planning = False
 
     def folder(self, kind: str, label: str, key: str) -> Path:
         return self.root / f"{kind}-{_slug(label)}-{key}"

@@ -92,15 +92,9 @@ class FinetuneTrainer(Trainer):
         super().__init__(config, out, progress, on_step)
 
     # ------------------------------------------------------------------ data
-    def _datasets(self) -> tuple[Any, Any, Any]:
-        """The training pool, validation and test sets, and :attr:`split` (written to
-        ``split.json``)."""
-        datasets, self.split = task_datasets(self.config, self.registry)
-        return datasets
-
     def setup(self) -> None:
         config: FinetuneConfig = self.config
-        pool, self.val_set, self.test_set = self._datasets()
+        (pool, self.val_set, self.test_set), self.split = task_datasets(config, self.registry)
         if self.context.is_main:
             atomic_write_text(self.out / "split.json", json.dumps(self.split.record(), indent=1))
         if config.n_labeled is not None:

@@ -82,8 +82,10 @@ class SplitSpec:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
 
-    def problems(self) -> list[str]:
-        """What makes this spec unusable, before any file is read."""
+    def problems(self, *, check_files: bool = True) -> list[str]:
+        """What makes this spec unusable, before any file is read; ``check_files``: say
+        also which named file does not exist (off for a caller that reports those under
+        their own keys)."""
         found = []
         if self.mode not in SPLIT_MODES:
             found.append(f"splits must be one of {', '.join(SPLIT_MODES)}; got {self.mode!r}")
@@ -103,7 +105,7 @@ class SplitSpec:
                 re.compile(self.patient_pattern)
             except re.error as exc:
                 found.append(f"patient_pattern {self.patient_pattern!r} is no regex: {exc}")
-        for option in ("split_file", "patient_file"):
+        for option in ("split_file", "patient_file") if check_files else ():
             path = getattr(self, option)
             if path is not None and not Path(path).is_file():
                 found.append(f"{option}: file not found: {path}")
