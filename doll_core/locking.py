@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from doll_core.errors import DollError
+from doll_core.links import refuse_links_leaving
 from doll_core.training.distributed import launched_rank
 
 try:  # POSIX only
@@ -68,7 +69,11 @@ def _describe(holder: dict[str, Any]) -> str:
 def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
     """Hold the exclusive lock of ``folder`` (created if missing) for the ``with`` block.
 
-    :raises DollError: when another live process holds it, naming its process id and host.
+    Once held, the folder is checked for symbolic links leading outside it (a planted
+    ``log.txt -> ../notes.txt``, a linked stage folder): nothing is written through one.
+
+    :raises DollError: when another live process holds it, naming its process id and host;
+        when it holds a link leading outside it.
     """
     if launched_rank() != 0 or fcntl is None:
         yield
@@ -116,6 +121,7 @@ def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
             RuntimeWarning,
             stacklevel=3,
         )
+        refuse_links_leaving(folder, what)
         yield
         return
     record = {
@@ -128,6 +134,7 @@ def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     _held[key] = (fd, 1)
     try:
+        refuse_links_leaving(folder, what)
         yield
     finally:
         fd, _ = _held.pop(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from experiments_helpers import TINY
 from typer.testing import CliRunner
 
 import doll_core
@@ -223,3 +224,21 @@ def test_every_set_takes_toml_values(small_phantom: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     assert inspected.exit_code == 0, inspected.output
     assert json.loads(inspected.output)["splits"]["train"]["lateral"] == 0
+
+
+def test_an_out_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """Issue 29, item 7: a file where ``--out`` needs a folder is exit 2 naming the path."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY)
+    for argv in (
+        ["data", "phantom", "--out", str(a_file / "phantom"), "--n-train", "4", "--n-valid", "2"],
+        ["run", str(experiment), "--out", str(a_file / "run"), "--quiet"],
+        ["run", str(experiment), "--out", str(a_file), "--quiet"],
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert "error: cannot use" in result.stderr and str(a_file) in result.stderr
+        assert "Traceback" not in result.output
+    assert a_file.read_text() == "x"

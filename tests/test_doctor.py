@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from experiments_helpers import TINY
+from experiments_helpers import TINY, file_states
 from typer.testing import CliRunner
 
 from doll_core.cli import app
@@ -20,6 +21,7 @@ from doll_core.errors import DollError
 from doll_core.experiment.config import load_experiment, validate_experiment
 from doll_core.experiment.runner import run_experiment
 from doll_core.experiment.stages import recorded_device
+from doll_core.locking import LOCK_FILE
 
 #: The tiny experiment of the fault suite with 4 shards per label store, one fine-tuning
 #: and no figures but the curves: phantom, 2 classifiers, 2 explain stages, labels,
@@ -115,7 +117,8 @@ def test_a_healthy_run_exits_0_with_nothing_to_redo(reference: Path) -> None:
     assert data["healthy"] and data["problems"] == 0 and data["warnings"] == 0
     assert data["resume"] == {"planned_from": "experiment.json", "steps": []}
     checked = {f["path"] for f in data["findings"] if f["severity"] == "ok"}
-    assert {str(p.relative_to(reference)) for p in (reference / "stages").iterdir()} <= checked
+    stage_folders = [p for p in (reference / "stages").iterdir() if p.name != LOCK_FILE]
+    assert {str(p.relative_to(reference)) for p in stage_folders} <= checked
 
 
 # -- label stores ----------------------------------------------------------------------------
@@ -403,6 +406,11 @@ def test_an_ablation_folder_is_checked_with_its_shared_stages(run: Path, tmp_pat
 # -- the plan against a real --resume --------------------------------------------------------
 
 
+def _unlocked(states: dict[str, Any]) -> dict[str, Any]:
+    """File states without the lock files (each taker records itself there)."""
+    return {k: v for k, v in states.items() if not k.endswith(LOCK_FILE)}
+
+
 def _resume(run: Path) -> set[str]:
     """Run ``doll run --resume`` on the folder's experiment.json; the stages it computed."""
     document = json.loads((run / "experiment.json").read_text())
@@ -516,3 +524,110 @@ def test_help_gives_the_exit_codes() -> None:
     assert "0 healthy" in result.output and "1 problems found" in result.output
     assert "2 not a run or store" in result.output
     assert "--resume" in result.output and "--json" in result.output
+
+
+def _bytes_outside(root: Path, run: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but not in ``run``, by content."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and not p.is_relative_to(run)
+    }
+
+
+def _unlocked(states: dict[str, Any]) -> dict[str, Any]:
+    """File states without the lock files (each taker records itself there)."""
+    return {k: v for k, v in states.items() if not k.endswith(LOCK_FILE)}
+
+
+def _resume_by_cli(run: Path, experiment: Path, *extra: str) -> Any:
+    sets = [item for override in SMALL_OVERRIDES for item in ("--set", override)]
+    argv = ["run", str(experiment), "--out", str(run), "--resume", "--quiet", *sets, *extra]
+    return cli.invoke(app, argv)
+
+
+@pytest.mark.parametrize("planted", [".doll.lock", "log.txt", "figures", "stage folder"])
+def test_a_planted_link_stops_the_run_and_no_byte_outside_changes(
+    run: Path, tmp_path: Path, planted: str
+) -> None:
+    """Issue 29, item 1: a link in a run folder leading outside it is refused before
+    anything is written, and ``doll doctor`` names it."""
+    experiment = tmp_path / "small.toml"
+    experiment.write_text(TINY)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept.txt").write_text("kept")
+    if planted in (".doll.lock", "log.txt"):
+        link = run / planted
+        link.unlink(missing_ok=True)
+        link.symlink_to(notes)
+    elif planted == "figures":
+        shutil.rmtree(run / "figures", ignore_errors=True)
+        link = run / "figures"
+        link.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        link = stage(run, "finetune")
+        shutil.copytree(link, elsewhere / link.name)
+        shutil.rmtree(link)
+        link.symlink_to(elsewhere / link.name, target_is_directory=True)
+    before = _bytes_outside(tmp_path, run)
+    inside = _unlocked(file_states([run]))
+    result = _resume_by_cli(run, experiment)
+    assert result.exit_code == 2, result.output
+    assert f"{link.name} is a symbolic link" in result.stderr
+    assert _bytes_outside(tmp_path, run) == before
+    assert _unlocked(file_states([run])) == inside
+    if planted != ".doll.lock":  # the lock itself is refused before doctor could read it
+        report = diagnose(run)
+        assert any(
+            f.severity == "problem" and "symbolic link" in f.message for f in report.findings
+        )
+
+
+def test_a_refused_run_changes_no_record(run: Path, tmp_path: Path) -> None:
+    """Issue 29, item 2: a run refused before work (here: an unavailable device) leaves
+    ``experiment.json`` and ``run.json`` as they were, so the finished stages keep their
+    meaning for ``doll evaluate`` and ``doll doctor``."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    experiment = tmp_path / "small.toml"
+    experiment.write_text(TINY)
+    before = _unlocked(file_states([run]))
+    result = _resume_by_cli(
+        run, experiment, "--set", 'explanation.explainer="gradcam"', "--device", "cuda:0"
+    )
+    assert result.exit_code == 2 and "CUDA" in result.stderr, result.output
+    assert _unlocked(file_states([run])) == before
+    assert not [s for s in diagnose(run).plan if s.action in ("run", "redo")]
+
+
+def test_a_run_locks_its_stage_folder_even_inside_it(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29, item 8: another run naming ``RUN/stages`` with ``--stages`` waits for the
+    lock of the run that owns it, so two runs never write one stage at once."""
+    from doll_core.experiment import runner
+
+    taken: list[tuple[Path, str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def recording(folder: Path, what: str = "run folder") -> Any:
+        taken.append((Path(folder), what))
+        if len(taken) == 2:
+            raise Stop
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(runner, "folder_lock", recording)
+    experiment, document = load_experiment_text(tmp_path)
+    with pytest.raises(Stop):
+        run_experiment(experiment, document, run, device="cpu", resume=True)
+    assert taken == [(run, "run folder"), (run / "stages", "stage folder")]
+
+
+def load_experiment_text(folder: Path) -> tuple[Any, dict[str, Any]]:
+    (folder / "small.toml").write_text(TINY)
+    return load_experiment(folder / "small.toml", SMALL_OVERRIDES)

@@ -183,3 +183,79 @@ def test_labels_score_against_ground_truth_is_export_then_compare(
         app, ["labels", "score", str(store), "--ground-truth", spec, "--data", "x"]
     )
     assert both.exit_code == 2 and "one of them" in both.stderr
+
+
+def test_png_export_replaces_an_earlier_one_whole_and_keeps_it_on_failure(
+    tmp_path: Path, labels: dict[str, dict[str, np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29, items 1 and 7: no stale mask of an earlier export, no 0-byte mask when the
+    disk fills, no write through a link planted in the folder, no user folder emptied."""
+    import errno
+
+    from PIL import Image
+
+    store = make_store(tmp_path / "store", labels)
+    folder = tmp_path / "png"
+    assert (
+        runner.invoke(
+            app, ["labels", "export", str(store), str(folder), "--format", "png"]
+        ).exit_code
+        == 0
+    )
+    stale = folder / "patient00001_study1_view1_frontal" / "edema.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier export's mask")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    planted = folder / "patient64542_study1_view1_frontal" / "pneumonia.png"
+    planted.unlink()
+    planted.symlink_to(notes)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*.png")}
+    saved = Image.Image.save
+    calls = []
+
+    def full_disk(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        calls.append(fp)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved(self, fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    failed = runner.invoke(app, ["labels", "export", str(store), str(folder), "--format", "png"])
+    assert failed.exit_code == 2 and "nothing was changed there" in failed.stderr
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*.png")} == before
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "png", "store"]
+    monkeypatch.setattr(Image.Image, "save", saved)
+    result = runner.invoke(app, ["labels", "export", str(store), str(folder), "--format", "png"])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and not planted.is_symlink()
+    assert notes.read_text() == "my notes\n"
+    assert np.array_equal(read_mask(planted), (labels[SECOND]["Pneumonia"] / 255 >= 0.5))
+    assert json.loads((folder / "export.json").read_text())["masks"] == 3
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("text")
+    refused = runner.invoke(app, ["labels", "export", str(store), str(mine), "--format", "png"])
+    assert refused.exit_code == 2 and "not a DoLL PNG export" in refused.stderr
+    assert (mine / "thesis.tex").read_text() == "text"
+
+
+def test_an_unusable_export_path_is_one_line(
+    tmp_path: Path, labels: dict[str, dict[str, np.ndarray]]
+) -> None:
+    store = make_store(tmp_path / "store", labels)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    cases = [
+        (["labels", "export", str(store), str(a_file / "labels.json")], "in the way"),
+        (["labels", "export", str(store), str(folder)], "a folder is where a file"),
+        (["labels", "export", str(store), str(a_file), "--format", "png"], "is a file"),
+    ]
+    for argv, expected in cases:
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert expected in result.stderr and "Traceback" not in result.output
+    assert a_file.read_text() == "x" and not list(folder.iterdir())

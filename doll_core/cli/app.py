@@ -5,10 +5,13 @@ stderr (``error: ...``) and exit code 2; ``doll --debug ...`` shows the tracebac
 Failures at run time that the user's command did not cause exit with code 1, also as one
 line: a full disk, and an exception raised inside a plugin's code (named with its
 distribution; finished work is kept, so the same command with ``--resume`` continues).
+A path the user gave that cannot be written (read-only, a file where a folder is expected)
+is a user error: one line naming it, exit code 2.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any, NoReturn
 
 import typer
@@ -61,6 +64,10 @@ class DollGroup(TyperGroup):
         except Exception as exc:
             if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
                 raise
+            place = unusable_path_error(exc)
+            if place is not None:
+                typer.echo(f"error: {place}", err=True)
+                raise typer.Exit(USER_ERROR_EXIT_CODE) from None
             full = disk_full_error(exc)
             if full is None:
                 _raise_naming_the_plugin(exc)
@@ -72,6 +79,39 @@ class DollGroup(TyperGroup):
                 err=True,
             )
             raise typer.Exit(ENVIRONMENT_ERROR_EXIT_CODE) from None
+
+
+#: What a user's path can be that stops a write: read-only, a file where a folder is
+#: expected (or a folder where a file is), a name taken.
+_UNUSABLE_PATH = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a file is where a folder is expected",
+    errno.EISDIR: "a folder is where a file is expected",
+    errno.EEXIST: "a file or folder of that name is in the way",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def unusable_path_error(exc: BaseException) -> str | None:
+    """One line for an ``OSError`` (``exc``, or one it was raised from) that names a path
+    the user gave or chose to write under, and a reason that is the user's to fix."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if (
+            isinstance(current, OSError)
+            and current.errno in _UNUSABLE_PATH
+            and current.filename is not None
+        ):
+            return (
+                f"cannot use {current.filename}: {_UNUSABLE_PATH[current.errno]} "
+                f"({current.strerror}); choose another path (--out) or fix its permissions"
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _raise_naming_the_plugin(exc: Exception) -> NoReturn:

@@ -3,6 +3,7 @@ fit it and assemble the report with its resume plan (:func:`diagnose`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from doll_core.doctor.stages import STAGE_NAME, StageState, check_stage, stage_f
 from doll_core.doctor.store import check_label_store, is_label_store
 from doll_core.errors import DollError
 from doll_core.experiment.stages import DONE, recorded_device
+from doll_core.links import links_leaving
 from doll_core.relocation import located
 
 
@@ -271,6 +273,13 @@ def diagnose(path: str | Path) -> DoctorReport:
             f"{path} is not a run folder (experiment.json, stages/), an ablation folder, a "
             "stages folder, a stage folder or a label store (config.json with manifest.json "
             "or shards)"
+        )
+    for link in links_leaving(path):
+        doctor.add(
+            "problem",
+            link,
+            f"a symbolic link leading outside the folder (to {os.readlink(link)}): DoLL "
+            "refuses to write here until it is removed",
         )
     return report
 

@@ -464,17 +464,22 @@ def run_stages(
     progress: bool = False,
     registry: Registry | None = None,
     image_cache: Path | None = None,
+    checked: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Every stage of ``experiment`` in order, through ``cache``; each stage's
     configuration comes from :func:`~doll_core.experiment.config.stage_configs`, with the
     paths of the upstream stages it reads filled in. ``image_cache``: the folder of
-    decoded images the stages share (``None``: none). :returns: the run's results."""
+    decoded images the stages share (``None``: none). ``checked`` is called once every
+    check before work has passed (settings, plugins, splits, budgets), before the first
+    classifier stage. :returns: the run's results."""
     stages = Stages(cache, progress, registry or get_registry())
     sources = data_sources(stages, experiment)
     configs = stage_configs(
         experiment, sources, device=device, registry=stages.registry, image_cache=image_cache
     )
     splits = task_splits(configs.finetune, stages.registry, planning=cache.planning)
+    if checked is not None:
+        checked()
     classifiers = {
         name: classifier_stage(stages, name, config, sources.key)
         for name, config in configs.classifiers.items()
@@ -607,18 +612,21 @@ def run_experiment(
     stages = Path(stages).absolute() if stages is not None else out / "stages"
     with ExitStack() as held:
         held.enter_context(folder_lock(out))
-        if not _inside(stages, out):
-            held.enter_context(folder_lock(stages, "stage folder"))
+        # locked even inside the run folder: another run may name it with --stages
+        held.enter_context(folder_lock(stages, "stage folder"))
         held.enter_context(relocatable_within(out, stages))
         device = device or experiment.device
         log = RunLog(out / "log.txt", echo)
         cache = StageCache(stages, resume=resume, log=log)
         main = launched_rank() == 0
-        if main:
-            atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
-            write_run_record(out, device=device)
         started = time.perf_counter()
-        log(f"doll run {experiment.name}: {out} (device {device})")
+
+        def record_the_run() -> None:  # only once every check passed: a refused run changes
+            if main:  # nothing (a changed experiment.json would misname the finished stages)
+                atomic_write_text(out / "experiment.json", json.dumps(document, indent=2) + "\n")
+                write_run_record(out, device=device)
+            log(f"doll run {experiment.name}: {out} (device {device})")
+
         with held_process_group(resolve_device(device, local_rank=launched_local_rank())):
             results = run_stages(
                 experiment,
@@ -627,6 +635,7 @@ def run_experiment(
                 progress=progress,
                 registry=registry,
                 image_cache=image_cache_folder(stages),
+                checked=record_the_run,
             )
         results["environment"] = environment(device)
         results["seconds"] = round(time.perf_counter() - started, 2)
@@ -640,8 +649,3 @@ def run_experiment(
             f"{sum(r.reused for r in cache.records)}"
         )
         return results
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies below it."""
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))

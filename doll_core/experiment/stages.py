@@ -31,7 +31,7 @@ from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
-from doll_core.links import refuse_link
+from doll_core.links import refuse_link, refuse_links_leaving
 from doll_core.payloads import read_json
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
@@ -201,7 +201,7 @@ class StageCache:
         """``("done", stage.json)``, ``("interrupted", {})`` or ``("new", {})``; an
         interrupted stage without ``resume`` is refused, and so is a stage folder that is a
         symbolic link (nothing is written through it). The folder exists afterwards."""
-        done = refuse_link(folder / DONE)
+        done = refuse_link(folder / DONE, within=self.root)
         if done.is_file():
             try:
                 saved = json.loads(done.read_text())
@@ -223,6 +223,7 @@ class StageCache:
                     f"stage folder {folder} holds an interrupted stage; "
                     "pass --resume to continue it"
                 )
+            refuse_links_leaving(folder, "stage folder")
             remove_temporaries(folder)
             return "interrupted", {}
         folder.mkdir(parents=True, exist_ok=True)

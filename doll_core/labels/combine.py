@@ -34,6 +34,7 @@ from doll_core.labels.store import (
     write_manifest,
     write_shard,
 )
+from doll_core.links import refuse_links_leaving
 from doll_core.registry import Registry, get_registry
 from doll_core.relocation import recorded_path
 
@@ -197,6 +198,7 @@ def fuse_stores(
     out = Path(out).absolute()
     record = _fused_config(opened, base, fusion, params, out)
     auroc = validation_auroc(record[CLASSIFIER_AUROC])
+    refuse_links_leaving(out, "label store")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
     started = time.perf_counter()

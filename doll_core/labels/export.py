@@ -13,7 +13,9 @@ CheXlocalize's ``eval.py`` needs (it asserts equal shapes).
   (an empty mask where the store has no map: CheXlocalize's evaluation reads all ten)
   under its names (``"Airspace Opacity"``), other observations under theirs.
 * ``png``: ``OUT/<image_id>/<observation>.png``, one 8-bit PNG (0, 255) per map,
-  ``<observation>`` in lower case with ``_`` for spaces.
+  ``<observation>`` in lower case with ``_`` for spaces, and ``OUT/export.json`` (store,
+  threshold, counts). The folder is written beside ``OUT`` and renamed into place whole,
+  replacing an earlier export: no stale or half-written mask stays.
 
 The image id is the ground truth's one an image matches
 (:mod:`doll_core.groundtruth.matching`) when ``sizes`` is given, else the store id's
@@ -24,6 +26,8 @@ ground truth does not list are left out and counted.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from doll_core.atomic import atomic_write_text
+from doll_core.atomic import atomic_write_text, disk_full_error
 from doll_core.data.paths import contained_path
 from doll_core.errors import DollError
 from doll_core.groundtruth.matching import chexlocalize_id, match_ids
@@ -149,13 +153,71 @@ def export_store(
             report.masks += len(image.masks)
         atomic_write_text(report.out, json.dumps(document) + "\n")
         return report
-    for image in images:
-        folder = contained_path(report.out, image.image_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        for observation, mask in image.masks.items():
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                folder / f"{observation_slug(observation)}.png"
-            )
-            report.masks += 1
-        report.images += 1
+    record = {"store": str(Path(store).absolute()), "threshold": threshold}
+    _write_png_folder(report, images, record)
     return report
+
+
+#: The record a PNG export folder holds; a folder with it is a DoLL export, replaced whole
+#: by the next export to it.
+PNG_RECORD = "export.json"
+
+
+def _write_png_folder(
+    report: ExportReport, images: Iterator[ExportedImage], record: dict[str, Any]
+) -> None:
+    """Write the masks into a fresh staging folder beside ``report.out``, then put it in
+    place: a failed export (a full disk) leaves no half-written mask and the earlier
+    export untouched, a finished one leaves no stale mask of an earlier one, and nothing
+    is written through a link planted in the folder.
+
+    :raises DollError: when ``report.out`` is a file, or a folder that holds files but is
+        not a DoLL export (it is never emptied).
+    """
+    out = report.out
+    if out.exists() and not out.is_dir():
+        raise DollError(f"--out {out} is a file; the png format writes a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / PNG_RECORD).is_file():
+        raise DollError(
+            f"--out {out} holds files that are not a DoLL PNG export (no {PNG_RECORD}); "
+            "choose an empty or new folder"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for image in images:
+            folder = contained_path(staging, image.image_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for observation, mask in image.masks.items():
+                path = folder / f"{observation_slug(observation)}.png"
+                Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
+                report.masks += 1
+            report.images += 1
+        summary = {**record, "images": report.images, "masks": report.masks}
+        atomic_write_text(staging / PNG_RECORD, json.dumps(summary, indent=2) + "\n")
+        _swap_in(staging, out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full_error(exc)
+        if full is not None:
+            raise DollError(
+                f"no space left to export to {out} ({full.strerror}); nothing was "
+                "changed there: free space and export again"
+            ) from None
+        raise
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``, replacing an earlier export there (or a link in
+    its place: the link is removed, never followed)."""
+    if out.is_symlink():
+        out.unlink()
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)

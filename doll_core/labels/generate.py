@@ -51,6 +51,7 @@ from doll_core.labels.store import (
     write_manifest,
     write_shard,
 )
+from doll_core.links import refuse_links_leaving
 from doll_core.models import Classifier
 from doll_core.observations import OBSERVATIONS
 from doll_core.progress import progress_bar
@@ -489,6 +490,7 @@ def generate_labels(
     out = expand_home(out, "label store")
     config_hash = config.content_hash()
     _refuse_existing(out, config_hash, resume=resume)
+    refuse_links_leaving(out, "label store")
     generator = _Generator(config, registry or get_registry())
     context = setup_distributed(generator.device)
     try:
