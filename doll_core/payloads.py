@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from doll_core._version import __version__
+from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 
 
@@ -70,11 +71,39 @@ def safe_torch_load(path: str | Path, what: str, *, convertible: bool = True) ->
         ) from None
 
 
+#: A finished stage's record (its files' SHA-256 under ``"files"``), read here so that
+#: every reader of a file in a stage folder checks the checksum recorded for it.
+STAGE_RECORD = "stage.json"
+
+
+def check_stage_checksum(path: Path, what: str) -> None:
+    """When ``path`` lies in a finished stage folder whose record lists it, check its
+    SHA-256 against the record (a file changed or corrupted since the stage finished).
+    A missing or garbled record is left to ``doll doctor`` and the runner, which name it.
+
+    :raises DollError: naming the file, the record and what to do.
+    """
+    record = path.parent / STAGE_RECORD
+    try:
+        files = json.loads(record.read_text()).get("files")
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return
+    recorded = files.get(path.name) if isinstance(files, dict) else None
+    if isinstance(recorded, str) and sha256_of(path) != recorded:
+        raise DollError(
+            f"{path} ({what}) does not match the SHA-256 its stage recorded in {record}: it "
+            "changed or was corrupted since the stage finished, so it is not used; doll "
+            "doctor names what depends on it, and doll run --resume recomputes the stage"
+        )
+
+
 def load_payload(path: Path, *, file_format: str, max_version: int, what: str) -> dict[str, Any]:
     """Load ``path`` with ``weights_only=True`` (no code runs) and check that it is a dict
-    of ``file_format`` at a version this DoLL reads; every failure names the file."""
+    of ``file_format`` at a version this DoLL reads, and, in a finished stage folder, that
+    it matches the checksum recorded there; every failure names the file."""
     if not path.is_file():
         raise DollError(f"{what} not found: {path}")
+    check_stage_checksum(path, what)
     payload = safe_torch_load(path, what)
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

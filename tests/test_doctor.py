@@ -631,3 +631,32 @@ def test_a_run_locks_its_stage_folder_even_inside_it(
 def load_experiment_text(folder: Path) -> tuple[Any, dict[str, Any]]:
     (folder / "small.toml").write_text(TINY)
     return load_experiment(folder / "small.toml", SMALL_OVERRIDES)
+
+
+def test_every_reader_checks_a_checkpoint_against_its_stage_record(run: Path) -> None:
+    """Issue 29, item 3: 4 KB of a classifier's ``best.pt`` flipped is refused by ``doll
+    evaluate`` and ``doll explain`` (which loaded it and scored), as doctor flags it."""
+    checkpoint = stage(run, "classifier-resnet18") / "best.pt"
+    data = bytearray(checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(b ^ 0xFF for b in data[middle : middle + 4096])
+    replace(checkpoint, bytes(data))
+    evaluated = cli.invoke(app, ["evaluate", str(run), "--count", "2", "--bootstrap", "0"])
+    assert evaluated.exit_code == 2, evaluated.output
+    assert "best.pt (classifier checkpoint) does not match the SHA-256" in evaluated.stderr
+    assert not (run / "evaluation").exists()
+    image = next((run / "phantom").rglob("*.png"), None) or next(run.rglob("*.jpg"))
+    explained = cli.invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(image),
+            "--out",
+            str(run / "x.png"),
+        ],
+    )
+    assert explained.exit_code == 2 and "does not match the SHA-256" in explained.stderr
+    assert any("best.pt" in f.path and f.severity == "problem" for f in diagnose(run).findings)

@@ -32,12 +32,12 @@ from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.links import refuse_link, refuse_links_leaving
-from doll_core.payloads import read_json
+from doll_core.payloads import STAGE_RECORD, read_json
 from doll_core.training.distributed import from_rank_zero, launched_rank
 
 #: Bump when a stage's output format or meaning changes, so old folders are not reused.
 STAGE_FORMAT = 1
-DONE = "stage.json"
+DONE = STAGE_RECORD
 #: Settings that do not change a stage's result (beyond rounding, as the device does); left
 #: out of its key, so that adding one of them does not invalidate finished stages.
 NOT_IN_KEY = frozenset(
