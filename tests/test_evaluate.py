@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,54 @@ def test_evaluate_against_a_ground_truth_file_equals_the_phantom_masks(
         assert truth_row["scores"][name]["mean"] == pytest.approx(
             phantom_row["scores"][name]["mean"]
         ), name
+
+
+def _phantom_with_unreadable(small_phantom: Path, tmp_path: Path, broken: int) -> Path:
+    """A copy of the phantom whose first ``broken`` validation images with findings (in
+    the order evaluation chooses them) are not images."""
+    from doll_core.attribution.scoring import images_with_findings
+    from doll_core.registry import get_registry
+
+    root = tmp_path / "phantom"
+    shutil.copytree(small_phantom, root)
+    dataset = get_registry().create("dataset", "chexpert", root=root, split="valid", size=32)
+    for index in images_with_findings(dataset, broken):
+        dataset.image_path(index).write_bytes(b"not an image")
+    return root
+
+
+def test_unreadable_images_are_counted_not_hidden(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path
+) -> None:
+    """Issue 29, item 4: ``--count 3`` with one unreadable image says 2 explained and 1
+    skipped (with its path and why), in the table and the JSON; none readable is exit 2."""
+    root = _phantom_with_unreadable(small_phantom, tmp_path, broken=1)
+    base = ["--checkpoint", str(tiny_checkpoints[0]), "--data", str(root), "--count", "3"]
+    evaluated = runner.invoke(
+        app,
+        ["evaluate", *base, "--explainer", "saliency", "--metric", "sparseness",
+         "--bootstrap", "0", "--out", str(tmp_path / "board")],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "2 images explained, 1 skipped as unreadable (first: " in evaluated.stderr
+    board = json.loads((tmp_path / "board" / "evaluation.json").read_text())
+    assert board["rows"][0]["images"] == 2 and len(board["skipped"]) == 1
+    assert "2 images explained, 1 skipped" in (tmp_path / "board" / "evaluation.md").read_text()
+    out = tmp_path / "scores.md"
+    scored = runner.invoke(
+        app, ["explain-scores", *base, "--explainer", "saliency", "--out", str(out)]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert "saliency: 2 images explained, 1 skipped as unreadable" in scored.stdout
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    (row,) = json.loads(out.with_suffix(".json").read_text(), parse_constant=refuse)
+    assert row["images"] == 2 and row["skipped"][0]["reason"]
+    nothing = _phantom_with_unreadable(small_phantom, tmp_path / "all", broken=3)
+    for command in ("evaluate", "explain-scores"):
+        argv = [command, "--checkpoint", str(tiny_checkpoints[0]), "--data", str(nothing)]
+        result = runner.invoke(app, [*argv, "--count", "3", "--explainer", "saliency"])
+        assert result.exit_code == 2, (command, result.output)
+        assert "none of the 3 images chosen could be read" in result.stderr

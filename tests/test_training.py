@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -261,3 +262,18 @@ def test_an_epoch_line_counts_the_images_it_skipped() -> None:
     one = skipped_note({"skipped": [{"path": "a.jpg", "reason": "corrupt"}]})
     assert one == ", 1 image skipped (listed in skipped.jsonl)"
     assert skipped_note({"skipped": [{}, {}, {}]}).startswith(", 3 images skipped")
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_no_model_is_trained_or_scored_on_nothing(
+    small_phantom: Path, tmp_path: Path, split: str
+) -> None:
+    """Issue 29, item 4: a split whose every image is unreadable stops training with its
+    first reason (it used to finish with AUROC nan and exit 0)."""
+    root = tmp_path / "phantom"
+    shutil.copytree(small_phantom / "CheXpert-v1.0-small", root / "CheXpert-v1.0-small")
+    for image in (root / "CheXpert-v1.0-small" / split).rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    config = _config(root, epochs=1)
+    with pytest.raises(DollError, match=f"no image of the {split}[a-z]* split.*could be read"):
+        train_classifier(config, tmp_path / "run")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class ExplainerScores:
     means: dict[str, float] = field(default_factory=dict)
     per_observation: dict[str, dict[str, float]] = field(default_factory=dict)
     maps: int = 0
+    #: images explained, and those left out (unreadable): ``{"id", "path", "reason"}`` each
+    images: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
     seconds_per_image: float = math.nan
     randomization_similarity: float = math.nan
     error: str | None = None
@@ -91,14 +94,44 @@ def images_with_findings(dataset: Any, count: int) -> list[int]:
     return chosen
 
 
+def no_image_left(total: int, skipped: Sequence[SkippedSample]) -> int:
+    """The number of images explained of ``total`` chosen, ``skipped`` left out.
+
+    :raises DollError: when none could be read, naming the first and why.
+    """
+    explained = total - len(skipped)
+    if explained <= 0 and skipped:
+        first = skipped[0]
+        raise DollError(
+            f"none of the {total} images chosen could be read, so nothing was explained "
+            f"(first: {first.path}: {first.reason})"
+        )
+    return explained
+
+
+def explained_note(images: int, skipped: Sequence[Mapping[str, str]]) -> str:
+    """``"N images explained"``, with how many were skipped as unreadable and the first."""
+    text = f"{images} image{'s' if images != 1 else ''} explained"
+    if skipped:
+        text += (
+            f", {len(skipped)} skipped as unreadable (first: {skipped[0]['path']}: "
+            f"{skipped[0]['reason']})"
+        )
+    return text
+
+
 def finding_batches(
-    dataset: Any, chosen: Sequence[int], batch_size: int
+    dataset: Any, chosen: Sequence[int], batch_size: int, skipped: list[SkippedSample]
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, list[str]]]:
     """``(start, images [B, C, H, W], positive targets [B, T], ids)`` of each batch of
-    ``chosen`` (unreadable images left out)."""
+    ``chosen``; unreadable images are left out and appended to ``skipped`` (a batch of
+    only those is not yielded)."""
     for start in range(0, len(chosen), batch_size):
-        samples = [dataset[i] for i in chosen[start : start + batch_size]]
-        samples = [s for s in samples if not isinstance(s, SkippedSample)]
+        read = [dataset[i] for i in chosen[start : start + batch_size]]
+        skipped.extend(s for s in read if isinstance(s, SkippedSample))
+        samples = [s for s in read if not isinstance(s, SkippedSample)]
+        if not samples:
+            continue
         targets = select_targets(
             "positive",
             labels=torch.stack([s["labels"] for s in samples]),
@@ -114,13 +147,16 @@ class _PhantomImages:
     dataset: Any
     chosen: list[int]
     root: Path
+    #: the images of the last :meth:`batches` that could not be read
+    skipped: list[SkippedSample] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return len(self.chosen)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        return finding_batches(self.dataset, self.chosen, batch_size)
+        self.skipped = []
+        return finding_batches(self.dataset, self.chosen, batch_size, self.skipped)
 
     def score(
         self,
@@ -191,10 +227,12 @@ class _Scoring:
         except DollError as exc:
             outcome.error = str(exc)
             return outcome
+        outcome.skipped = [dict(vars(s)) for s in self.images.skipped]
+        outcome.images = no_image_left(total, self.images.skipped)
         outcome.means = table.means()
         outcome.per_observation = table.per_observation()
         outcome.maps = maps_done
-        outcome.seconds_per_image = seconds / total
+        outcome.seconds_per_image = seconds / outcome.images
         outcome.randomization_similarity = nanmean(torch.tensor(similarity, dtype=torch.float64))
         return outcome
 

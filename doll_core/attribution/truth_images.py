@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from doll_core.data.imageio import read_image, resize_image, resize_mask
+from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.groundtruth.matching import find_images
 from doll_core.groundtruth.scoring import ScoreTable, score_map
@@ -38,6 +39,8 @@ class GroundTruthImages:
         self, folder: Path, truth: GroundTruth, *, size: int, grayscale: bool, count: int
     ) -> None:
         self.truth, self.size, self.grayscale = truth, (size, size), grayscale
+        #: none: an unreadable image stops the run (:meth:`batches`)
+        self.skipped: list[SkippedSample] = []
         files = find_images(folder, truth)
         self.items: list[tuple[str, Path, list[int]]] = []
         for image_id in sorted(files):

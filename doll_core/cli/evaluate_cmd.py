@@ -100,6 +100,7 @@ def evaluate_command(
     """Rank explainers by faithfulness (deletion, insertion, ABPC, ROAD, faithfulness
     correlation), randomisation, complexity and localization, with 95% intervals, and
     write evaluation.md/.csv/.json and a rank figure."""
+    from doll_core.attribution.scoring import explained_note
     from doll_core.cli.explain_cmd import _explainer_params
     from doll_core.evaluation.engine import (
         PhantomImages,
@@ -163,7 +164,7 @@ def evaluate_command(
 
     def progress(classifier: str, name: str, done: int, total: int) -> None:
         if done == total:
-            typer.echo(f"  {classifier} · {name}: {total} images", err=True)
+            typer.echo(f"  {classifier} · {name}: done", err=True)
 
     evaluations = evaluate(
         models,
@@ -181,9 +182,15 @@ def evaluate_command(
     board["classifiers"] = {name: str(path) for name, path in classifiers.items()}
     board["data"] = str(root) + (f" with {ground_truth}" if ground_truth else f" ({split} split)")
     target = out or ((run / "evaluation") if run is not None else Path("evaluation"))
+    done = next((e for e in evaluations if e.error is None), evaluations[0])
+    note = explained_note(done.images, done.skipped)
+    board["skipped"] = done.skipped
+    for result in evaluations:
+        outcome = "refused" if result.error else explained_note(result.images, result.skipped)
+        typer.echo(f"  {result.classifier} · {result.explainer}: {outcome}", err=True)
     header = (
         f"# Explainer evaluation\n\n{len(models)} classifier(s) x {len(params)} explainer(s) "
-        f"on {board['data']}, {count} images with findings."
+        f"on {board['data']}, images with findings: {note}."
     )
     written = write_leaderboard(target, board, header)
     from doll_core.evaluation.leaderboard import markdown_table

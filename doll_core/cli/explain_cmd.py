@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 import typer
 
+from doll_core.atomic import atomic_write_text
 from doll_core.attribution.api import (
     DEFAULT_EXPLAINER,
     engine_options,
@@ -19,6 +19,7 @@ from doll_core.attribution.api import (
 from doll_core.attribution.engine import EngineOptions
 from doll_core.cli.data_cmd import parse_set
 from doll_core.errors import DollError
+from doll_core.json_values import strict_json
 from doll_core.observations import OBSERVATIONS
 from doll_core.registry import get_registry
 
@@ -184,6 +185,7 @@ def explain_scores_command(
     """Score explainers' localisation on a phantom's ground-truth lesion masks, or on
     radiologists' ground truth (CheXlocalize, NIH boxes, COCO), per observation."""
     from doll_core.attribution.scoring import (
+        explained_note,
         per_observation_table,
         score_explainers,
         scores_table,
@@ -214,7 +216,9 @@ def explain_scores_command(
     if truth is not None:
         table += "\n" + per_observation_table(results)
     typer.echo(table)
+    for result in results:
+        if result.error is None:
+            typer.echo(f"{result.explainer}: {explained_note(result.images, result.skipped)}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
-        out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        atomic_write_text(out, table)
+        atomic_write_text(out.with_suffix(".json"), strict_json([vars(r) for r in results]))

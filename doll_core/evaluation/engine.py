@@ -22,9 +22,15 @@ from torch import nn
 
 from doll_core.attribution.api import explain
 from doll_core.attribution.engine import EngineOptions
-from doll_core.attribution.scoring import finding_batches, images_with_findings, lesion_masks
+from doll_core.attribution.scoring import (
+    finding_batches,
+    images_with_findings,
+    lesion_masks,
+    no_image_left,
+)
 from doll_core.attribution.truth_images import GroundTruthImages
 from doll_core.data.imageio import resize_mask
+from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.evaluation.settings import EvaluationSettings
 from doll_core.groundtruth.truth import GroundTruth
@@ -41,7 +47,9 @@ Progress = Callable[[str, str, int, int], None]
 class EvaluationImages(Protocol):
     """Images with findings, their targets and the ground-truth mask of each target."""
 
+    #: images chosen, and those of the last :meth:`batches` that could not be read
     total: int
+    skipped: list[SkippedSample]
 
     def batches(self, batch_size: int) -> Iterator[Batch]: ...
 
@@ -64,9 +72,11 @@ class PhantomImages:
         if not self.chosen:
             raise DollError(f"no images with positive findings in the {split} split of {root}")
         self.total = len(self.chosen)
+        self.skipped: list[SkippedSample] = []
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        return finding_batches(self.dataset, self.chosen, batch_size)
+        self.skipped = []
+        return finding_batches(self.dataset, self.chosen, batch_size, self.skipped)
 
     def masks(self, ids: list[str], targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return lesion_masks(self.root, ids, targets, size)
@@ -82,6 +92,7 @@ class TruthImages:
         self.images = GroundTruthImages(folder, truth, size=size, grayscale=grayscale, count=count)
         self.truth = truth
         self.total = self.images.total
+        self.skipped = self.images.skipped
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         return self.images.batches(batch_size)
@@ -116,7 +127,10 @@ class ExplainerEvaluation:
 
     classifier: str
     explainer: str
+    #: images explained (``image`` indexes them), and those left out (unreadable):
+    #: ``{"id", "path", "reason"}`` each
     images: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
     image: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     observations: list[str] = field(default_factory=list)
     metrics: dict[str, MetricValues] = field(default_factory=dict)
@@ -175,7 +189,7 @@ def evaluate_explainer(
 ) -> ExplainerEvaluation:
     """Every metric of ``explainer`` on ``model`` over ``images`` (an explainer that refuses
     the model is recorded with its error, not raised)."""
-    outcome = ExplainerEvaluation(classifier, explainer, images=images.total)
+    outcome = ExplainerEvaluation(classifier, explainer)
     explain_map = _explain_function(explainer, explainer_params, registry, engine)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     index: list[np.ndarray] = []
@@ -183,6 +197,7 @@ def evaluate_explainer(
     steps: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in metrics}
     seconds = dict.fromkeys(metrics, 0.0)
     read_masks = any("masks" in metric.needs for metric in metrics.values())
+    ordinal: dict[str, int] = {}  # image id -> its index among the images explained
     try:
         for start, batch_images, targets, ids in images.batches(settings.batch_size):
             batch_images, targets = batch_images.to(device), targets.to(device)
@@ -203,7 +218,8 @@ def evaluate_explainer(
             )
             real = targets.cpu() >= 0
             rows = real.nonzero()
-            index.append((start + rows[:, 0]).numpy())
+            positions = [ordinal.setdefault(image_id, len(ordinal)) for image_id in ids]
+            index.append(np.asarray(positions, dtype=np.int64)[rows[:, 0].numpy()])
             outcome.observations += [OBSERVATIONS[int(i)] for i in targets.cpu()[real]]
             for name, metric in metrics.items():
                 started = time.perf_counter()
@@ -222,6 +238,8 @@ def evaluate_explainer(
     except DollError as exc:
         outcome.error = str(exc)
         return outcome
+    outcome.skipped = [dict(vars(s)) for s in images.skipped]
+    outcome.images = no_image_left(images.total, images.skipped)
     outcome.image = np.concatenate(index) if index else np.zeros(0, dtype=np.int64)
     for name in metrics:
         outcome.metrics[name] = MetricValues(

@@ -40,8 +40,14 @@ from doll_core.segmentation.models import (
     save_segmenter,
 )
 from doll_core.segmentation.splits import task_datasets
-from doll_core.training.distributed import DistributedContext, all_gather_objects
-from doll_core.training.loop import StepCallback, Trainer, parameter_groups, run_training
+from doll_core.training.distributed import DistributedContext, all_gather_objects, sum_across
+from doll_core.training.loop import (
+    StepCallback,
+    Trainer,
+    parameter_groups,
+    refuse_nothing_read,
+    run_training,
+)
 from doll_core.transfer import load_classifier_into_encoder
 
 
@@ -254,14 +260,19 @@ class FinetuneTrainer(Trainer):
         )
         scores = SegmentationScores(self.classes)
         skipped: list[SkippedSample] = []
+        read = 0
         for batch in self.iterate(loader, skipped):
             if not batch:
                 continue
+            read += len(batch["image"])
             with self.autocast():
                 logits = model(self.to_device(batch["image"], image=True)).float()
             weight = self.to_device(batch["mask_weight"]) if "mask_weight" in batch else None
             ids = batch["id"] if per_image else None
             scores.update(logits > 0, self.to_device(batch["mask"]) > 0.5, weight, ids)
+        (read_all,) = sum_across(self.context, float(read))
+        gathered = all_gather_objects(self.context, [s.__dict__ for s in skipped])
+        refuse_nothing_read(int(read_all), gathered, "validation or test split")
         total = SegmentationScores(self.classes)
         for part in all_gather_objects(self.context, scores):
             total.merge(part)

@@ -35,7 +35,13 @@ from doll_core.registry import Registry, get_registry
 from doll_core.training.augment import augment_batch
 from doll_core.training.config import ClassifierTrainingConfig
 from doll_core.training.distributed import all_gather_objects, cleanup_distributed
-from doll_core.training.loop import StepCallback, Trainer, resolve_device, run_training
+from doll_core.training.loop import (
+    StepCallback,
+    Trainer,
+    refuse_nothing_read,
+    resolve_device,
+    run_training,
+)
 from doll_core.training.losses import masked_bce_with_logits
 
 __all__ = [
@@ -125,7 +131,7 @@ class ClassifierTrainer(Trainer):
         images = augment_batch(images, self.config.augment, self.augment_rng)
         with self.autocast():
             logits = self.trained(images)
-        return masked_bce_with_logits(logits, labels, mask), len(images)
+        return masked_bce_with_logits(logits, labels, mask), len(images) if batch else 0
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
@@ -154,6 +160,7 @@ class ClassifierTrainer(Trainer):
         defined = [s for s in scores if not math.isnan(s)]
         logit = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
         gathered = all_gather_objects(self.context, [s.__dict__ for s in skipped])
+        refuse_nothing_read(int(probs.shape[0]), gathered, "validation split")
         return {
             "val_loss": float(masked_bce_with_logits(logit, truth, counted)),
             "mean_auroc": sum(defined) / len(defined) if defined else math.nan,

@@ -404,6 +404,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         loss_sum, seen_all = sum_across(self.context, loss_sum, float(seen))
         gathered = all_gather_objects(self.context, [s.__dict__ for s in skipped])
+        refuse_nothing_read(int(seen_all), gathered, f"training split (epoch {self.epoch + 1})")
         record: dict[str, Any] = {
             "train_loss": loss_sum / max(seen_all, 1.0),
             "train_images_per_second": seen_all / seconds if seconds > 0 else None,
@@ -472,6 +473,22 @@ class Trainer:
                 self.write_outputs(improved)
                 if bar is not None:
                     bar.console.print(self.describe(record) + skipped_note(record))
+
+
+def refuse_nothing_read(count: int, skipped: Sequence[Sequence[dict[str, str]]], what: str) -> None:
+    """Stop when ``count`` images were used and every one read was unreadable
+    (``skipped``, gathered from each process): a model is never trained or scored on
+    nothing.
+
+    :raises DollError: naming the split, how many were skipped and the first reason.
+    """
+    flat = [item for part in skipped for item in part]
+    if count == 0 and flat:
+        raise DollError(
+            f"no image of the {what} could be read: all {len(flat)} were skipped (first: "
+            f"{flat[0]['path']}: {flat[0]['reason']}); fix or remove them, or point the "
+            "experiment at readable files"
+        )
 
 
 def skipped_note(record: dict[str, Any]) -> str:
