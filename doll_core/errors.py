@@ -8,6 +8,11 @@ class DollError(Exception):
     """Something the user can fix: a bad name, option, path, file or plugin."""
 
 
+class GroundTruthError(DollError):
+    """Ground truth that cannot be read or does not fit its image: it stops a scoring as
+    a whole, never recorded as one explainer's refusal."""
+
+
 class UnknownPluginError(DollError, LookupError):
     """A plugin name that no loaded plugin registered for that kind."""
 

@@ -111,16 +111,13 @@ def test_12_bit_values_fill_the_stored_range_and_a_rescale_is_applied(tmp_path: 
     plain = _save(_dataset(VALUES_12, "MONOCHROME2", 12), tmp_path / "plain.dcm")
     np.testing.assert_allclose(read_image(plain)[0], VALUES_12 / 4095.0, rtol=1e-6)
     # the range is the stored one, not the image's own min..max; a constant image is no
-    # special case, and a zero slope (no range at all) reads as zeros
+    # special case (a zero slope, which leaves no range at all, is refused: see below)
     narrow = np.array([[100, 2000], [300, 300]], dtype=np.uint16)
     path = _save(_dataset(narrow, "MONOCHROME2", 12), tmp_path / "narrow.dcm")
     np.testing.assert_allclose(read_image(path)[0], narrow / 4095.0, rtol=1e-6)
     constant = np.full((3, 4), 300, dtype=np.uint16)
     path = _save(_dataset(constant, "MONOCHROME2", 12), tmp_path / "constant.dcm")
     np.testing.assert_allclose(read_image(path)[0], constant / 4095.0, rtol=1e-6)
-    zero_slope = _dataset(constant, "MONOCHROME2", 12, RescaleSlope=0, RescaleIntercept=5)
-    path = _save(zero_slope, tmp_path / "zero_slope.dcm")
-    np.testing.assert_array_equal(read_image(path)[0], np.zeros((3, 4), dtype=np.float32))
     # a positive slope maps the stored range onto the modality range: same fractions
     # (modality 2x - 1000 in [-1000, 7190])
     scaled = _dataset(VALUES_12, "MONOCHROME2", 12, RescaleSlope=2, RescaleIntercept=-1000)
@@ -377,3 +374,30 @@ def test_doll_explain_reads_a_dicom_image(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00" * 300)
     failed = CliRunner().invoke(app, [*base, "--image", str(garbage), *chosen])
     assert failed.exit_code == 2 and "no 'DICM' marker at byte 128" in failed.stderr
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Issue 29, item 5: a DICOM header declaring 9000 x 9000 (what a 79 KB Deflate file
+    can hold) is refused by the pixel limit PNGs have, before its data is touched."""
+    ds = _dataset(_gradient(), "MONOCHROME2", 8)
+    ds.Rows, ds.Columns = 9000, 9000  # the header lies; decoding would allocate 81 MB
+    path = _save(ds, tmp_path / "bomb.dcm")
+    with pytest.raises(ImageReadError, match=r"declares 9000 x 9000 = 81,000,000 pixels"):
+        read_image(path)
+    small = _save(_dataset(_gradient(), "MONOCHROME2", 8), tmp_path / "small.dcm")
+    with pytest.raises(ImageReadError, match="over the decoding limit of 100"):
+        read_image(small, max_pixels=100)
+    assert read_image(small).shape == (1, 16, 20)
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [("nan", "0"), ("0", "0"), ("1", "inf")])
+def test_a_rescale_that_makes_no_image_is_refused(
+    tmp_path: Path, slope: str, intercept: str
+) -> None:
+    """Issue 29, item 5: Rescale Slope nan or 0 (or an infinite intercept) used to give a
+    NaN or constant image that counted as readable."""
+    with pydicom.config.disable_value_validation():
+        ds = _dataset(VALUES_12, "MONOCHROME2", 12, RescaleSlope=slope, RescaleIntercept=intercept)
+        path = _save(ds, tmp_path / "rescaled.dcm")
+    with pytest.raises(ImageReadError, match="would make every pixel"):
+        read_image(path)

@@ -100,3 +100,37 @@ def test_explain_scores_command_at_the_native_size(
         app, [*base, "--data", str(tmp_path), "--ground-truth", f"chexlocalize:{gt}"]
     )
     assert nothing.exit_code == 2 and "no image under" in nothing.stderr
+
+
+def _edited_truth(gt: Path, edit: str) -> Path:
+    """The phantom's ground truth with every mask's size or counts broken (``edit``)."""
+    entries = json.loads(gt.read_text())
+    for entry in entries.values():
+        for rle in entry.values():
+            if edit == "wider":  # what a rotated or cropped copy of a 96 x 64 image meets
+                wide = np.zeros((64, 96), dtype=bool)
+                wide[20:40, 30:60] = True
+                rle.update(encode_mask(wide))
+            else:
+                rle["counts"] = "0"  # runs that do not fill the size: damaged
+    out = gt.with_name(f"{edit}.json")
+    out.write_text(json.dumps(entries))
+    return out
+
+
+@pytest.mark.parametrize("edit", ["wider", "damaged"])
+def test_ground_truth_that_does_not_fit_stops_every_scoring(
+    small_phantom: Path, tiny_checkpoints: list[Path], tmp_path: Path, edit: str
+) -> None:
+    """Issue 29, item 6: an image whose shape is not its ground truth's (a rotated one),
+    or a mask that does not decode, is exit 2 in explain-scores and evaluate, as in
+    localization compare; it used to be a 'refused' explainer row and exit 0."""
+    gt = _edited_truth(_phantom_truth(small_phantom, tmp_path / "gt.json"), edit)
+    images = str(small_phantom / "CheXpert-v1.0-small")
+    common = ["--checkpoint", str(tiny_checkpoints[0]), "--explainer", "saliency"]
+    common += ["--data", images, "--ground-truth", f"chexlocalize:{gt}", "--count", "2"]
+    expected = "rotated, cropped or another picture" if edit == "wider" else "RLE"
+    for command in (["explain-scores"], ["evaluate", "--metric", "pointing_game"]):
+        result = runner.invoke(app, [*command, *common])
+        assert result.exit_code == 2, (command, result.output)
+        assert expected in result.stderr and "Traceback" not in result.output

@@ -209,3 +209,42 @@ def test_specs() -> None:
         parse_spec("gt.json")
     with pytest.raises(DollError, match=r"ground truth file not found: missing\.json"):
         read_ground_truth("chexlocalize:missing.json")
+
+
+HUGE = [200_000, 200_000]  # 40 G pixels: the old readers allocated it (MemoryError)
+
+
+@pytest.mark.parametrize(
+    ("kind", "document"),
+    [
+        ("chexlocalize", {"img": {"img_size": HUGE, "Edema": [[[1, 1], [5, 1], [5, 5]]]}}),
+        ("chexlocalize", {"img": {"Edema": {"size": HUGE, "counts": "0"}}}),
+        (
+            "coco",
+            {
+                "images": [{"id": 1, "file_name": "a.png", "height": HUGE[0], "width": HUGE[1]}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "Edema"}],
+            },
+        ),
+    ],
+)
+def test_declared_mask_sizes_are_bounded_before_allocating(
+    tmp_path: Path, kind: str, document: dict[str, Any]
+) -> None:
+    """Issue 29, item 5: a ground-truth size is capped at the image pixel limit."""
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DollError, match=r"200000 x 200000 = 40,000,000,000 pixels is over"):
+        truth = read_ground_truth(f"{kind}:{path}")
+        truth.mask(truth.ids[0], "Edema")
+
+
+def test_deeply_nested_json_and_an_enormous_box_are_one_message(tmp_path: Path) -> None:
+    """Issue 29, item 5: RecursionError and OverflowError used to escape as tracebacks."""
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DollError, match="nests its JSON too deeply"):
+        read_ground_truth(f"chexlocalize:{nested}")
+    assert box_bounds([1e308, 1e308, 1e308, 1e308], NIH_SIZE) == (1024, 1024, 1024, 1024)
+    assert box_bounds([-1e308, 10, 1e308, 5], NIH_SIZE) == (10, 15, 0, 0)

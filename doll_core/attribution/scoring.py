@@ -29,7 +29,7 @@ from doll_core.attribution.targets import select_targets
 from doll_core.attribution.truth_images import Batch, GroundTruthImages
 from doll_core.data.imageio import read_mask, resize_mask
 from doll_core.data.samples import SkippedSample
-from doll_core.errors import DollError
+from doll_core.errors import DollError, GroundTruthError
 from doll_core.groundtruth.scoring import CHEXLOCALIZE_SCORES, ScoreTable
 from doll_core.groundtruth.truth import GroundTruth
 from doll_core.metrics.localization import (
@@ -224,6 +224,8 @@ class _Scoring:
                     similarity.append(randomization_similarity(maps[real], random_maps[real]))
                 if self.progress is not None:
                     self.progress(name, min(start + self.batch_size, total), total)
+        except GroundTruthError:  # the data's fault, not this explainer's: stop
+            raise
         except DollError as exc:
             outcome.error = str(exc)
             return outcome

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from doll_core.data.imageio import read_image, resize_image, resize_mask
+from doll_core.data.imageio import read_image_and_facts, resize_image, resize_mask
 from doll_core.data.samples import SkippedSample
-from doll_core.errors import DollError
+from doll_core.errors import DollError, GroundTruthError
 from doll_core.groundtruth.matching import find_images
 from doll_core.groundtruth.scoring import ScoreTable, score_map
 from doll_core.groundtruth.truth import GroundTruth
@@ -29,6 +29,31 @@ from doll_core.observations import OBSERVATIONS
 #: ``(start, images [B, C, S, S], targets long [B, T] (-1 padded), ground-truth ids)``.
 Batch = tuple[int, torch.Tensor, torch.Tensor, list[str]]
 NOT_EXPLAINED = ("No Finding",)
+
+
+#: How far an image's aspect ratio may stray from its ground truth's (rounding of a
+#: downscaled copy, as CheXpert-small is of CheXpert) before it is not the same picture.
+ASPECT_TOLERANCE = 0.02
+
+
+def check_orientation(
+    path: Path, native: tuple[int, int], truth: tuple[int, int] | None, source: str
+) -> None:
+    """Refuse an image whose shape is not its ground truth's: a downscaled copy (same
+    aspect ratio) fits, a rotated or cropped one does not (a square image rotated cannot
+    be told apart).
+
+    :raises GroundTruthError: naming the file, both sizes and the ground truth.
+    """
+    if truth is None:
+        return
+    image_aspect, truth_aspect = native[1] / native[0], truth[1] / truth[0]
+    if abs(image_aspect / truth_aspect - 1) > ASPECT_TOLERANCE:
+        raise GroundTruthError(
+            f"{path} is {native[1]} x {native[0]} (W x H), while {source} annotates it at "
+            f"{truth[1]} x {truth[0]}: the image is rotated, cropped or another picture, so "
+            "its maps cannot be scored against that ground truth"
+        )
 
 
 class GroundTruthImages:
@@ -68,20 +93,18 @@ class GroundTruthImages:
         with its path and why)."""
         for start in range(0, len(self.items), batch_size):
             chunk = self.items[start : start + batch_size]
-            images = [
-                resize_image(
-                    torch.from_numpy(
-                        read_image(path, grayscale=self.grayscale, at_least=self.size)
-                    ),
-                    self.size,
-                )
-                for _, path, _ in chunk
-            ]
+            images = [self._read(image_id, path) for image_id, path, _ in chunk]
             width = max(len(t) for _, _, t in chunk)
             targets = torch.full((len(chunk), width), -1, dtype=torch.long)
             for row, (_, _, indices) in enumerate(chunk):
                 targets[row, : len(indices)] = torch.tensor(indices)
             yield start, torch.stack(images), targets, [image_id for image_id, _, _ in chunk]
+
+    def _read(self, image_id: str, path: Path) -> torch.Tensor:
+        """``[C, S, S]``: the image at the model's size, checked to fit its ground truth."""
+        array, facts = read_image_and_facts(path, grayscale=self.grayscale, at_least=self.size)
+        check_orientation(path, facts.size, self.truth.size(image_id), self.truth.source)
+        return resize_image(torch.from_numpy(array), self.size)
 
     def score(
         self,

@@ -31,6 +31,7 @@ syntax with no decoder installed, is an :class:`ImageReadError`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +47,13 @@ from pydicom.pixels import (
     pixel_array,
 )
 
-from doll_core.data.imageio import DICOM_SUFFIXES, ImageReadError, as_channels
+from doll_core.data.imageio import (
+    DICOM_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    ImageReadError,
+    as_channels,
+    check_declared_pixels,
+)
 
 #: The marker of a DICOM file (PS3.10 7.1): a 128-byte preamble, then these four bytes.
 DICOM_MAGIC = b"DICM"
@@ -80,16 +87,26 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def read_dicom(path: str | Path, *, grayscale: bool) -> np.ndarray:
+def read_dicom(
+    path: str | Path, *, grayscale: bool, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Read a DICOM image as ``float32 [C, H, W]`` in ``[0, 1]`` by the module's rules;
     C = 1 if ``grayscale`` else 3 (grey repeated, or the RGB channels).
 
-    :raises ImageReadError: not DICOM, no pixel data, several frames, an unsupported
-        photometric interpretation, a transfer syntax without an installed decoder (named,
-        with the package to install), or data that fails to decode.
+    :param max_pixels: a file whose Rows x Columns is larger is refused before its pixel
+        data is decoded (a small Deflate or JPEG file can declare gigabytes); ``None``: no
+        limit.
+    :raises ImageReadError: not DICOM, no pixel data, too many pixels, several frames, an
+        unsupported photometric interpretation, a transfer syntax without an installed
+        decoder (named, with the package to install), a Rescale Slope or Intercept that is
+        not a finite number (or a slope of 0, which makes every pixel one grey), or data
+        that fails to decode.
     """
     path = Path(path)
     ds = _load(path)
+    rows, columns = _guarded(path, "no image size", lambda: (int(ds.Rows), int(ds.Columns)))
+    check_declared_pixels(path, rows, columns, max_pixels)
+    _check_rescale(path, ds)
     stored = _decode(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = 1 if stored.ndim == 2 else stored.shape[-1]
@@ -105,6 +122,21 @@ def read_dicom(path: str | Path, *, grayscale: bool) -> np.ndarray:
             f"1 sample) or colour ({', '.join(COLOUR)}, 3 samples)",
         )
     return as_channels(channels, grayscale=grayscale)
+
+
+def _check_rescale(path: Path, ds: Dataset) -> None:
+    """Refuse a Rescale Slope or Intercept that would make the image NaN or one grey."""
+    for key in ("RescaleSlope", "RescaleIntercept"):
+        if ds.get(key) is None:
+            continue
+        value = _guarded(path, f"its {key} is not a number", partial(float, ds[key].value))
+        if not np.isfinite(value) or (key == "RescaleSlope" and value == 0):
+            raise ImageReadError(
+                path,
+                f"its {key} is {value}, which would make every pixel "
+                + ("one grey" if value == 0 else "undefined")
+                + ": the file's header is damaged",
+            )
 
 
 def not_dicom_either(error: ImageReadError) -> ImageReadError:

@@ -77,6 +77,26 @@ class ImageFacts:
     colour_fraction: float | None = None
 
 
+def check_declared_pixels(
+    path: Path, height: int, width: int, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels (or a size
+    that is not positive), before anything is decoded or allocated.
+
+    :raises ImageReadError: naming the declared size and the limit.
+    """
+    if height <= 0 or width <= 0:
+        raise ImageReadError(path, f"it declares a size of {height} x {width} pixels")
+    pixels = height * width
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageReadError(
+            path,
+            f"it declares {width} x {height} = {pixels:,} pixels, over the decoding limit "
+            f"of {max_pixels:,} (a decompression bomb, or a file too large to decode "
+            "safely; the reader option max_image_pixels raises the limit)",
+        )
+
+
 def _open_fully(
     path: Path,
     draft: tuple[str, tuple[int, int]] | None = None,
@@ -89,15 +109,7 @@ def _open_fully(
             facts = ImageFacts(
                 str(handle.format), handle.mode, (int(handle.height), int(handle.width))
             )
-            pixels = int(handle.width) * int(handle.height)
-            if max_pixels is not None and pixels > max_pixels:
-                raise ImageReadError(
-                    path,
-                    f"it declares {handle.width} x {handle.height} = {pixels:,} pixels, over "
-                    f"the decoding limit of {max_pixels:,} (a decompression bomb, or a file "
-                    "too large to decode safely; the reader option max_image_pixels raises "
-                    "the limit)",
-                )
+            check_declared_pixels(path, int(handle.height), int(handle.width), max_pixels)
             if draft is not None and handle.format == "JPEG":
                 # decode a JPEG at the smallest DCT scale that is still >= the target size
                 handle.draft(*draft)
@@ -162,7 +174,7 @@ def read_image(
     from doll_core.data import dicom  # imported here: that module imports this one
 
     if dicom.is_dicom(path):
-        return dicom.read_dicom(path, grayscale=grayscale)
+        return dicom.read_dicom(path, grayscale=grayscale, max_pixels=max_pixels)
     image, _ = _open_image(Path(path), grayscale, at_least, max_pixels)
     return pil_to_array(image, grayscale=grayscale)
 
@@ -179,7 +191,7 @@ def read_image_and_facts(
     from doll_core.data import dicom
 
     if dicom.is_dicom(path):
-        array = dicom.read_dicom(path, grayscale=grayscale)
+        array = dicom.read_dicom(path, grayscale=grayscale, max_pixels=max_pixels)
         return array, ImageFacts("DICOM", "", (int(array.shape[-2]), int(array.shape[-1])))
     image, facts = _open_image(Path(path), grayscale, at_least, max_pixels)
     if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):

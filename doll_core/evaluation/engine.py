@@ -31,7 +31,7 @@ from doll_core.attribution.scoring import (
 from doll_core.attribution.truth_images import GroundTruthImages
 from doll_core.data.imageio import resize_mask
 from doll_core.data.samples import SkippedSample
-from doll_core.errors import DollError
+from doll_core.errors import DollError, GroundTruthError
 from doll_core.evaluation.settings import EvaluationSettings
 from doll_core.groundtruth.truth import GroundTruth
 from doll_core.metrics.base import NEEDS, MetricBatch, check_needs, run_metric
@@ -235,6 +235,8 @@ def evaluate_explainer(
                     min(start + settings.batch_size, images.total),
                     images.total,
                 )
+    except GroundTruthError:  # the data's fault, not this explainer's: stop
+        raise
     except DollError as exc:
         outcome.error = str(exc)
         return outcome

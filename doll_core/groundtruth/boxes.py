@@ -23,8 +23,9 @@ def box_bounds(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, i
     height, width = size
 
     def span(start: float, length: float, limit: int) -> tuple[int, int]:
-        first = min(max(math.ceil(start - 0.5), 0), limit)
-        last = min(max(math.ceil(start + length - 0.5), first), limit)
+        # clamped as floats first: a box of 1e308 (whose end overflows to inf) is the edge
+        first = math.ceil(min(max(start - 0.5, 0.0), float(limit)))
+        last = math.ceil(min(max(start + length - 0.5, float(first)), float(limit)))
         return first, last
 
     row0, row1 = span(y, h, height)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from doll_core.errors import DollError
-from doll_core.groundtruth.files import json_object, load_json
+from doll_core.groundtruth.files import checked_size, json_object, load_json
 from doll_core.groundtruth.names import CHEXLOCALIZE_OBSERVATIONS, observation_name
 from doll_core.groundtruth.rle import decode_rle, rle_size, string_counts
 from doll_core.groundtruth.truth import GroundTruth, ImageTruth, MaskPart
@@ -75,7 +75,7 @@ def _image_size(value: object, where: str) -> tuple[int, int]:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
         raise DollError(f"{where}: '{SIZE_KEY}' must be [H, W] (integers >= 1), got {value!r}")
-    return int(value[0]), int(value[1])
+    return checked_size(int(value[0]), int(value[1]), where)
 
 
 def _polygon_part(polygons: list[list[Point]], size: tuple[int, int]) -> MaskPart:

@@ -16,7 +16,7 @@ from typing import Any
 
 from doll_core.errors import DollError
 from doll_core.groundtruth.boxes import box_mask
-from doll_core.groundtruth.files import json_object, load_json
+from doll_core.groundtruth.files import checked_size, json_object, load_json
 from doll_core.groundtruth.names import observation_name
 from doll_core.groundtruth.rle import decode_polygons, decode_rle, rle_size
 from doll_core.groundtruth.truth import GroundTruth, ImageTruth, MaskPart
@@ -93,7 +93,8 @@ def read_coco(path: Path) -> GroundTruth:
                 f"{label} needs an 'id' (integer or string) and integer 'height', 'width' >= 1"
             )
         names[image["id"]] = image["file_name"]
-        images[image["file_name"]] = ImageTruth((image["height"], image["width"]))
+        size = checked_size(image["height"], image["width"], label)
+        images[image["file_name"]] = ImageTruth(size)
     for k, annotation in enumerate(_list(data, "annotations", where)):
         label = f"{where}: annotation {k}"
         if not isinstance(annotation, dict):

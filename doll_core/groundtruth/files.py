@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.errors import DollError
 
 
@@ -23,6 +24,11 @@ def load_json(path: Path) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DollError(f"{path} is not JSON ({first})") from None
+    except RecursionError:
+        raise DollError(
+            f"{path} nests its JSON too deeply to read (no ground-truth format nests more "
+            "than a few levels): damaged, or not a ground-truth file"
+        ) from None
     except OSError as exc:
         raise DollError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -32,3 +38,18 @@ def json_object(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DollError(f"{where}: expected an object, got {type(value).__name__}")
     return value
+
+
+def checked_size(height: int, width: int, where: str) -> tuple[int, int]:
+    """``(height, width)`` of a mask a file declares, refused above the pixel limit of
+    images (a declared size is allocated when the mask is decoded).
+
+    :raises DollError: naming ``where``, the size and the limit.
+    """
+    if height * width > MAX_IMAGE_PIXELS:
+        raise DollError(
+            f"{where}: a mask of {height} x {width} = {height * width:,} pixels is over the "
+            f"limit of {MAX_IMAGE_PIXELS:,} that images have: the file is damaged, or not "
+            "of these images"
+        )
+    return height, width

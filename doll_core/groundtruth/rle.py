@@ -16,6 +16,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from doll_core.errors import DollError
+from doll_core.groundtruth.files import checked_size
 
 
 def rle_size(rle: object, where: str) -> tuple[int, int]:
@@ -32,7 +33,7 @@ def rle_size(rle: object, where: str) -> tuple[int, int]:
         raise DollError(f"{where}: RLE 'size' must be [H, W] (integers >= 1), got {size!r}")
     if not isinstance(rle["counts"], str | list):
         raise DollError(f"{where}: RLE 'counts' must be a string or a list of integers")
-    return int(size[0]), int(size[1])
+    return checked_size(int(size[0]), int(size[1]), where)
 
 
 def string_counts(counts: str, where: str) -> list[int]:

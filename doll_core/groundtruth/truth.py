@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from doll_core.errors import DollError
+from doll_core.errors import DollError, GroundTruthError
 
 #: Draws one part of a mask: ``() -> bool [H, W]`` at the image's native size.
 MaskPart = Callable[[], np.ndarray]
@@ -89,7 +89,8 @@ class GroundTruth:
         false for a covered observation without parts.
 
         :raises DollError: for an unknown image, an observation the source does not
-            cover, an image without a size, or a part that is not ``[H, W]``.
+            cover, an image without a size; :class:`GroundTruthError` for a part that does
+            not decode or is not ``[H, W]``.
         """
         image = self._image(image_id)
         parts = image.parts.get(observation, [])
@@ -99,9 +100,14 @@ class GroundTruth:
             raise DollError(f"{self.source}: image {image_id!r} records no size")
         mask = np.zeros(image.size, dtype=bool)
         for part in parts:
-            drawn = part()
+            try:
+                drawn = part()
+            except GroundTruthError:
+                raise
+            except DollError as exc:
+                raise GroundTruthError(str(exc)) from None
             if drawn.shape != image.size:
-                raise DollError(
+                raise GroundTruthError(
                     f"{self.source}: {image_id!r} {observation!r}: a mask of "
                     f"{list(drawn.shape)}, the image is {list(image.size)} (H, W)"
                 )
