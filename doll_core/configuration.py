@@ -8,10 +8,12 @@ each is named by its own key.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from doll_core.errors import DollError
@@ -26,6 +28,36 @@ Problems = list[tuple[str, str]]
 
 #: the pydantic error type that carries :data:`Problems`
 _PROBLEMS = "doll_problems"
+
+
+def takes_numbers_not_flags(annotation: Any) -> bool:
+    """Whether a field of type ``annotation`` takes an int or float but not a bool."""
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        return bool not in members and any(takes_numbers_not_flags(m) for m in members)
+    if origin is typing.Annotated:
+        return takes_numbers_not_flags(typing.get_args(annotation)[0])
+    return False
+
+
+class Settings(BaseModel):
+    """The base of every settings model: unknown keys refused, values frozen, and ``true``
+    or ``false`` refused where a number is expected (pydantic would read ``epochs = true``
+    as 1 epoch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and takes_numbers_not_flags(field.annotation):
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 def raise_problems(problems: Problems) -> None:
@@ -46,7 +78,10 @@ def error_items(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
                 items.append(((*item["loc"], *(key.split(".") if key else ())), text))
         else:
             unknown = item["type"] in ("extra_forbidden", "unexpected_keyword_argument")
-            items.append((tuple(item["loc"]), "unknown key" if unknown else item["msg"]))
+            message = "unknown key" if unknown else item["msg"]
+            if item["type"] == "value_error":  # our validators' own words, without pydantic's
+                message = str(item["ctx"]["error"])  # "Value error, " before them
+            items.append((tuple(item["loc"]), message))
     return items
 
 

@@ -124,6 +124,21 @@ def plugin_filter_from_env(environ: Mapping[str, str] | None = None) -> frozense
     return names or None
 
 
+def _flag_mismatch(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` is a flag where a number is meant, or not a flag where only a flag
+    is (pydantic's lax mode reads ``True`` as 1 and ``"no"`` as a flag, and the factory
+    then gets the unconverted value: ``bool("no")`` is true)."""
+    if annotation is bool:
+        return not isinstance(value, bool)
+    from doll_core.configuration import takes_numbers_not_flags
+
+    return isinstance(value, bool) and takes_numbers_not_flags(annotation)
+
+
+def _kind_of(annotation: Any) -> str:
+    return "true or false" if annotation is bool else "a number"
+
+
 class Registry:
     """All plugins of all kinds, with the failures met while loading them.
 
@@ -328,6 +343,16 @@ class Registry:
         }
         if not fields:
             return []
+        flags = [
+            (
+                key,
+                f"{plugin} parameter {key!r} takes {_kind_of(fields[key][0])}, got {params[key]!r}",
+            )
+            for key in fields
+            if _flag_mismatch(fields[key][0], params[key])
+        ]
+        if flags:
+            return flags
         try:
             model = create_model(
                 "PluginParameters", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
@@ -347,7 +372,7 @@ class Registry:
         parameter it cannot take names that parameter (:meth:`parameter_problems`)."""
         info = self.get(kind, name)
         label = f"{info.kind.value} {info.name!r} (from distribution {info.distribution!r})"
-        problems = self.parameter_problems(kind, name, params, types=False)  # values: its own
+        problems = self.parameter_problems(kind, name, params)  # values: the plugin's own checks
         if problems:
             keys = sorted({key.split(".")[0] for key, _ in problems})
             raise PluginError(

@@ -218,3 +218,34 @@ def test_unreadable_images_are_counted_not_hidden(
         result = runner.invoke(app, [*argv, "--count", "3", "--explainer", "saliency"])
         assert result.exit_code == 2, (command, result.output)
         assert "none of the 3 images chosen could be read" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            "deleton.patch=4",
+            "no explainer, metric or 'engine' is called 'deleton' (did you mean 'deletion'?)",
+        ),
+        ("nosuch.x=1", "no explainer, metric or 'engine' is called 'nosuch'"),
+        ("integrated_gradients.n_steps=4", "integrated_gradients is not among the explainers run"),
+        ("deletion.patch=4.5", "patch"),
+        ('cascading_randomisation.absolute="no"', "'absolute' takes true or false, got 'no'"),
+        ("deletion.steps=true", "'steps' takes a number, got True"),
+        ("deletion.blur_sigma=-1", "blur_sigma must be a finite number > 0, got -1"),
+    ],
+)
+def test_every_setting_is_used_or_refused_before_work(
+    small_phantom: Path, tiny_checkpoints: list[Path], setting: str, expected: str
+) -> None:
+    """Issue 29, item 8: a misspelt or unused ``--set`` and a metric parameter of the wrong
+    type or range are exit 2 naming them; they used to be ignored, a traceback, or taken
+    (``absolute="no"`` read as true)."""
+    result = runner.invoke(
+        app,
+        ["evaluate", "--checkpoint", str(tiny_checkpoints[0]), "--data", str(small_phantom),
+         "--explainer", "saliency", "--metric", "deletion", "--metric",
+         "cascading_randomisation", "--count", "2", "--set", setting],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "Traceback" not in result.output

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torchvision.transforms.functional import gaussian_blur
 
+from doll_core.configuration import Settings
 
-class PostprocessConfig(BaseModel):
+
+class PostprocessConfig(Settings):
     """Post-processing settings (see the module docstring for the order)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sign: Literal["positive", "absolute", "none"] = "positive"
     smooth_sigma: float = Field(0.0, ge=0, description="Gaussian sigma in pixels; 0 = off")

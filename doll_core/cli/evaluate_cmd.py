@@ -101,7 +101,7 @@ def evaluate_command(
     correlation), randomisation, complexity and localization, with 95% intervals, and
     write evaluation.md/.csv/.json and a rank figure."""
     from doll_core.attribution.scoring import explained_note
-    from doll_core.cli.explain_cmd import _explainer_params
+    from doll_core.cli.explain_cmd import _explainer_params, refuse_unused_settings
     from doll_core.evaluation.engine import (
         PhantomImages,
         TruthImages,
@@ -135,6 +135,7 @@ def evaluate_command(
         settings, set(registry.names("metric")), set(registry.names("explainer"))
     )
     explainer_params, engine = _explainer_params(explainer_items)
+    refuse_unused_settings(explainer_params, explainer_names, registry.names("metric"))
     base_params = inputs.params if inputs else {}
     params = {
         name: {**base_params.get(name, {}), **explainer_params.get(name, {})}

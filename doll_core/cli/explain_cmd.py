@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,33 @@ def _explainer_params(settings: list[str]) -> tuple[dict[str, dict[str, Any]], E
     return params, engine_options(engine, "--set engine")
 
 
+def refuse_unused_settings(
+    params: dict[str, dict[str, Any]], chosen: Sequence[str], others: Sequence[str] = ()
+) -> None:
+    """Refuse ``--set NAME.KEY`` for a ``NAME`` that is not among the ``chosen``
+    explainers (``others``: further names a ``--set`` may take, such as metrics, offered
+    as close matches): a typo or a forgotten ``--explainer`` would be silently ignored.
+
+    :raises DollError: naming the key, and the name meant where one is close.
+    """
+    explainers = get_registry().names("explainer")
+    for name in params:
+        if name in chosen:
+            continue
+        key = f"--set {name}.{next(iter(params[name]), 'KEY')}"
+        if name in explainers:
+            raise DollError(
+                f"{key}: {name} is not among the explainers run ({', '.join(chosen)}); "
+                f"add --explainer {name}, or drop the setting"
+            )
+        close = difflib.get_close_matches(name, [*chosen, *explainers, *others, "engine"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DollError(
+            f"{key}: no explainer{', metric' if others else ''} or 'engine' is called "
+            f"{name!r}{hint}"
+        )
+
+
 def explain_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint (best.pt)."),
     image: Path = typer.Option(..., "--image", help="The radiograph to explain."),
@@ -121,6 +150,7 @@ def explain_command(
     indices = _target_indices(targets, probabilities, meta.unavailable)
     target_tensor = torch.tensor([indices], dtype=torch.long)
     params, engine = _explainer_params(settings)
+    refuse_unused_settings(params, _explainer_names(explainer))
     truth: dict[int, np.ndarray] = {}
     for item in mask:
         observation, sep, path = item.partition("=")
@@ -199,6 +229,7 @@ def explain_scores_command(
     model, meta = load_classifier(checkpoint)
     params, engine = _explainer_params(settings)
     names = _explainer_names(explainer or ["all"])
+    refuse_unused_settings(params, names)
     results = score_explainers(
         model,
         data,

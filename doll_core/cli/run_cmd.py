@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from doll_core.devices import device_option
+from doll_core.experiment.ablation import MAX_POINTS
 from doll_core.training.distributed import launched_rank
 
 SET_HELP = "Override any experiment key by its dotted path, KEY=VALUE (TOML value)."
@@ -66,6 +67,9 @@ def ablate_command(
         None, "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    max_points: int = typer.Option(
+        MAX_POINTS, "--max-points", min=1, help="Refuse a larger grid (a likely mistake)."
+    ),
 ) -> None:
     """Run the grid of an experiment over the varied keys; shared stages run once."""
     from rich.console import Console
@@ -79,6 +83,7 @@ def ablate_command(
         vary,
         out,
         overrides=settings,
+        max_points=max_points,
         resume=resume,
         device=device,
         progress=not quiet,

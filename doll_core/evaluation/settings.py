@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from doll_core.configuration import Settings
 
 #: The metrics ``doll evaluate`` computes when none are named: one or more of each
 #: category, at settings that fit a CPU.
@@ -27,10 +29,8 @@ DEFAULT_METRICS = (
 )
 
 
-class EvaluationSettings(BaseModel):
+class EvaluationSettings(Settings):
     """Which metrics, on how many images, with which draws."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     metrics: list[str] = Field(
         default_factory=list, description="metric plugins; empty = no evaluation in a run"

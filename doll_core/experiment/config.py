@@ -49,8 +49,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -60,6 +58,7 @@ from pydantic import (
 from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
 from doll_core.configuration import (
     Problems,
+    Settings,
     context_registry,
     error_items,
     parse_config,
@@ -110,8 +109,8 @@ RUNNER_INPUTS: dict[str, type[StageInputs]] = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Settings):
+    """Settings frozen, with unknown keys refused (:class:`Settings`)."""
 
 
 class PhantomData(_Section):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from doll_core.attribution.api import (
     DEFAULT_EXPLAINER,
@@ -17,7 +17,7 @@ from doll_core.attribution.api import (
 )
 from doll_core.attribution.engine import HASHED_OPTIONS, EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig
-from doll_core.configuration import context_registry
+from doll_core.configuration import Settings, context_registry
 from doll_core.digests import sha256_of
 from doll_core.observations import OBSERVATIONS
 from doll_core.training.config import ClassificationSource, StageInputs
@@ -26,10 +26,8 @@ from doll_core.training.config import ClassificationSource, StageInputs
 LABELS_VERSION = 2
 
 
-class LabelSettings(BaseModel):
+class LabelSettings(Settings):
     """The label-generation settings a user writes (``[explanation]`` of an experiment)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     split: str = "train"
     explainer: str = DEFAULT_EXPLAINER

@@ -13,22 +13,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     model_validator,
 )
 
-from doll_core.configuration import context_registry, plugin_problems, raise_problems
+from doll_core.configuration import Settings, context_registry, plugin_problems, raise_problems
 from doll_core.devices import device_field
 from doll_core.errors import DollError
 from doll_core.registry import get_registry
 from doll_core.relocation import config_record
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(Settings):
+    """Settings frozen, with unknown keys refused (:class:`Settings`)."""
 
 
 class AugmentConfig(_Frozen):

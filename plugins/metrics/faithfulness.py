@@ -63,6 +63,7 @@ class _Perturbation(BatchMetric):
             ignores it."""
         if patch < 1 or steps < 1:
             raise DollError(f"patch and steps must be >= 1, got {patch} and {steps}")
+        check_blur_sigma(blur_sigma)
         self.order = check_choice(order, ("morf", "lerf"), "order")
         if self.order == "lerf" and type(self) is not ABPC:  # least relevant: little change
             self.higher_is_better = not type(self).higher_is_better
@@ -86,6 +87,13 @@ class _Perturbation(BatchMetric):
             output=self.output,
             max_rows=batch.max_rows,
         )
+
+
+def check_blur_sigma(blur_sigma: float) -> None:
+    """:raises DollError: unless the blur's sigma (a share of the image side) is a finite
+    number above 0."""
+    if not (math.isfinite(blur_sigma) and blur_sigma > 0):
+        raise DollError(f"blur_sigma must be a finite number > 0, got {blur_sigma}")
 
 
 class Deletion(_Perturbation):
@@ -221,6 +229,7 @@ class FaithfulnessCorrelation(BatchMetric):
         :param output: ``probability`` (sigmoid) or ``logit``."""
         if runs < 2 or subset < 1:
             raise DollError(f"runs must be >= 2 and subset >= 1, got {runs} and {subset}")
+        check_blur_sigma(blur_sigma)
         self.runs, self.subset, self.blur_sigma = runs, subset, blur_sigma
         self.baseline = check_choice(baseline, PERTURBATION_BASELINES, "perturbation baseline")
         self.output: Output = check_choice(output, OUTPUTS, "output")  # type: ignore[assignment]
