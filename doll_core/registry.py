@@ -360,7 +360,12 @@ class Registry:
             model.model_validate({key: params[key] for key in fields})
         except ValidationError as exc:
             return [
-                (".".join(str(part) for part in item["loc"]), item["msg"]) for item in exc.errors()
+                (
+                    ".".join(str(part) for part in item["loc"]),
+                    f"{plugin} {'.'.join(str(p) for p in item['loc'])!r}: {item['msg']}, "
+                    f"got {item['input']!r}",
+                )
+                for item in exc.errors()
             ]
         except Exception:  # an annotation pydantic cannot check: leave it to the plugin
             return []

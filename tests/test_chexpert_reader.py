@@ -196,7 +196,9 @@ def test_bad_files_stop_the_run_when_asked(dataset_root: Path) -> None:
     reader = _reader(dataset_root, on_error="fail")
     with pytest.raises(ImageReadError, match=r"view1_frontal\.jpg: corrupt.*on_error='skip'"):
         reader[0]
-    with pytest.raises(DollError, match="on_error must be one of skip, fail; got 'ignore'"):
+    with pytest.raises(
+        DollError, match=r"'on_error': Input should be 'skip' or 'fail', got 'ignore'"
+    ):
         _reader(dataset_root, on_error="ignore")
 
 

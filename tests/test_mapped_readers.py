@@ -20,7 +20,9 @@ from doll_core.data.mapping import LabelMapping
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.observations import OBSERVATIONS
+from doll_plugins.datasets.mimic import MIMICCXRJPG
 from doll_plugins.datasets.nih import NIH_MAPPING, NIHChestXray14
+from doll_plugins.datasets.padchest import PadChest
 
 runner = CliRunner()
 
@@ -102,11 +104,40 @@ def test_nih_splits_follow_the_release_lists_and_missing_images_are_skipped(
         ("Image Index,View Position\nx.png,PA\n", r"lacks the column\(s\) \['Finding Labels'"),
         (NIH_2017.replace("00000002_000.png", "../up.png"), "line 4: not an image name"),
         (NIH_2017.replace(",0,2,81,M,AP,2500,2048,0.171,0.171,", ""), "line 4: 2 cells"),
+        # issue 29, item 8: a non-numeric patient merged into patient -1; the line of a
+        # non-UTF-8 byte was the decoder's block (line 1)
+        (NIH_2017.replace(",0,3,81,F,", ",0,P3,81,F,"), "line 5: Patient ID must be a whole"),
+        (NIH_2017.replace("Hernia", "Hern\xe9a"), "line 5: not UTF-8 text"),
     ],
 )
 def test_a_bad_nih_csv_names_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    root = tmp_path / "nih"
+    root.mkdir()
+    (root / "Data_Entry_2017.csv").write_bytes(text.encode("latin-1"))
     with pytest.raises(DollError, match=message):
-        NIHChestXray14(_nih(tmp_path / "nih", text, images=False))
+        NIHChestXray14(root)
+
+
+def test_a_non_utf8_split_list_and_an_overlong_mimic_subject_name_their_file(
+    tmp_path: Path,
+) -> None:
+    root = _nih(tmp_path / "nih", images=False)
+    (root / "test_list.txt").write_bytes(b"00000001_000.png\n00000002_000.png\nbad\xff.png\n")
+    with pytest.raises(DollError, match=r"test_list\.txt, line 3: not UTF-8 text"):
+        NIHChestXray14(root, split="test")
+    mimic = _mimic(tmp_path / "mimic")
+    metadata = mimic / "mimic-cxr-2.0.0-metadata.csv"
+    metadata.write_text(metadata.read_text().replace("19999999", str(2**63)))
+    with pytest.raises(DollError, match=r"metadata\.csv, line 5: subject_id must be a whole"):
+        MIMICCXRJPG(mimic)
+
+
+def test_an_unclosed_quote_does_not_swallow_the_next_row(tmp_path: Path) -> None:
+    """Issue 29, item 8: PadChest's csv reader joined the next row into a quoted cell."""
+    text = PADCHEST.replace(""""['normal']",x""", """"['normal'],x""")
+    root = _padchest(tmp_path / "padchest", text)
+    with pytest.raises(DollError, match=r"line 3: the 'Labels' cell runs over lines 3-4"):
+        PadChest(root)
 
 
 def test_a_mapping_refuses_unknown_observations_and_reads_case_insensitively() -> None:

@@ -43,6 +43,7 @@ from torch.utils.data import Subset
 
 from doll_core.data.decoded import attach_image_cache
 from doll_core.errors import DollError
+from doll_core.text_files import first_line_not_utf8
 
 if TYPE_CHECKING:
     from doll_core.registry import Registry
@@ -179,7 +180,8 @@ def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict[st
                 cells = {str(k).strip(): (v or "").strip() for k, v in row.items() if k}
                 rows.append((reader.line_num, cells))
     except UnicodeDecodeError as exc:
-        raise DollError(f"{what} {path}: not UTF-8 text ({exc.reason})") from None
+        line = first_line_not_utf8(path)
+        raise DollError(f"{what} {path}, line {line}: not UTF-8 text ({exc.reason})") from None
     except (csv.Error, OSError) as exc:
         raise DollError(f"{what} {path}: not a readable CSV ({exc})") from None
     return header, rows

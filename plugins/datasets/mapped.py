@@ -28,6 +28,7 @@ from doll_core.data.mapping import LabelMapping
 from doll_core.data.samples import LabelledImages, OnError, bytes_array
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
+from doll_core.text_files import first_line_not_utf8
 from doll_plugins.datasets.chexpert import _policy_table
 
 _CODES = (POSITIVE, NEGATIVE, UNCERTAIN, BLANK)
@@ -50,7 +51,7 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
     :raises DollError: naming the file (and line) of a missing column, a row too short,
         bytes that are not UTF-8 or text that is not CSV.
     """
-    line = 1
+    line = 1  # the physical line the reader has read up to
     try:
         with open_text(path) as handle:
             reader = csv.reader(handle)
@@ -61,17 +62,59 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[st
             positions = {name: header.index(name) for name in required}
             last = max(positions.values())
             for row in reader:
-                line = reader.line_num
+                first, line = line + 1, reader.line_num
                 if not row:
                     continue
                 if len(row) <= last:
-                    raise DollError(f"{path}, line {line}: {len(row)} cells, expected at least "
+                    raise DollError(f"{path}, line {first}: {len(row)} cells, expected at least "
                                     f"{last + 1}")  # fmt: skip
-                yield line, {name: row[k] for name, k in positions.items()}
+                cells = {name: row[k] for name, k in positions.items()}
+                spread = [name for name, cell in cells.items() if "\n" in cell or "\r" in cell]
+                if spread:
+                    raise DollError(
+                        f"{path}, line {first}: the {spread[0]!r} cell runs over lines "
+                        f"{first}-{line}: a quote opened there is not closed on its line"
+                    )
+                yield first, cells
     except UnicodeDecodeError as exc:
-        raise DollError(f"{path}, near line {line}: not UTF-8 text ({exc.reason})") from None
+        bad = first_line_not_utf8(path)
+        raise DollError(f"{path}, line {bad or line}: not UTF-8 text ({exc.reason})") from None
     except (csv.Error, OSError, EOFError) as exc:  # gzip errors are OSError / EOFError
         raise DollError(f"{path}, line {line}: not a readable CSV ({exc})") from None
+
+
+def read_text_file(path: Path) -> str:
+    """A whole UTF-8 text file (a list of image names, say).
+
+    :raises DollError: naming the file and the first line that is not UTF-8.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DollError(
+            f"{path}, line {first_line_not_utf8(path)}: not UTF-8 text ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise DollError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+#: The largest identifier the readers keep as a number (int64, the arrays they use).
+MAX_IDENTIFIER = 2**63 - 1
+
+
+def numeric_identifier(value: str, path: Path, line: int, column: str) -> int:
+    """A patient or study number of a CSV cell (digits, at most :data:`MAX_IDENTIFIER`).
+
+    :raises DollError: naming the file, line, column and value otherwise: an identifier
+        that is not a number would otherwise merge patients or overflow.
+    """
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_IDENTIFIER:
+        raise DollError(
+            f"{path}, line {line}: {column} must be a whole number up to {MAX_IDENTIFIER}, "
+            f"got {value!r}"
+        )
+    return int(text)
 
 
 #: the share of patients :func:`patient_split` puts in ``valid`` (and, where a dataset has

@@ -25,7 +25,7 @@ from doll_core.data.paths import contained_path
 from doll_core.data.samples import OnError, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
-from doll_plugins.datasets.mapped import MappedClassification, csv_rows
+from doll_plugins.datasets.mapped import MappedClassification, csv_rows, numeric_identifier
 
 SPLITS = ("all", "train", "validate", "test")
 #: other names of a split (DoLL's classifier training asks for ``valid`` by default)
@@ -44,13 +44,6 @@ def find_table(root: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DollError(f"MIMIC-CXR-JPG: neither {PREFIX}-{name}.csv nor its .gz in {root}")
-
-
-def _identifier(value: str, path: Path, line: int, column: str) -> int:
-    text = value.strip()
-    if not text.isascii() or not text.isdigit():
-        raise DollError(f"{path}, line {line}: {column} must be a number, got {value!r}")
-    return int(text)
 
 
 class MIMICCXRJPG(MappedClassification):
@@ -99,8 +92,8 @@ class MIMICCXRJPG(MappedClassification):
                 raise DollError(f"{metadata}, line {line}: not a dicom_id: {dicom!r}")
             if self.split != "all" and splits.get(dicom) != self.split:
                 continue
-            subject = _identifier(row["subject_id"], metadata, line, "subject_id")
-            study = _identifier(row["study_id"], metadata, line, "study_id")
+            subject = numeric_identifier(row["subject_id"], metadata, line, "subject_id")
+            study = numeric_identifier(row["study_id"], metadata, line, "study_id")
             ids.append(dicom.encode("ascii"))
             studies.append((subject, study))
             views.append(row["ViewPosition"].strip())
@@ -124,8 +117,8 @@ class MIMICCXRJPG(MappedClassification):
         labels: dict[tuple[int, int], list[int]] = {}
         for line, row in csv_rows(path, ("subject_id", "study_id", *OBSERVATIONS)):
             key = (
-                _identifier(row["subject_id"], path, line, "subject_id"),
-                _identifier(row["study_id"], path, line, "study_id"),
+                numeric_identifier(row["subject_id"], path, line, "subject_id"),
+                numeric_identifier(row["study_id"], path, line, "study_id"),
             )
             try:
                 labels[key] = [parse_label(row[name]) for name in OBSERVATIONS]

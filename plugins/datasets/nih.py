@@ -32,7 +32,9 @@ from doll_plugins.datasets.mapped import (
     VALID_FRACTION,
     MappedClassification,
     csv_rows,
+    numeric_identifier,
     patient_split,
+    read_text_file,
 )
 
 SPLITS = ("all", "train", "valid", "test")
@@ -122,7 +124,9 @@ class NIHChestXray14(MappedClassification):
             self.findings.update(findings)
             codes.append(self.mapping.codes(findings, self.unmapped))
             ids.append(name.encode("utf-8"))
-            patients.append(int(row["Patient ID"]) if row["Patient ID"].strip().isdigit() else -1)
+            patients.append(
+                numeric_identifier(row["Patient ID"], self.csv_path, line, "Patient ID")
+            )
             views.append(row["View Position"].strip().encode("utf-8"))
         self._ids = bytes_array(ids)
         self._codes = np.array(codes, dtype=np.int8).reshape(-1, len(self._labelled))
@@ -142,7 +146,7 @@ class NIHChestXray14(MappedClassification):
         path = self.root / SPLIT_LISTS[self.split]
         if not path.is_file():
             raise DollError(f"NIH ChestX-ray14 split {self.split!r} needs {path}")
-        names = {n.strip().encode("utf-8") for n in path.read_text(encoding="utf-8").split()}
+        names = {n.strip().encode("utf-8") for n in read_text_file(path).split()}
         return np.array([bytes(i) in names for i in self._ids], dtype=bool)
 
     def _keep(self, keep: np.ndarray) -> None:
