@@ -24,15 +24,17 @@ from doll_core.data.chexpert_format import (
     UNCERTAIN,
 )
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
-from doll_core.data.mapping import LabelMapping
+from doll_core.data.mapping import UNSTATED, LabelMapping
 from doll_core.data.samples import LabelledImages, OnError, bytes_array
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_core.text_files import first_line_not_utf8
 from doll_plugins.datasets.chexpert import _policy_table
 
-_CODES = (POSITIVE, NEGATIVE, UNCERTAIN, BLANK)
-_COLUMN_OF_CODE = np.array([_CODES.index(code) for code in range(BLANK, POSITIVE + 1)])
+_CODES = (POSITIVE, NEGATIVE, UNCERTAIN, BLANK, UNSTATED)
+#: column in ``_CODES`` order of a code, indexed by ``code - UNSTATED``
+_COLUMN_OF_CODE = np.array([_CODES.index(code) for code in range(UNSTATED, POSITIVE + 1)])
+_CODE_NAMES = {**CODE_NAMES, UNSTATED: "unstated"}
 
 
 def open_text(path: Path) -> IO[str]:
@@ -163,7 +165,10 @@ class MappedClassification(LabelledImages):
             root, size=size, grayscale=grayscale, on_error=on_error,
             max_image_pixels=max_image_pixels,
         )  # fmt: skip
-        self._values, self._counts = _policy_table(uncertainty, blank)
+        values, counts = _policy_table(uncertainty, blank)
+        # UNSTATED: value 0, never counted, whatever the policies
+        self._values = np.concatenate([values, np.zeros((NUM_OBSERVATIONS, 1), values.dtype)], 1)
+        self._counts = np.concatenate([counts, np.zeros((NUM_OBSERVATIONS, 1), bool)], 1)
         self._labelled = self.mapping.labelled
         self._ids = bytes_array([])
         self._codes = np.zeros((0, NUM_OBSERVATIONS), dtype=np.int8)
@@ -187,20 +192,22 @@ class MappedClassification(LabelledImages):
     def label_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``float32 [14]`` and label mask ``bool [14]`` of sample ``index``
         (``False`` wherever the dataset does not label the observation)."""
-        column = _COLUMN_OF_CODE[self._codes[index].astype(np.int64) - BLANK]
+        column = _COLUMN_OF_CODE[self._codes[index].astype(np.int64) - UNSTATED]
         rows = np.arange(NUM_OBSERVATIONS)
         return self._values[rows, column], self._counts[rows, column] & self._labelled
 
     def summary(self) -> dict[str, Any]:
         """Images, views, per observation the count of each label value after mapping
-        (observations the dataset does not label are listed apart), and the findings
-        that mapped to nothing."""
+        (with ``unstated`` where the mapping has related findings; observations the
+        dataset does not label are listed apart), and the findings that mapped to
+        nothing."""
+        codes = _CODES if self.mapping.related else _CODES[:-1]  # "unstated" where it can be
         return {
             "images": len(self),
             "frontal": int(self._frontal.sum()),
             "lateral": int((~self._frontal).sum()),
             "observations": {
-                name: {CODE_NAMES[c]: int((self._codes[:, k] == c).sum()) for c in _CODES}
+                name: {_CODE_NAMES[c]: int((self._codes[:, k] == c).sum()) for c in codes}
                 for k, name in enumerate(OBSERVATIONS)
                 if self._labelled[k]
             },

@@ -41,10 +41,13 @@ SPLITS = ("all", "train", "valid", "test")
 #: the file of each split's image names, in the release's root
 SPLIT_LISTS = {"train": "train_val_list.txt", "valid": "train_val_list.txt",
                "test": "test_list.txt"}  # fmt: skip
-#: NIH's findings -> DoLL's observations. Infiltration is CheXpert's Lung Opacity, Mass and
-#: Nodule its Lung Lesion, Pleural_Thickening its Pleural Other; Emphysema, Fibrosis and
-#: Hernia have no counterpart (counted as unmapped). NIH does not label Enlarged
-#: Cardiomediastinum, Fracture or Support Devices.
+#: NIH's findings -> DoLL's observations, by the rule of
+#: :data:`~doll_core.data.mapping.LABELER_PHRASES` (the CheXpert labeler's mention phrases
+#: name each: "infiltration" is a Lung Opacity phrase, "mass" and "nodule" Lung Lesion ones,
+#: "pleural thickening" a Pleural Other one). Fibrosis matches the labeler's Pleural Other
+#: phrase "fibrosis", but NIH's Fibrosis is interstitial, not pleural: Pleural Other is left
+#: unlabelled on its images (``related``). Emphysema and Hernia have no counterpart (counted
+#: as unmapped). NIH does not label Enlarged Cardiomediastinum, Fracture or Support Devices.
 NIH_MAPPING = LabelMapping(
     dataset="NIH ChestX-ray14",
     findings={
@@ -62,6 +65,7 @@ NIH_MAPPING = LabelMapping(
         "Pneumothorax": "Pneumothorax",
     },
     unlabelled=("Enlarged Cardiomediastinum", "Fracture", "Support Devices"),
+    related={"Fibrosis": "Pleural Other"},
 )
 _COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 

@@ -51,8 +51,12 @@ NOT_FINDINGS = ("", "unchanged", "exclude", "suboptimal study")
 
 
 #: PadChest's findings -> DoLL's observations (Bustos et al. 2020's hierarchy names,
-#: matched exactly). Costophrenic angle blunting counts as effusion, as CheXpert's labeler
-#: reads "blunting of the costophrenic angle"; hydropneumothorax as pneumothorax.
+#: matched exactly), by the rule of :data:`~doll_core.data.mapping.LABELER_PHRASES`: a
+#: finding maps when the CheXpert labeler's mention phrases name it ("effusion" in
+#: "loculated fissural effusion", "tube" in "NSG tube") or it is the observation itself
+#: (``normal``: PadChest's own label for a normal study; "mediastinal enlargement"). A
+#: finding that bears on an observation without that evidence (a sign, a cause, a kind the
+#: labeler does not list) leaves the observation unlabelled on its image (``related``).
 PADCHEST_MAPPING = LabelMapping(
     dataset="PadChest",
     findings={
@@ -66,8 +70,6 @@ PADCHEST_MAPPING = LabelMapping(
             [
                 "infiltrates",
                 "interstitial pattern",
-                "alveolar pattern",
-                "ground glass pattern",
                 "reticular interstitial pattern",
                 "reticulonodular interstitial pattern",
                 "increased density",
@@ -75,12 +77,9 @@ PADCHEST_MAPPING = LabelMapping(
             ],
             "Lung Opacity",
         ),
-        **dict.fromkeys(
-            ["nodule", "multiple nodules", "pulmonary mass", "mass", "lung metastasis"],
-            "Lung Lesion",
-        ),
-        **dict.fromkeys(["pulmonary edema", "kerley lines"], "Edema"),
-        **dict.fromkeys(["consolidation", "air bronchogram"], "Consolidation"),
+        **dict.fromkeys(["nodule", "multiple nodules", "pulmonary mass", "mass"], "Lung Lesion"),
+        **dict.fromkeys(["pulmonary edema"], "Edema"),
+        **dict.fromkeys(["consolidation"], "Consolidation"),
         **dict.fromkeys(["pneumonia", "atypical pneumonia"], "Pneumonia"),
         **dict.fromkeys(
             [
@@ -96,12 +95,7 @@ PADCHEST_MAPPING = LabelMapping(
         ),
         **dict.fromkeys(["pneumothorax", "hydropneumothorax"], "Pneumothorax"),
         **dict.fromkeys(
-            [
-                "pleural effusion",
-                "loculated pleural effusion",
-                "loculated fissural effusion",
-                "costophrenic angle blunting",
-            ],
+            ["pleural effusion", "loculated pleural effusion", "loculated fissural effusion"],
             "Pleural Effusion",
         ),
         **dict.fromkeys(
@@ -109,8 +103,6 @@ PADCHEST_MAPPING = LabelMapping(
                 "pleural thickening",
                 "apical pleural thickening",
                 "calcified pleural thickening",
-                "pleural plaques",
-                "calcified pleural plaques",
             ],
             "Pleural Other",
         ),
@@ -147,10 +139,23 @@ PADCHEST_MAPPING = LabelMapping(
                 "ventriculoperitoneal drain tube",
                 "gastrostomy tube",
                 "nephrostomy tube",
-                "double J stent",
             ],
             "Support Devices",
         ),
+    },
+    related={
+        "alveolar pattern": "Lung Opacity",
+        "ground glass pattern": "Lung Opacity",
+        "lung metastasis": "Lung Lesion",
+        "cavitation": "Lung Lesion",
+        "kerley lines": "Edema",
+        "air bronchogram": "Consolidation",
+        "costophrenic angle blunting": "Pleural Effusion",
+        "pleural plaques": "Pleural Other",
+        "calcified pleural plaques": "Pleural Other",
+        "fissure thickening": "Pleural Other",
+        "pulmonary fibrosis": "Pleural Other",  # the labeler's "fibrosis", but not pleural
+        "double J stent": "Support Devices",
     },
     ignored=NOT_FINDINGS,
 )
