@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import convert_color_space, get_decoder
+from pydicom.pixels import convert_color_space, get_decoder, pixel_array
 from pydicom.uid import (
     MPEG2MPML,
     UID,
@@ -316,8 +316,27 @@ def test_the_real_siim_file_reads_as_pydicom_decodes_it() -> None:
     image = read_image(REAL_SIIM)
     assert image.shape == (1, 1024, 1024) and image.dtype == np.float32
     assert image.min() >= 0.0 and image.max() <= 1.0
-    reference = pydicom.dcmread(REAL_SIIM).pixel_array / 255.0
-    assert np.abs(image[0] - reference).max() <= 2 / 255
+    # decoded by the plugin DoLL chooses (Pillow, as every JPEG file), exactly
+    pillow = pixel_array(REAL_SIIM, decoding_plugin="pillow") / 255.0
+    np.testing.assert_array_equal(image[0], pillow.astype(np.float32))
+
+
+def test_the_jpeg_decoder_is_chosen_and_recorded() -> None:
+    """Issue 29, item 10: Pillow and pylibjpeg differ by one grey level on 3% of the SIIM
+    image's pixels, so DoLL picks one on purpose and records it (doll info, a run)."""
+    from doll_core.data.dicom import chosen_decoder, dicom_environment
+    from doll_core.experiment.runner import environment
+
+    assert chosen_decoder(JPEGBaseline8Bit) == "pillow"
+    if "pylibjpeg" in get_decoder(JPEGBaseline8Bit).available_plugins:
+        other = pixel_array(REAL_SIIM, decoding_plugin="pylibjpeg").astype(np.int16)
+        pillow = pixel_array(REAL_SIIM, decoding_plugin="pillow").astype(np.int16)
+        differ = float((other != pillow).mean())
+        assert 0.01 < differ < 0.1 and int(np.abs(other - pillow).max()) == 1
+    recorded = dicom_environment()
+    assert recorded["pydicom"] == pydicom.__version__
+    assert recorded["JPEG Baseline (Process 1)"].startswith("pillow ")
+    assert environment("cpu")["dicom"] == recorded
 
 
 def test_segfolder_and_chexpert_read_dicom_images(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ def collect_info() -> dict[str, Any]:
     """Everything ``doll info`` shows, as a JSON-ready dict."""
     import torch
 
+    from doll_core.data.dicom import dicom_environment
+
     cuda = torch.cuda.is_available()
     registry = get_registry()
     return {
@@ -57,6 +59,7 @@ def collect_info() -> dict[str, Any]:
             "mps_available": bool(torch.backends.mps.is_available()),
             "threads": torch.get_num_threads(),
         },
+        "dicom": dicom_environment(),
         "plugins": registry.counts(),
         "plugin_problems": len(registry.failures),
     }
@@ -87,6 +90,10 @@ def info(
     table.add_row("device", device["default"])
     table.add_row("CUDA", Text(cuda_text))
     table.add_row("threads", str(device["threads"]))
+    dicom = dict(data["dicom"])
+    table.add_row("pydicom", Text(dicom.pop("pydicom")))
+    for syntax, decoder in dicom.items():
+        table.add_row(Text(f"  {syntax.split(' (')[0]} decoder"), Text(decoder))
     table.add_row("plugins", ", ".join(f"{k} {v}" for k, v in data["plugins"].items()))
     if data["plugin_problems"]:
         table.add_row("plugin problems", str(data["plugin_problems"]))

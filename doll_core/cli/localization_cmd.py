@@ -24,20 +24,34 @@ def _cell(value: float) -> str:
 
 
 def comparison_table(result: dict[str, Any]) -> str:
-    """A Markdown table of :func:`~doll_core.groundtruth.compare.compare_segmentations`."""
-    lines = ["| observation | mIoU | n | 95% CI (bootstrap) |", "|---|---|---|---|"]
+    """A Markdown table of :func:`~doll_core.groundtruth.compare.compare_segmentations`.
+
+    With a bootstrap, ``mIoU`` is the number CheXlocalize's ``eval.py`` writes as
+    ``mean`` in its summary (the mean of its bootstrap replicates' means, the one its
+    users quote), beside the plain mean of the IoUs; without one, the plain mean alone.
+    """
+    bootstrapped = result.get("bootstrap") is not None
+    columns = ["observation", "mean IoU", "n"]
+    if bootstrapped:
+        columns = ["observation", "mIoU (CheXlocalize summary: bootstrap mean)", "mean IoU",
+                   "n", "95% CI (bootstrap)"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, entry in result["per_observation"].items():
-        interval = entry.get("bootstrap")
-        shown = "—"
-        if interval and not math.isnan(interval["lower"]):
-            shown = f"[{_cell(interval['lower'])}, {_cell(interval['upper'])}]"
-        lines.append(f"| {name} | {_cell(entry['miou'])} | {entry['n']} | {shown} |")
+        cells = [name, _cell(entry["miou"]), str(entry["n"])]
+        if bootstrapped:
+            interval = entry["bootstrap"]
+            shown = "—"
+            if not math.isnan(interval["lower"]):
+                shown = f"[{_cell(interval['lower'])}, {_cell(interval['upper'])}]"
+            cells = [name, _cell(interval["mean"]), *cells[1:], shown]
+        lines.append("| " + " | ".join(cells) + " |")
     overall = result["overall"]
-    lines.append(
-        f"| mean of observations | {_cell(overall['miou_mean_of_observations'])} | "
-        f"{overall['n']} | |"
-    )
-    lines.append(f"| all pairs | {_cell(overall['miou_all_pairs'])} | {overall['n']} | |")
+    for label, key in (("mean of observations", "miou_mean_of_observations"),
+                       ("all pairs", "miou_all_pairs")):  # fmt: skip
+        cells = [label, _cell(overall[key]), str(overall["n"])]
+        if bootstrapped:
+            cells = [label, "", *cells[1:], ""]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

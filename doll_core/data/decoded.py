@@ -38,7 +38,7 @@ from doll_core.data.imageio import (
 from doll_core.errors import DollError
 
 #: Bumped when the decoding rule changes, so that no cache serves images decoded another way.
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: DICOM decoded by DoLL's chosen plugin (doll_core.data.dicom)
 #: PIL modes whose values are 8-bit (everything else, and DICOM, is kept at 16 bits).
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 

@@ -26,6 +26,13 @@ LUTs are for grey images) and, for ``grayscale=True``, made grey with the ITU-R 
 weights :func:`~doll_core.data.imageio.pil_to_array` uses. Multi-frame files are refused
 (which frame is the radiograph is not ours to guess). Every failure, including a transfer
 syntax with no decoder installed, is an :class:`ImageReadError`.
+
+Compressed pixel data is decoded by a plugin chosen on purpose, not by pydicom's order of
+discovery (Pillow and pylibjpeg differ by one grey level on 3% of a JPEG Baseline image's
+pixels): the first of :data:`DECODER_PREFERENCE` that can decode the transfer syntax, so
+Pillow, which decodes every other JPEG file DoLL reads, decodes JPEG Baseline and JPEG
+2000, and pylibjpeg what Pillow cannot (JPEG Lossless, JPEG-LS). :func:`dicom_environment`
+names the versions; ``doll info`` and every run's ``environment`` record them.
 """
 
 from __future__ import annotations
@@ -75,6 +82,43 @@ _EXTRA_DECODER = {
 _NOT_DICOM = f"not a DICOM file (no {DICOM_MAGIC.decode()!r} marker at byte {DICOM_MAGIC_OFFSET})"
 
 VoiKind = Literal["lut", "window", "none"]
+
+#: pydicom's decoding plugins in the order DoLL picks them (module docstring).
+DECODER_PREFERENCE = ("pillow", "pylibjpeg", "pydicom", "gdcm")
+
+
+def chosen_decoder(syntax: dicom_uid.UID) -> str:
+    """The pydicom plugin DoLL decodes ``syntax`` with: the first of
+    :data:`DECODER_PREFERENCE` installed for it, or ``""`` (native data: no plugin)."""
+    available = get_decoder(syntax).available_plugins
+    for name in DECODER_PREFERENCE:
+        if name in available:
+            return name
+    return available[0] if available else ""
+
+
+def dicom_environment() -> dict[str, str]:
+    """pydicom's version and the decoder of each compressed syntax DoLL reads, with the
+    decoding package's version: what a run records, since pixel values depend on it."""
+    from importlib import metadata
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    packages = {"pillow": "pillow", "pylibjpeg": "pylibjpeg-libjpeg", "gdcm": "python-gdcm"}
+    found = {"pydicom": pydicom.__version__}
+    for syntax in (dicom_uid.JPEGBaseline8Bit, dicom_uid.JPEGLosslessSV1, dicom_uid.JPEGLSLossless,
+                   dicom_uid.JPEG2000Lossless):  # fmt: skip
+        try:
+            plugin = chosen_decoder(syntax)
+        except NotImplementedError:
+            plugin = ""
+        package = packages.get(plugin)
+        found[syntax.name] = f"{plugin} {version(package)}" if package else plugin or "none"
+    return found
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -186,7 +230,8 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
     syntax = dicom_uid.UID(ds.file_meta.TransferSyntaxUID)
     _require_decoder(path, syntax)
     what = f"cannot decode its pixel data ({syntax.name}, {syntax})"
-    return np.asarray(_guarded(path, what, lambda: pixel_array(ds)))
+    plugin = chosen_decoder(syntax)
+    return np.asarray(_guarded(path, what, lambda: pixel_array(ds, decoding_plugin=plugin)))
 
 
 def _require_decoder(path: Path, syntax: dicom_uid.UID) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
+from doll_core.data.dicom import dicom_environment
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
@@ -94,6 +95,7 @@ def environment(device: str) -> dict[str, Any]:
             info[package] = __import__(package).__version__
         except Exception:  # a missing optional package is just not listed
             continue
+    info["dicom"] = dicom_environment()  # DICOM pixel values depend on the decoder
     return info
 
 
