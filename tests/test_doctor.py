@@ -660,3 +660,20 @@ def test_every_reader_checks_a_checkpoint_against_its_stage_record(run: Path) ->
     )
     assert explained.exit_code == 2 and "does not match the SHA-256" in explained.stderr
     assert any("best.pt" in f.path and f.severity == "problem" for f in diagnose(run).findings)
+
+
+def test_evaluate_and_report_write_a_run_only_without_planted_links(
+    run: Path, tmp_path: Path
+) -> None:
+    """Issue 29, item 1: ``doll evaluate RUN`` and ``doll report RUN`` write into the run
+    under its lock, so a planted ``evaluation`` or ``figures`` link is refused."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(run / "evaluation", ignore_errors=True)
+    (run / "evaluation").symlink_to(elsewhere, target_is_directory=True)
+    argv = ["evaluate", str(run), "--count", "2", "--bootstrap", "0", "--metric", "sparseness"]
+    evaluated = cli.invoke(app, argv)
+    assert evaluated.exit_code == 2 and "evaluation is a symbolic link" in evaluated.stderr
+    reported = cli.invoke(app, ["report", str(run)])
+    assert reported.exit_code == 2 and "evaluation is a symbolic link" in reported.stderr
+    assert not list(elsewhere.iterdir())

@@ -233,6 +233,7 @@ def test_unreadable_images_are_counted_not_hidden(
         ('cascading_randomisation.absolute="no"', "'absolute' takes true or false, got 'no'"),
         ("deletion.steps=true", "'steps' takes a number, got True"),
         ("deletion.blur_sigma=-1", "blur_sigma must be a finite number > 0, got -1"),
+        ("saliency.nosuch=1", "has no parameter 'nosuch'"),  # was a cut 'refused' row, exit 0
     ],
 )
 def test_every_setting_is_used_or_refused_before_work(

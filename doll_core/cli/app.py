@@ -108,7 +108,8 @@ def unusable_path_error(exc: BaseException) -> str | None:
         ):
             return (
                 f"cannot use {current.filename}: {_UNUSABLE_PATH[current.errno]} "
-                f"({current.strerror}); choose another path (--out) or fix its permissions"
+                f"({current.strerror}); fix the path or its permissions (for an output, "
+                "choose another --out)"
             )
         current = current.__cause__ or current.__context__
     return None

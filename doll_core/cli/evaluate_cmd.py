@@ -3,6 +3,7 @@ complexity and localization metrics, over one or more classifiers."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ def evaluate_command(
     """Rank explainers by faithfulness (deletion, insertion, ABPC, ROAD, faithfulness
     correlation), randomisation, complexity and localization, with 95% intervals, and
     write evaluation.md/.csv/.json and a rank figure."""
+    from doll_core.attribution.api import create_explainer
     from doll_core.attribution.scoring import explained_note
     from doll_core.cli.explain_cmd import _explainer_params, refuse_unused_settings
     from doll_core.evaluation.engine import (
@@ -112,6 +114,7 @@ def evaluate_command(
     from doll_core.evaluation.inputs import read_run
     from doll_core.evaluation.leaderboard import build_leaderboard, write_leaderboard
     from doll_core.groundtruth.specs import read_ground_truth
+    from doll_core.locking import folder_lock
     from doll_core.registry import get_registry
 
     registry = get_registry()
@@ -141,6 +144,8 @@ def evaluate_command(
         name: {**base_params.get(name, {}), **explainer_params.get(name, {})}
         for name in explainer_names
     }
+    for name, values in params.items():  # a parameter it cannot take: exit 2 before work
+        create_explainer(name, values, engine, registry=registry)
     evaluation = EvaluationSettings(
         metrics=metric_names,
         params=metric_params,
@@ -193,7 +198,9 @@ def evaluate_command(
         f"# Explainer evaluation\n\n{len(models)} classifier(s) x {len(params)} explainer(s) "
         f"on {board['data']}, images with findings: {note}."
     )
-    written = write_leaderboard(target, board, header)
+    # RUN/evaluation: under the run's lock, which also checks the run for planted links
+    with folder_lock(run) if run is not None and out is None else nullcontext():
+        written = write_leaderboard(target, board, header)
     from doll_core.evaluation.leaderboard import markdown_table
 
     typer.echo(markdown_table(board))

@@ -15,6 +15,7 @@ import typer
 from doll_core.atomic import atomic_write_text
 from doll_core.attribution.api import (
     DEFAULT_EXPLAINER,
+    create_explainer,
     engine_options,
     split_engine_options,
 )
@@ -230,6 +231,8 @@ def explain_scores_command(
     params, engine = _explainer_params(settings)
     names = _explainer_names(explainer or ["all"])
     refuse_unused_settings(params, names)
+    for name in names:  # a parameter it cannot take: exit 2 before work
+        create_explainer(name, params.get(name, {}), engine)
     results = score_explainers(
         model,
         data,

@@ -102,14 +102,17 @@ def report_command(
 
     from doll_core.experiment.ablation import rebuild_ablation_report, rich_ablation_table
     from doll_core.experiment.report import load_run, rich_table, write_report
+    from doll_core.locking import folder_lock
 
     console = Console()
     if (run_dir / "ablation.json").is_file():
-        report = rebuild_ablation_report(run_dir)
+        with folder_lock(run_dir, "ablation folder"):
+            report = rebuild_ablation_report(run_dir)
         console.print(rich_ablation_table([p["row"] for p in report["points"]], report["varied"]))
         console.print(f"wrote {run_dir / 'ablation.md'}, {run_dir / 'ablation.csv'}")
         return
     results, document = load_run(run_dir)
-    written = write_report(run_dir, results, document)
+    with folder_lock(run_dir):
+        written = write_report(run_dir, results, document)
     console.print(rich_table(results))
     console.print("wrote " + ", ".join(str(p) for p in written))
