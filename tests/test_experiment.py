@@ -559,3 +559,27 @@ def test_a_huge_grid_is_refused_before_planning(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "the grid has 300 points (100 (training.seed) x 3 (finetune.epochs))" in result.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_two_fresh_processes_give_the_same_numbers(tmp_path: Path) -> None:
+    """Issue 29, item 11: on one machine, with one thread count, two runs in fresh
+    processes (other hash seeds, so no set or dict order can leak in; their own folders
+    and image caches) give the same numbers, every one but times and paths."""
+    from experiments_helpers import comparable
+
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY)
+    results = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run{hash_seed}"
+        environment = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "2",
+                       "PYTHONWARNINGS": "ignore"}  # fmt: skip
+        command = [sys.executable, "-m", "doll_core.cli", "run", str(experiment), "--out",
+                   str(out), "--quiet", "--device", "cpu"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=environment,
+                              check=False, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        recorded = json.loads((out / "results.json").read_text())
+        assert recorded["environment"]["cpu_threads"] == 2
+        results.append(comparable(recorded, folders=False))
+    assert results[0] == results[1]
