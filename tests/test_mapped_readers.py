@@ -506,3 +506,36 @@ def test_every_mapped_finding_is_named_by_the_labelers_phrases(dataset: str) -> 
     for finding, observation in mapping.related.items():
         if finding not in ("Fibrosis", "pulmonary fibrosis"):  # named, but not pleural
             assert labeler_phrase_for(finding, str(observation)) is None, finding
+
+
+def test_the_label_rules_enter_the_classifier_stage_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29, item 9: a classifier taught NIH's or PadChest's labels under the earlier
+    rules (the hierarchy) must not be reused as if taught under today's: the rules' digest
+    is an input of its stage, for the mapped readers and for ``multi`` over them."""
+    import dataclasses
+
+    from doll_core.data.mapping import label_rules_key
+    from doll_core.registry import get_registry
+    from doll_plugins.datasets import nih
+
+    registry = get_registry()
+    factory = {
+        name: registry.get("dataset", name).factory for name in ("nih", "chexpert", "csv", "multi")
+    }
+    today = label_rules_key(factory["nih"], {})
+    assert today == NIH_MAPPING.digest() and len(today) == 16
+    assert label_rules_key(factory["chexpert"], {}) is None  # labels are its CSV's own
+    assert label_rules_key(factory["csv"], {"findings": {"a": "Edema"}}) is None  # in options
+    sources = {"sources": [{"name": "n", "dataset": "nih", "root": "nih"}]}
+    combined = label_rules_key(factory["multi"], sources)
+    assert combined is not None
+    assert (
+        label_rules_key(
+            factory["multi"], {"sources": [{"name": "c", "dataset": "chexpert", "root": "c"}]}
+        )
+        is None
+    )
+    earlier = dataclasses.replace(NIH_MAPPING, hierarchy=True)
+    monkeypatch.setattr(nih.NIHChestXray14, "mapping", earlier)
+    assert label_rules_key(factory["nih"], {}) not in (None, today)
+    assert label_rules_key(factory["multi"], sources) not in (None, combined)

@@ -25,6 +25,8 @@ hierarchy is applied unless a user's CSV asks for it (``hierarchy``, :data:`PARE
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +212,21 @@ class LabelMapping:
             for flag, vague in zip(present, unstated, strict=True)
         ]
 
+    def digest(self) -> str:
+        """16 hex digits of the rules (findings, related, unlabelled, ignored, hierarchy,
+        case): what a classifier trained on this dataset's labels was taught, so that a
+        stage made under other rules is not reused (:func:`label_rules_key`)."""
+        rules = {
+            "findings": {k: list(_targets(v)) for k, v in self.findings.items()},
+            "related": {k: list(_targets(v)) for k, v in self.related.items()},
+            "unlabelled": list(self.unlabelled),
+            "ignored": list(self.ignored),
+            "hierarchy": self.hierarchy,
+            "case_sensitive": self.case_sensitive,
+        }
+        text = json.dumps(rules, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def table(self) -> list[tuple[str, list[str]]]:
         """``(observation, the finding names mapped to it)`` for every observation, in
         DoLL's order (``[]`` for one the dataset does not label): the documented table."""
@@ -223,3 +240,11 @@ class LabelMapping:
 def _targets(value: str | Sequence[str]) -> tuple[str, ...]:
     """The observation(s) one finding stands for, as a tuple without repeats."""
     return (value,) if isinstance(value, str) else tuple(dict.fromkeys(value))
+
+
+def label_rules_key(factory: object, options: Mapping[str, object]) -> str | None:
+    """The digest of the label rules a dataset ``factory`` applies with ``options``: its
+    ``label_rules(**options)`` if it has one (the mapped readers, ``multi``), else ``None``
+    (a dataset whose labels are its files' own, as CheXpert's)."""
+    rules = getattr(factory, "label_rules", None)
+    return rules(**options) if callable(rules) else None

@@ -31,6 +31,7 @@ import torch
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text
 from doll_core.data.dicom import dicom_environment
+from doll_core.data.mapping import label_rules_key
 from doll_core.digests import sha256_of
 from doll_core.errors import DollError
 from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, stage_configs
@@ -168,7 +169,12 @@ def classifier_stage(
 
     # train = true stays out of the key, so classifier stages of earlier DoLL are reused
     key = config.model_dump(mode="json", exclude={"data"} | ({"train"} if config.train else set()))
-    return stages.cache.run("classifier", name, key, {"data": data}, work)
+    inputs = {"data": data}
+    factory = stages.registry.get("dataset", config.dataset).factory
+    rules = label_rules_key(factory, config.dataset_options)
+    if rules is not None:  # a dataset whose findings DoLL maps: the mapping's rules too
+        inputs["label_rules"] = rules
+    return stages.cache.run("classifier", name, key, inputs, work)
 
 
 def explain_stage(

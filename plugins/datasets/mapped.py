@@ -150,6 +150,14 @@ class MappedClassification(LabelledImages):
     #: the dataset's findings -> observations (set by each subclass)
     mapping: LabelMapping
 
+    @classmethod
+    def label_rules(cls, **options: Any) -> str | None:
+        """The digest of the label rules (:meth:`LabelMapping.digest`): it enters the
+        classifier stage's key, so a classifier taught under other rules is not reused.
+        ``None`` where the rules come from the options (the ``csv`` reader's table)."""
+        mapping = cls.__dict__.get("mapping") or getattr(cls, "mapping", None)
+        return mapping.digest() if isinstance(mapping, LabelMapping) else None
+
     def __init__(
         self,
         root: str | Path,

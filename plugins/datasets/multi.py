@@ -22,11 +22,14 @@ In an experiment::
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from doll_core.data.imageio import MAX_IMAGE_PIXELS
+from doll_core.data.mapping import label_rules_key
 from doll_core.data.samples import ImageDataset, OnError
 from doll_core.errors import DollError
 from doll_core.registry import get_registry
@@ -105,6 +108,21 @@ class MultiSource(ImageDataset):
         self._starts = [0]
         for part in self.parts:
             self._starts.append(self._starts[-1] + len(part))
+
+    @classmethod
+    def label_rules(cls, **options: Any) -> str | None:
+        """The sources' label rules, by name (see
+        :func:`~doll_core.data.mapping.label_rules_key`), or ``None`` when none has any."""
+        registry = get_registry()
+        rules = {}
+        for position, entry in enumerate(options.get("sources") or []):
+            source = _source(entry, position)
+            factory = registry.get("dataset", source["dataset"]).factory
+            rules[source["name"]] = label_rules_key(factory, dict(source.get("options") or {}))
+        if not any(rules.values()):
+            return None
+        text = json.dumps(rules, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return self._starts[-1]
