@@ -84,6 +84,54 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return items
 
 
+def grid_documents(
+    path: str | Path,
+    vary: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    *,
+    registry: Registry | None = None,
+    max_points: int = MAX_POINTS,
+) -> list[tuple[str, dict[str, Any], Any, dict[str, Any]]]:
+    """Every grid point of the experiment file ``path`` as ``(name, {key: value},
+    experiment, resolved document)``, each validated; the grid is the file's ``[ablation]
+    vary`` table, then each ``vary`` item (``KEY=V1,V2``; a key given both ways takes the
+    command line's values).
+
+    :raises DollError: for nothing to vary, a key varied twice, more than ``max_points``
+        points (before any is validated), or a point that is not a valid experiment.
+    """
+    path = Path(path)
+    base = apply_overrides(read_experiment_file(path), list(overrides))
+    varied = file_grid(base, path)
+    cli = [parse_vary(item) for item in vary]
+    if len({key for key, _ in cli}) != len(cli):
+        raise DollError("each key may be varied once")
+    for key, values in cli:
+        varied = [(k, v) for k, v in varied if k != key] + [(key, values)]
+    if not varied:
+        raise DollError(
+            f"nothing to vary: give --vary KEY=V1,V2 or an [ablation] vary table in {path}"
+        )
+    size = math.prod(len(values) for _, values in varied)
+    if size > max_points:
+        sizes = " x ".join(f"{len(values)} ({key})" for key, values in varied)
+        raise DollError(
+            f"the grid has {size:,} points ({sizes}), more than --max-points {max_points}: "
+            "each point is a whole run (fine-tuning at least), so this is likely a mistake; "
+            "vary fewer values, or pass --max-points to run it anyway"
+        )
+    prepared = []
+    for index, point in enumerate(grid_points(varied)):
+        document = json.loads(json.dumps(base))
+        for key, value in point.items():
+            set_dotted(document, key, value)
+        document = resolve_relative_paths(document, path.resolve().parent)
+        name = point_name(index, point)
+        experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
+        prepared.append((name, point, experiment, experiment.document()))
+    return prepared
+
+
 def run_ablation(
     path: str | Path,
     vary: Sequence[str],
@@ -103,36 +151,8 @@ def run_ablation(
 
     The grid is the file's ``[ablation] vary`` table, then each ``vary`` item
     (``KEY=V1,V2``; a key given both ways takes the command line's values)."""
-    path = Path(path)
-    base = apply_overrides(read_experiment_file(path), list(overrides))
-    varied = file_grid(base, path)
-    cli = [parse_vary(item) for item in vary]
-    if len({key for key, _ in cli}) != len(cli):
-        raise DollError("each key may be varied once")
-    for key, values in cli:
-        varied = [(k, v) for k, v in varied if k != key] + [(key, values)]
-    if not varied:
-        raise DollError(
-            f"nothing to vary: give --vary KEY=V1,V2 or an [ablation] vary table in {path}"
-        )
-    keys = [key for key, _ in varied]
-    size = math.prod(len(values) for _, values in varied)
-    if size > max_points:
-        sizes = " x ".join(f"{len(values)} ({key})" for key, values in varied)
-        raise DollError(
-            f"the grid has {size:,} points ({sizes}), more than --max-points {max_points}: "
-            "each point is a whole run (fine-tuning at least), so this is likely a mistake; "
-            "vary fewer values, or pass --max-points to run it anyway"
-        )
-    prepared = []
-    for index, point in enumerate(grid_points(varied)):
-        document = json.loads(json.dumps(base))
-        for key, value in point.items():
-            set_dotted(document, key, value)
-        document = resolve_relative_paths(document, path.resolve().parent)
-        name = point_name(index, point)
-        experiment = validate_experiment(document, source=f"{path} [{name}]", registry=registry)
-        prepared.append((name, point, experiment, experiment.document()))
+    prepared = grid_documents(path, vary, overrides, registry=registry, max_points=max_points)
+    keys = list(prepared[0][1]) if prepared else []
     out = Path(out).absolute()
     with (
         folder_lock(out, "ablation folder"),

@@ -16,6 +16,7 @@ paper claims: the validation curve's area (its mean height over the steps,
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +47,12 @@ CONVERGENCE_FRACTION = 0.95
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); ``nan`` for both where a
+    value is undefined (an empty validation curve's area), which ``statistics.stdev``
+    cannot take (it raises on NaN in Python 3.11)."""
     mean = statistics.fmean(values)
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 

@@ -1,0 +1,86 @@
+"""Every stage key that ``doll doctor`` plans for each file in ``experiments/`` is the one
+recorded in ``tests/data/stage-keys.json``: a change to how settings enter stage keys
+(issue 30 derives them from the settings' own declarations) must leave every user's
+finished stages reusable.
+
+Keys hash the data folders' resolved paths, which differ between checkouts, so the plan is
+made with the repository's path and the temporary data folders written as placeholders;
+everything else enters as ``doll run`` computes it. Regenerate the file, after a change
+that is meant to change keys (and says so in the migration notes), with
+``DOLL_REGENERATE_STAGE_KEYS=1 python -m pytest tests/test_stage_keys_golden.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doll_core.doctor import plan
+from doll_core.experiment import stages
+from doll_core.experiment.ablation import grid_documents
+from doll_core.experiment.config import load_experiment, read_experiment_file
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "data" / "stage-keys.json"
+#: Files whose data lie outside the project: planned on stand-in folders (the overrides
+#: their own comments give).
+OVERRIDES = {
+    "chexpert_paper.toml": {
+        "data.classification.root": "chexpert",
+        "data.tasks.organs.root": "jsrt",
+        "data.tasks.infection.root": "covid-qu-ex",
+    },
+    "real_lungs.toml": {
+        "data.classification.root": "<repo>/data/real-cxr/classification",
+        "data.tasks.lungs.root": "<repo>/data/real-cxr/lungs",
+    },
+}
+
+
+def planned_keys(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stage folders (``kind-label-key``) ``doll doctor`` plans for ``path``."""
+    original = stages.stage_key
+
+    def portable_key(kind: str, settings: Any, inputs: Any) -> str:
+        def portable(value: Any) -> Any:
+            text = json.dumps(value, sort_keys=True, default=str)
+            text = text.replace(str(REPO), "<repo>").replace(str(scratch), "<data>")
+            return json.loads(text)
+
+        return original(kind, portable(dict(settings)), portable(dict(inputs)))
+
+    monkeypatch.setattr(stages, "stage_key", portable_key)
+    monkeypatch.setattr(plan, "stage_key", portable_key)
+    sets = []
+    for key, value in OVERRIDES.get(path.name, {}).items():
+        folder = Path(value.replace("<repo>", str(REPO))) if "<repo>" in value else scratch / value
+        folder.mkdir(parents=True, exist_ok=True)
+        sets.append(f"{key}={json.dumps(str(folder))}")
+    if "ablation" in read_experiment_file(path):  # every grid point, as doctor plans them
+        documents = [document for *_, document in grid_documents(path, overrides=sets)]
+    else:
+        documents = [load_experiment(path, sets)[1]]
+    names: list[str] = []
+    for document in documents:
+        planned = plan.plan_experiment(document, scratch / "stages", str(path), device="cpu")
+        names += [stage.name for stage in planned if stage.name not in names]
+    return names
+
+
+def test_every_planned_stage_key_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = {
+        path.name: planned_keys(path, tmp_path / path.stem, monkeypatch)
+        for path in sorted((REPO / "experiments").glob("*.toml"))
+    }
+    if os.environ.get("DOLL_REGENERATE_STAGE_KEYS"):
+        GOLDEN.write_text(json.dumps(found, indent=1) + "\n")
+    recorded = json.loads(GOLDEN.read_text())
+    assert sorted(found) == sorted(recorded), "an experiment file was added or removed"
+    for name, keys in recorded.items():
+        assert found[name] == keys, name
