@@ -291,51 +291,21 @@ def evaluation_stage(
     inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
-        from doll_core.evaluation.engine import (
-            PhantomImages,
-            build_metrics,
-            evaluate,
-            load_classifiers,
-        )
-        from doll_core.evaluation.leaderboard import (
-            build_leaderboard,
-            leaderboard_summary,
-            write_leaderboard,
-        )
+        from doll_core.evaluation.leaderboard import leaderboard_summary
+        from doll_core.evaluation.pipeline import images_source, run_evaluation
 
-        def images_for(meta: Any) -> PhantomImages:
-            return PhantomImages(
-                phantom,
-                split=settings.split,
-                size=meta.image_size,
-                grayscale=meta.in_channels == 1,
-                count=settings.count,
-                registry=stages.registry,
-            )
-
-        checkpoints = {name: classifiers[name].folder / "best.pt" for name in names}
-        models, images = load_classifiers(
-            checkpoints,
-            images_for,
-            device=resolve_device(labels.device),
-            registry=stages.registry,
-        )
-        metrics = build_metrics(settings.metrics, settings.params, stages.registry)
-        params = {labels.explainer: dict(labels.explainer_params)}
-        evaluations = evaluate(
-            models,
-            images,
-            params,
-            metrics,
+        outcome = run_evaluation(
+            {name: classifiers[name].folder / "best.pt" for name in names},
+            images_source(phantom, settings, stages.registry),
+            {labels.explainer: dict(labels.explainer_params)},
             settings,
+            folder,
             registry=stages.registry,
+            device=resolve_device(labels.device),
             engine=labels.engine,
+            header=lambda outcome: f"# Evaluation of {labels.explainer}",
         )
-        board = build_leaderboard(
-            evaluations, metrics, replicates=settings.bootstrap, seed=settings.seed
-        )
-        write_leaderboard(folder, board, f"# Evaluation of {labels.explainer}")
-        return leaderboard_summary(board)
+        return leaderboard_summary(outcome.board)
 
     label = labels.explainer
     return stages.cache.run("evaluate", label, key, inputs, work, collective=False)
