@@ -201,7 +201,7 @@ def test_label_columns_read_the_users_words(tmp_path: Path) -> None:
          "split must be one of all, train, valid, test"),
         ({"finding_column": "nothing", "findings": FINDINGS}, r"lacks the column\(s\) \['nothing'"),
         ({"finding_column": "findings", "findings": FINDINGS, "patient_column": "patient",
-          "split": "valid"}, r"split 'valid' holds no images: 4 patients divided by"),
+          "split": "valid"}, r"split 'valid' holds no images: dividing 4 patients \(patients"),
     ],
 )  # fmt: skip
 def test_options_that_cannot_work_are_refused_by_name(

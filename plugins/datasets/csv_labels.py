@@ -228,6 +228,44 @@ def _column_mapping(label_columns: Mapping[str, str]) -> tuple[LabelMapping, lis
     return mapping, columns
 
 
+def _existing(path: Path, what: str) -> Path:
+    """``path`` if it is a file (a folder, when ``what`` names one).
+
+    :raises DollError: naming ``what`` and the path otherwise.
+    """
+    if not (path.is_dir() if "folder" in what else path.is_file()):
+        raise DollError(f"csv: {what} not found: {path}")
+    return path
+
+
+def _label_rules(
+    finding_column: str | None,
+    findings: Mapping[str, str | Sequence[str]] | None,
+    label_columns: Mapping[str, str] | None,
+    values: Mapping[str, int | str] | None,
+    hierarchy: bool,
+    separator: str,
+) -> tuple[LabelMapping, list[tuple[str, int]]]:
+    """The mapping and the label columns (``[]`` with a findings column) of the options.
+
+    :raises DollError: for no labels, both kinds, or options that do not go together.
+    """
+    if (finding_column is None) != (findings is None):
+        given = "finding_column" if finding_column is not None else "findings"
+        raise DollError(f"csv: {given} needs the other of finding_column and findings; {_GIVE}")
+    if finding_column is not None and label_columns is not None:
+        raise DollError(f"csv: both finding_column and label_columns given; {_GIVE}")
+    if findings is not None:
+        if not separator:
+            raise DollError("csv: separator must not be empty")
+        if values is not None:
+            raise DollError("csv: values is for label_columns, not finding_column")
+        return _finding_mapping(findings, hierarchy), []
+    if label_columns is not None:
+        return _column_mapping(label_columns)
+    raise DollError(f"csv: no labels; {_GIVE}")
+
+
 class CsvLabels(MappedClassification):
     """A CSV of your own: image paths with a findings column or label columns, mapped to
     the 14 observations by a table you give; splits by patient."""
@@ -286,22 +324,9 @@ class CsvLabels(MappedClassification):
             row.
         :param uncertainty, blank: CheXpert's policies for -1 and blank labels.
         """
-        if (finding_column is None) != (findings is None):
-            given = "finding_column" if finding_column is not None else "findings"
-            raise DollError(f"csv: {given} needs the other of finding_column and findings; {_GIVE}")
-        if finding_column is not None and label_columns is not None:
-            raise DollError(f"csv: both finding_column and label_columns given; {_GIVE}")
-        if findings is not None:
-            if not separator:
-                raise DollError("csv: separator must not be empty")
-            if values is not None:
-                raise DollError("csv: values is for label_columns, not finding_column")
-            self.mapping = _finding_mapping(findings, hierarchy)
-            self._columns: list[tuple[str, int]] = []
-        elif label_columns is not None:
-            self.mapping, self._columns = _column_mapping(label_columns)
-        else:
-            raise DollError(f"csv: no labels; {_GIVE}")
+        self.mapping, self._columns = _label_rules(
+            finding_column, findings, label_columns, values, hierarchy, separator
+        )
         self._words = value_codes(values) if values is not None else {}
         self._where = _row_filter(where)
         if split_column is not None and split_fractions is not None:
@@ -313,25 +338,40 @@ class CsvLabels(MappedClassification):
             root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
             on_error=on_error, max_image_pixels=max_image_pixels,
         )  # fmt: skip
-        self.csv_path = self.root / expand_home(csv, "csv")
-        if not self.csv_path.is_file():
-            raise DollError(f"csv: labels CSV not found: {self.csv_path}")
-        self.images = self.root / expand_home(images, "images")
-        if not self.images.is_dir():
-            raise DollError(f"csv: images folder not found: {self.images}")
+        self.csv_path = _existing(self.root / expand_home(csv, "csv"), "labels CSV")
+        self.images = _existing(self.root / expand_home(images, "images"), "images folder")
         self.finding_column, self.separator = finding_column, separator
         self.patient_column, self.split_column = patient_column, split_column
         #: rows whose findings cell is empty (blank for every observation)
         self.empty_findings = 0
         row_splits, split_names, patient_names = self._read(path_column)
+        by_patient = f"patients, seed {split_seed}, fractions {fractions}"
+        self._splits_by = by_patient if split_column is None else f"column {split_column!r}"
         if split_column is None:
-            self._splits_by = f"patients, seed {split_seed}, fractions {fractions}"
-            patients = [patient_names[number] for number in self._patients]
-            names = patient_split(patients, fractions, split_seed)
-            split_names = list(fractions)
-            row_splits = np.array([split_names.index(n) for n in names], dtype=np.int32)
-        else:
-            self._splits_by = f"column {split_column!r}"
+            row_splits, split_names = self._patient_splits(patient_names, fractions, split_seed)
+        self._choose_split(split, row_splits, split_names, f"{len(patient_names)} patients")
+
+    def _patient_splits(
+        self, patient_names: list[str], fractions: Mapping[str, float], seed: int
+    ) -> tuple[np.ndarray, list[str]]:
+        """Each row's split (``int32 [N]``, an index into the names) by its patient."""
+        patients = [patient_names[number] for number in self._patients]
+        names = patient_split(patients, fractions, seed)
+        split_names = list(fractions)
+        return np.array([split_names.index(n) for n in names], dtype=np.int32), split_names
+
+    def _choose_split(
+        self,
+        split: str,
+        row_splits: np.ndarray,
+        split_names: list[str],
+        patients: str,
+    ) -> None:
+        """Count images and patients per split and keep the rows of ``split``.
+
+        :raises DollError: for a split the CSV does not hold, or one left empty.
+        """
+        split_column = self.split_column
         #: images and patients of every split, over all rows
         self.images_per_split = {name: int((row_splits == k).sum())
                                  for k, name in enumerate(split_names)}  # fmt: skip
@@ -348,8 +388,8 @@ class CsvLabels(MappedClassification):
             )
         if split != "all" and not self.images_per_split[split]:
             raise DollError(
-                f"csv: split {split!r} holds no images: {len(patient_names)} patients divided by "
-                f"{fractions} (seed {split_seed}) gave it none; list more patients, or give "
+                f"csv: split {split!r} holds no images: dividing {patients} "
+                f"({self._splits_by}) gave it none; list more patients, or give "
                 "split_fractions or a split_column"
             )
         self.split = split
