@@ -60,6 +60,13 @@ class Settings(BaseModel):
         return value
 
 
+def default_of(model: type[BaseModel], name: str) -> Any:
+    """The default of ``model``'s field ``name``: what a CLI option that sets the field
+    shows and uses, so the default is stated once, in the field."""
+    field = model.model_fields[name]
+    return field.get_default(call_default_factory=True)
+
+
 def raise_problems(problems: Problems) -> None:
     """Raise ``problems`` (if any) from a validator, each to be reported under its key."""
     if problems:

@@ -242,3 +242,36 @@ def test_an_out_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
         assert "error: cannot use" in result.stderr and str(a_file) in result.stderr
         assert "Traceback" not in result.output
     assert a_file.read_text() == "x"
+
+
+def test_train_classifier_options_take_their_defaults_from_the_config() -> None:
+    """Issue 30, item 2: each default is stated once, in the settings field; the CLI shows
+    and uses that one (it used to restate seven of them)."""
+    import typer.main
+
+    from doll_core.configuration import default_of
+    from doll_core.training.config import ClassifierTrainingConfig
+
+    command = typer.main.get_command(app).commands["train-classifier"]  # type: ignore[attr-defined]
+    fields = {"size": "image_size", "workers": "num_workers", "batch_size": "batch_size"}
+    checked = 0
+    for parameter in command.params:
+        field = fields.get(parameter.name, parameter.name)
+        if field in ClassifierTrainingConfig.model_fields and parameter.default is not None:
+            assert parameter.default == default_of(ClassifierTrainingConfig, field), field
+            checked += 1
+    assert checked >= 8
+
+
+def test_compare_inits_defaults_are_an_experiments() -> None:
+    """Issue 30, item 2: ``compare-inits`` took budgets 8, 32, all where an experiment
+    takes 8, all."""
+    import typer.main
+
+    from doll_core.configuration import default_of
+    from doll_core.experiment.config import FinetuneSection
+
+    command = typer.main.get_command(app).commands["compare-inits"]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in command.params}
+    assert defaults["budget"] == [str(b) for b in default_of(FinetuneSection, "budgets")]
+    assert defaults["seeds"] == len(default_of(FinetuneSection, "seeds"))

@@ -1,5 +1,6 @@
 """Shape rules of the code base that review alone lets slip (issue 30): no function in
-``doll_core`` or ``plugins`` longer than 80 lines, decorators and docstring included."""
+``doll_core`` or ``plugins`` longer than 80 lines (from its ``def`` to its last line, docstring
+included)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from doll_core.cli.data_cmd import given, parse_set
-from doll_core.configuration import parse_config
+from doll_core.configuration import default_of, parse_config
+from doll_core.experiment.config import FinetuneSection
 
 
 def pretrain_command(
@@ -71,8 +72,17 @@ def compare_command(
     classifier: Path = typer.Option(..., "--classifier", help="Classifier checkpoint."),
     doll: Path = typer.Option(..., "--doll", help="DoLL pre-trained checkpoint."),
     dataset: str | None = typer.Option(None, "--dataset", help="Reader (default: the config's)."),
-    budget: list[str] = typer.Option(["8", "32", "all"], "--budget", help="Labelled images."),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per setting."),
+    budget: list[str] = typer.Option(
+        list(map(str, default_of(FinetuneSection, "budgets"))),
+        "--budget",
+        help="Labelled images (default: an experiment's [finetune] budgets).",
+    ),
+    seeds: int = typer.Option(
+        len(default_of(FinetuneSection, "seeds")),
+        "--seeds",
+        min=1,
+        help="Seeds per setting, 0 .. N-1 (default: as many as an experiment's).",
+    ),
     settings: list[str] = typer.Option(
         [], "--set", help="Fine-tuning config KEY=VALUE (a TOML value)."
     ),

@@ -9,9 +9,14 @@ from pathlib import Path
 import typer
 
 from doll_core.cli.data_cmd import given, parse_set
-from doll_core.configuration import parse_config
+from doll_core.configuration import default_of, parse_config
 from doll_core.devices import device_option
 from doll_core.training.config import ClassifierTrainingConfig
+
+
+def _D(name: str) -> object:
+    """The training config's default of ``name``: the CLI restates none."""
+    return default_of(ClassifierTrainingConfig, name)
 
 
 def train_classifier_command(
@@ -20,16 +25,20 @@ def train_classifier_command(
         None, "--backbone", help="Backbone plugin name (default: the config's)."
     ),
     out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs at most."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
-    image_size: int = typer.Option(128, "--size", help="Image side in pixels."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option(
-        "auto", "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    epochs: int = typer.Option(_D("epochs"), "--epochs", help="Epochs at most."),
+    batch_size: int = typer.Option(
+        _D("batch_size"), "--batch-size", help="Images per step and process."
     ),
-    amp: str = typer.Option("auto", "--amp", help="auto, off, bf16 or fp16 (CUDA only)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    lr: float = typer.Option(_D("lr"), "--lr", help="Peak learning rate (AdamW)."),
+    image_size: int = typer.Option(_D("image_size"), "--size", help="Image side in pixels."),
+    workers: int = typer.Option(
+        _D("num_workers"), "--workers", help="DataLoader worker processes."
+    ),
+    device: str = typer.Option(
+        _D("device"), "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
+    amp: str = typer.Option(_D("amp"), "--amp", help="auto, off, bf16 or fp16 (CUDA only)."),
+    seed: int = typer.Option(_D("seed"), "--seed", help="Random seed."),
     settings: list[str] = typer.Option(
         [],
         "--set",
