@@ -677,3 +677,30 @@ def test_evaluate_and_report_write_a_run_only_without_planted_links(
     reported = cli.invoke(app, ["report", str(run)])
     assert reported.exit_code == 2 and "evaluation is a symbolic link" in reported.stderr
     assert not list(elsewhere.iterdir())
+
+
+def test_plan_shows_settings_and_what_would_run_without_running(run: Path, tmp_path: Path) -> None:
+    """Issue 30, item 2: ``doll plan`` prints the resolved settings with their help text
+    and which stages ``doll run`` would compute or reuse; it writes nothing."""
+    experiment = tmp_path / "small.toml"
+    experiment.write_text(TINY)
+    sets = [item for override in SMALL_OVERRIDES for item in ("--set", override)]
+    before = _unlocked(file_states([run]))
+    same = cli.invoke(app, ["plan", str(experiment), "--out", str(run), *sets, "--json"])
+    assert same.exit_code == 0, same.output
+    shown = json.loads(same.stdout)
+    assert {step["action"] for step in shown["stages"]} == {"reuse"}
+    assert sorted(p.name for p in (run / "stages").iterdir() if p.name != LOCK_FILE) == sorted(
+        step["name"] for step in shown["stages"]
+    )
+    settings = {s["key"]: s for s in shown["settings"]}
+    assert settings["finetune.budgets"]["value"] == "[3]"
+    assert settings["name"]["value"] == '"small"'
+    more = cli.invoke(app, ["plan", str(experiment), "--out", str(run), *sets, "--json",
+                            "--set", "finetune.seeds=[0, 1]"])  # fmt: skip
+    steps = json.loads(more.stdout)["stages"]
+    to_run = [s["name"].split("-")[1] for s in steps if s["action"] == "run"]
+    assert to_run == ["organs_doll_n3_seed1"], to_run
+    fresh = cli.invoke(app, ["plan", str(experiment), "--out", str(tmp_path / "new"), *sets])
+    assert fresh.exit_code == 0 and "stage(s) to compute, 0 to reuse" in fresh.stdout
+    assert _unlocked(file_states([run])) == before and not (tmp_path / "new").exists()

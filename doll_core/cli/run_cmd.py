@@ -55,6 +55,50 @@ def run_command(
         console.print(f"report: {out / 'results.md'}, figures in {out / 'figures'}")
 
 
+def plan_command(
+    experiment: Path = typer.Argument(..., help="Experiment file (TOML)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/NAME)."),
+    stages: Path | None = typer.Option(None, "--stages", help="Stage folder (default OUT/stages)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+    device: str | None = typer.Option(
+        None, "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Show an experiment's resolved settings with their help text, and which stages
+    doll run would compute or reuse in the run folder, without running anything: what to
+    check before a long GPU run."""
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.preview import resolved_settings, stage_plan
+
+    parsed, _ = load_experiment(experiment, settings)
+    folder = stages or (out or _default_out(experiment, "run")) / "stages"
+    values = resolved_settings(parsed)
+    steps = stage_plan(parsed, folder, device)
+    if as_json:
+        plan = [dataclasses.asdict(step) for step in steps]
+        data = {"settings": [dataclasses.asdict(v) for v in values], "stages": plan}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table("setting", "value", "help", title=f"{parsed.name}: resolved settings")
+    for value in values:
+        table.add_row(value.key, value.value, value.help)
+    plan_table = Table("stage", "doll run would", title=f"stages in {folder}")
+    for step in steps:
+        plan_table.add_row(step.name, step.action)
+    console = Console()
+    console.print(table)
+    console.print(plan_table)
+    reused = sum(step.action == "reuse" for step in steps)
+    console.print(f"{len(steps) - reused} stage(s) to compute, {reused} to reuse")
+
+
 def ablate_command(
     experiment: Path = typer.Argument(..., help="Experiment file (TOML)."),
     vary: list[str] = typer.Option(
