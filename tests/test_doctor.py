@@ -704,3 +704,16 @@ def test_plan_shows_settings_and_what_would_run_without_running(run: Path, tmp_p
     fresh = cli.invoke(app, ["plan", str(experiment), "--out", str(tmp_path / "new"), *sets])
     assert fresh.exit_code == 0 and "stage(s) to compute, 0 to reuse" in fresh.stdout
     assert _unlocked(file_states([run])) == before and not (tmp_path / "new").exists()
+
+
+def test_a_killed_runs_half_written_cache_entries_are_removed(run: Path, tmp_path: Path) -> None:
+    """A run killed while it wrote a decoded image leaves ``.NAME.npz.tmp-PID`` in the
+    run's image cache; the next run in the folder (which holds its lock) removes it."""
+    experiment = tmp_path / "small.toml"
+    experiment.write_text(TINY)
+    leftover = run / "image-cache" / "ab" / ".abcdef.npz.tmp-4242"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    result = _resume_by_cli(run, experiment)
+    assert result.exit_code == 0, result.output
+    assert not leftover.exists()

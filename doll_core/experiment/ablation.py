@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from doll_core.atomic import atomic_write_text
+from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.errors import DollError
 from doll_core.experiment.config import (
     read_experiment_file,
@@ -27,7 +27,7 @@ from doll_core.experiment.report import (
     save_overlay_grid,
 )
 from doll_core.experiment.results_file import read_results
-from doll_core.experiment.runner import run_experiment
+from doll_core.experiment.runner import image_cache_folder, run_experiment
 from doll_core.locking import folder_lock
 from doll_core.registry import Registry
 from doll_core.relocation import relocatable_within
@@ -159,6 +159,9 @@ def run_ablation(
         folder_lock(out / "stages", "stage folder"),
         relocatable_within(out),
     ):
+        image_cache = image_cache_folder(out / "stages")
+        if launched_rank() == 0 and image_cache is not None and image_cache.is_relative_to(out):
+            remove_temporaries(image_cache)  # a killed ablation's half-written entries
         points: list[dict[str, Any]] = []
         for name, point, experiment, document in prepared:
             if echo is not None:

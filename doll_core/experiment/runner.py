@@ -29,7 +29,7 @@ from typing import Any, cast
 import torch
 
 from doll_core._version import __version__
-from doll_core.atomic import atomic_write_text
+from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.data.dicom import dicom_environment
 from doll_core.data.mapping import label_rules_key
 from doll_core.digests import sha256_of
@@ -593,10 +593,13 @@ def run_experiment(
         # locked even inside the run folder: another run may name it with --stages
         held.enter_context(folder_lock(stages, "stage folder"))
         held.enter_context(relocatable_within(out, stages))
+        main = launched_rank() == 0
+        image_cache = image_cache_folder(stages)
+        if main and image_cache is not None and image_cache.is_relative_to(out):
+            remove_temporaries(image_cache)  # a killed run's half-written entries (locked: ours)
         device = device or experiment.device
         log = RunLog(out / "log.txt", echo)
         cache = StageCache(stages, resume=resume, log=log)
-        main = launched_rank() == 0
         started = time.perf_counter()
 
         def record_the_run() -> None:  # only once every check passed: a refused run changes
@@ -612,7 +615,7 @@ def run_experiment(
                 device=device,
                 progress=progress,
                 registry=registry,
-                image_cache=image_cache_folder(stages),
+                image_cache=image_cache,
                 checked=record_the_run,
             )
         results["environment"] = environment(device)
