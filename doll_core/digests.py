@@ -12,3 +12,19 @@ def sha256_of(path: str | Path) -> str:
     """The SHA-256 of the file ``path``, read in blocks (hex digits)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+#: ``(path, size, mtime_ns, inode) -> SHA-256`` of files this process has hashed: the
+#: points of an ablation share stage folders, and every reader of a stage's checkpoint
+#: checks it, so each would hash the same unchanged file again.
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_remembered(path: Path) -> str:
+    """:func:`sha256_of`, remembered while the file's size, mtime and inode stay."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = sha256_of(path)
+    return digest

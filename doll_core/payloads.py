@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from doll_core._version import __version__
-from doll_core.digests import sha256_of
+from doll_core.digests import sha256_remembered
 from doll_core.errors import DollError
 
 
@@ -89,7 +89,7 @@ def check_stage_checksum(path: Path, what: str) -> None:
     except (OSError, ValueError, AttributeError, UnicodeDecodeError):
         return
     recorded = files.get(path.name) if isinstance(files, dict) else None
-    if isinstance(recorded, str) and sha256_of(path) != recorded:
+    if isinstance(recorded, str) and sha256_remembered(path) != recorded:
         raise DollError(
             f"{path} ({what}) does not match the SHA-256 its stage recorded in {record}: it "
             "changed or was corrupted since the stage finished, so it is not used; doll "

@@ -26,6 +26,7 @@ import pluggy
 from pydantic import ConfigDict, ValidationError, create_model
 
 from doll_core import hookspecs
+from doll_core.configuration import takes_numbers_not_flags
 from doll_core.errors import PluginError, UnknownPluginError
 from doll_core.interfaces import PROTOCOLS, REQUIRED_MEMBERS, PluginKind
 
@@ -130,8 +131,6 @@ def _flag_mismatch(annotation: Any, value: Any) -> bool:
     then gets the unconverted value: ``bool("no")`` is true)."""
     if annotation is bool:
         return not isinstance(value, bool)
-    from doll_core.configuration import takes_numbers_not_flags
-
     return isinstance(value, bool) and takes_numbers_not_flags(annotation)
 
 

@@ -61,12 +61,12 @@ def planned_keys(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> 
         folder.mkdir(parents=True, exist_ok=True)
         sets.append(f"{key}={json.dumps(str(folder))}")
     if "ablation" in read_experiment_file(path):  # every grid point, as doctor plans them
-        documents = [document for *_, document in grid_documents(path, overrides=sets)]
+        experiments = [experiment for _, _, experiment, _ in grid_documents(path, overrides=sets)]
     else:
-        documents = [load_experiment(path, sets)[1]]
+        experiments = [load_experiment(path, sets)[0]]
     names: list[str] = []
-    for document in documents:
-        planned = plan.plan_experiment(document, scratch / "stages", str(path), device="cpu")
+    for experiment in experiments:
+        planned = plan.planned_stages(experiment, scratch / "stages", device="cpu")
         names += [stage.name for stage in planned if stage.name not in names]
     return names
 

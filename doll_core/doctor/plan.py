@@ -7,12 +7,15 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from doll_core.doctor.files import read_json
 from doll_core.doctor.findings import Step
 from doll_core.doctor.stages import STAGE_NAME, StageState
 from doll_core.experiment.stages import DONE, NOT_IN_KEY, StageCache, StageRecord, stage_key
+
+if TYPE_CHECKING:
+    from doll_core.experiment.config import Experiment
 
 
 @dataclass
@@ -82,9 +85,18 @@ def plan_experiment(
     :raises DollError: when the document is no longer a valid experiment.
     """
     from doll_core.experiment.config import validate_experiment
-    from doll_core.experiment.runner import run_stages
 
     experiment = validate_experiment(document, source=source)
+    return planned_stages(experiment, stages, device)
+
+
+def planned_stages(
+    experiment: Experiment, stages: Path, device: str | None = None
+) -> list[PlannedStage]:
+    """:func:`plan_experiment` for an experiment already validated (validation builds its
+    models once, which need not happen twice)."""
+    from doll_core.experiment.runner import run_stages
+
     cache = _PlanningCache(stages)
     run_stages(experiment, cache, device=device or experiment.device)
     return cache.planned

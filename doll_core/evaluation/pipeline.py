@@ -68,10 +68,15 @@ class EvaluationOutcome:
     written: list[Path] = field(default_factory=list)
 
     @property
+    def first_run(self) -> ExplainerEvaluation:
+        """The first evaluation that ran (every one reads the same images), else the
+        first."""
+        return next((e for e in self.evaluations if e.error is None), self.evaluations[0])
+
+    @property
     def explained(self) -> str:
-        """``"N images explained[, K skipped ...]"`` of the first evaluation that ran."""
-        done = next((e for e in self.evaluations if e.error is None), self.evaluations[0])
-        return explained_note(done.images, done.skipped)
+        """``"N images explained[, K skipped ...]"`` of :attr:`first_run`."""
+        return explained_note(self.first_run.images, self.first_run.skipped)
 
 
 def run_evaluation(
@@ -123,8 +128,7 @@ def run_evaluation(
     )
     outcome = EvaluationOutcome(board, evaluations)
     board.update(extra or {})
-    done = next((e for e in evaluations if e.error is None), evaluations[0])
-    board["skipped"] = done.skipped
+    board["skipped"] = outcome.first_run.skipped
     with writing():
         outcome.written = write_leaderboard(out, board, header(outcome))
     return outcome

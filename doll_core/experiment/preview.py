@@ -12,7 +12,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
-from doll_core.doctor.plan import plan_experiment
+from doll_core.doctor.plan import planned_stages
 from doll_core.experiment.config import Experiment
 from doll_core.experiment.stages import DONE
 
@@ -74,7 +74,7 @@ def stage_plan(
     """The stages of ``experiment`` in the order ``doll run`` computes them, each reused
     when ``stages`` holds its finished folder (a folder's files are checked by the run
     itself, and by ``doll doctor``)."""
-    planned = plan_experiment(experiment.document(), stages, experiment.name, device=device)
+    planned = planned_stages(experiment, stages, device)
     return [
         PlannedStep(stage.name, "reuse" if (stages / stage.name / DONE).is_file() else "run")
         for stage in planned

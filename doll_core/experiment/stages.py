@@ -29,7 +29,7 @@ from typing import Any
 
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
-from doll_core.digests import sha256_of
+from doll_core.digests import sha256_remembered
 from doll_core.errors import DollError
 from doll_core.links import refuse_link, refuse_links_leaving
 from doll_core.payloads import STAGE_RECORD, read_json
@@ -79,21 +79,6 @@ def drop_resume_state(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-#: ``(path, size, mtime_ns, inode) -> SHA-256`` of files this process has hashed: the
-#: points of an ablation share stage folders, and each reuse would hash them again.
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of ``path``, remembered while the file's size, mtime and inode stay."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        digest = _DIGESTS[key] = sha256_of(path)
-    return digest
-
-
 #: Subfolders of a stage whose files ``stage.json`` records too: a label stage's store
 #: (its shards, manifest and config), which downstream stages read.
 CHECKED_SUBFOLDERS = ("labels",)
@@ -106,12 +91,12 @@ def file_digests(folder: Path) -> dict[str, str]:
     digests = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name not in (DONE, *RESUME_ONLY) and path.name[0] != ".":
-            digests[path.name] = sha256_file(path)
+            digests[path.name] = sha256_remembered(path)
     for name in CHECKED_SUBFOLDERS:
         sub = folder / name
         for path in sorted(sub.iterdir()) if sub.is_dir() else []:
             if path.is_file() and path.name[0] != ".":
-                digests[f"{name}/{path.name}"] = sha256_file(path)
+                digests[f"{name}/{path.name}"] = sha256_remembered(path)
     return digests
 
 
@@ -122,7 +107,7 @@ def changed_file(folder: Path, recorded: dict[str, str]) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
-        if sha256_file(path) != digest:
+        if sha256_remembered(path) != digest:
             return f"{path} does not match the checksum in {DONE}"
     return None
 

@@ -155,7 +155,7 @@ class MappedClassification(LabelledImages):
         """The digest of the label rules (:meth:`LabelMapping.digest`): it enters the
         classifier stage's key, so a classifier taught under other rules is not reused.
         ``None`` where the rules come from the options (the ``csv`` reader's table)."""
-        mapping = cls.__dict__.get("mapping") or getattr(cls, "mapping", None)
+        mapping = getattr(cls, "mapping", None)
         return mapping.digest() if isinstance(mapping, LabelMapping) else None
 
     def __init__(
