@@ -40,9 +40,37 @@ OVERRIDES = {
     },
 }
 
+#: Settings the files leave at their defaults, each changed once on the quick start (and
+#: once set to its default, which must not change a key), so that every rule of how a
+#: setting enters a key is held: ``name: [file, --set ...]``.
+VARIANTS = {
+    "targets-predicted": ["phantom_quickstart.toml", 'explanation.targets="predicted"'],
+    "engine-hashed": ["phantom_quickstart.toml", "explanation.engine.max_rows=8"],
+    "engine-not-hashed": ["phantom_quickstart.toml", "explanation.engine.compile=true"],
+    "engine-default": ["phantom_quickstart.toml", "explanation.engine.max_rows=64"],
+    "contrast": ["phantom_quickstart.toml", "data.phantom.finding_contrast=2.0"],
+    "contrast-default": ["phantom_quickstart.toml", "data.phantom.finding_contrast=1.0"],
+    "workers": [
+        "phantom_quickstart.toml",
+        "training.num_workers=1",
+        "explanation.workers=1",
+        "data.phantom.workers=3",
+        "finetune.cache_samples=true",
+    ],
+    "fusion-params": ["fusion_ablation.toml", 'fusion.name="max"'],
+    "evaluation": [
+        "phantom_quickstart.toml",
+        'evaluation.metrics=["deletion"]',
+        "explanation.engine.max_rows=8",
+    ],
+}
 
-def planned_keys(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The stage folders (``kind-label-key``) ``doll doctor`` plans for ``path``."""
+
+def planned_keys(
+    path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The stage folders (``kind-label-key``) ``doll doctor`` plans for ``path``, with the
+    ``--set`` values ``extra``."""
     original = stages.stage_key
 
     def portable_key(kind: str, settings: Any, inputs: Any) -> str:
@@ -55,7 +83,7 @@ def planned_keys(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(stages, "stage_key", portable_key)
     monkeypatch.setattr(plan, "stage_key", portable_key)
-    sets = []
+    sets = list(extra)
     for key, value in OVERRIDES.get(path.name, {}).items():
         folder = Path(value.replace("<repo>", str(REPO))) if "<repo>" in value else scratch / value
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +106,9 @@ def test_every_planned_stage_key_is_unchanged(
         path.name: planned_keys(path, tmp_path / path.stem, monkeypatch)
         for path in sorted((REPO / "experiments").glob("*.toml"))
     }
+    for name, (file, *extra) in VARIANTS.items():
+        path = REPO / "experiments" / file
+        found[name] = planned_keys(path, tmp_path / name, monkeypatch, tuple(extra))
     if os.environ.get("DOLL_REGENERATE_STAGE_KEYS"):
         GOLDEN.write_text(json.dumps(found, indent=1) + "\n")
     recorded = json.loads(GOLDEN.read_text())
