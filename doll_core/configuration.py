@@ -1,20 +1,30 @@
-"""Config validation with pydantic, reported as one clear user error.
+"""Config validation with pydantic, reported as one clear user error, and how each
+setting enters a stage key.
 
 Settings models check plugin names (and a plugin's parameters) when a registry is in the
 validation context (``model_validate(values, context={"registry": registry})``, as
 experiment validation does); their problems are raised with :func:`raise_problems`, so that
 each is named by its own key.
+
+Every settings field declares, in its ``json_schema_extra``, how it enters the key of the
+stages it configures (:func:`in_key`): ``always`` (the default), only when ``changed`` from
+its default (a setting added after stages were written, so that theirs stay reusable), or
+``never`` (what cannot change a result: device, worker counts; and the inputs a runner
+fills in, whose identity enters the stage's inputs instead). :func:`settings_key` is the
+one function that reads these declarations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, to_jsonable_python
 
 from doll_core.errors import DollError
 
@@ -58,6 +68,126 @@ class Settings(BaseModel):
             if field is not None and takes_numbers_not_flags(field.annotation):
                 raise ValueError(f"expected a number, got {str(value).lower()}")
         return value
+
+
+#: How a field enters a stage key (see the module docstring).
+KeyWhen = Literal["always", "changed", "never"]
+
+
+def in_key(
+    when: KeyWhen = "always",
+    *,
+    only: Iterable[str] | None = None,
+    merged_into: str | None = None,
+) -> dict[str, Any]:
+    """The ``json_schema_extra`` of a field that enters stage keys as ``when`` says.
+
+    Args:
+        when (KeyWhen): ``"always"``, ``"changed"`` (only when it differs from its
+            default) or ``"never"``. Default: ``"always"``.
+        only (Iterable[str] | None): the key purposes (stage kinds, or ``"store"`` for a
+            label store's content hash) it enters; ``None``: all. Default: ``None``.
+        merged_into (str | None): a sibling field whose key entry (a mapping) takes this
+            field's entries, where they are not empty (engine options listed among the
+            explainer's parameters, as before they had a section). Default: ``None``.
+    """
+    extra: dict[str, Any] = {"stage_key": when}
+    if only is not None:
+        extra["stage_key_only"] = sorted(only)
+    if merged_into is not None:
+        extra["stage_key_merged_into"] = merged_into
+    return extra
+
+
+#: the declaration of a field that never enters a stage key
+NEVER_IN_KEY = in_key("never")
+#: the declaration of a field that enters stage keys only when changed from its default
+KEY_WHEN_CHANGED = in_key("changed")
+
+
+def declared_fields(model: type[Any]) -> dict[str, FieldInfo]:
+    """The fields of a settings class: a pydantic model's, or a dataclass's (whose
+    ``metadata`` holds a field's ``description`` and :func:`in_key` declaration, as
+    :class:`~doll_core.attribution.engine.EngineOptions` has them); none for anything
+    else."""
+    found = getattr(model, "__pydantic_fields__", None)
+    if found is not None:
+        return dict(found)
+    if not (isinstance(model, type) and dataclasses.is_dataclass(model)):
+        return {}
+    return {
+        field.name: FieldInfo(
+            default=field.default,
+            description=field.metadata.get("description"),
+            json_schema_extra={k: v for k, v in field.metadata.items() if k != "description"},
+        )
+        for field in dataclasses.fields(model)
+    }
+
+
+def key_declaration(field: FieldInfo) -> dict[str, Any]:
+    """The field's :func:`in_key` declaration (``always`` where it declares none)."""
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) and "stage_key" in extra else in_key()
+
+
+def settings_key(model: Any, purpose: str, *, of: type[Any] | None = None) -> dict[str, Any]:
+    """The JSON-ready settings of ``model`` that enter the key of a ``purpose`` (a stage
+    kind, or ``"store"``), as its fields declare (:func:`in_key`); nested settings models
+    by their own fields' declarations.
+
+    Args:
+        model (BaseModel | pydantic dataclass): the settings.
+        purpose (str): the stage kind, or ``"store"``.
+        of (type | None): only the fields this settings class declares (one section of
+            ``model``'s, which must hold them). Default: ``None`` (all of ``model``'s).
+
+    Returns:
+        dict[str, Any]: field name -> JSON value, of the fields that enter the key.
+    """
+    fields = declared_fields(type(model))
+    names = list(fields) if of is None else list(declared_fields(of))
+    key: dict[str, Any] = {}
+    merged: list[tuple[str, dict[str, Any]]] = []
+    for name in names:
+        declared = key_declaration(fields[name])
+        only = declared.get("stage_key_only")
+        value = getattr(model, name)
+        if declared["stage_key"] == "never" or (only is not None and purpose not in only):
+            continue
+        if declared["stage_key"] == "changed" and value == fields[name].get_default(
+            call_default_factory=True
+        ):
+            continue
+        nested = bool(declared_fields(type(value)))
+        entry = settings_key(value, purpose) if nested else to_jsonable_python(value)
+        target = declared.get("stage_key_merged_into")
+        if target is None:
+            key[name] = entry
+        elif entry:
+            merged.append((target, entry))
+    for target, entry in merged:
+        if target in key:
+            key[target] = {**key[target], **entry}
+    return key
+
+
+def never_keyed_names() -> frozenset[str]:
+    """The names of every settings field declared :data:`NEVER_IN_KEY` (what ``doll
+    doctor`` leaves out when it compares a stage record of an older DoLL, which recorded
+    them, with a planned stage's settings)."""
+
+    def models(cls: type[BaseModel]) -> Iterable[type[BaseModel]]:
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from models(sub)
+
+    return frozenset(
+        name
+        for model in models(Settings)
+        for name, field in model.model_fields.items()
+        if key_declaration(field)["stage_key"] == "never"
+    )
 
 
 def default_of(model: type[BaseModel], name: str) -> Any:

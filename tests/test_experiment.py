@@ -18,7 +18,7 @@ from experiments_helpers import TINY
 from typer.testing import CliRunner
 
 from doll_core.cli import app
-from doll_core.configuration import parse_config
+from doll_core.configuration import parse_config, settings_key
 from doll_core.errors import DollError
 from doll_core.experiment.ablation import ablation_markdown, grid_points, run_ablation
 from doll_core.experiment.config import load_experiment, validate_experiment
@@ -255,12 +255,16 @@ def test_cli_reports_bad_experiments_with_exit_2(tmp_path: Path) -> None:
 # -- stage keys and the cache ------------------------------------------------------------
 
 
-def test_stage_keys_follow_settings_and_inputs_not_the_device() -> None:
-    key = stage_key("labels", {"explainer": "saliency", "device": "cpu"}, {"data": "a"})
-    assert key == stage_key("labels", {"explainer": "saliency", "device": "cuda"}, {"data": "a"})
-    assert key != stage_key("labels", {"explainer": "gradcam", "device": "cpu"}, {"data": "a"})
-    assert key != stage_key("labels", {"explainer": "saliency"}, {"data": "b"})
-    assert key != stage_key("pretrain", {"explainer": "saliency"}, {"data": "a"})
+def test_stage_keys_follow_settings_and_inputs_not_the_device(tmp_path: Path) -> None:
+    def key(kind: str = "labels", data: str = "a", **settings: Any) -> str:
+        config = LabelGenerationConfig(data=tmp_path, classifiers=(tmp_path / "c.pt",), **settings)
+        return stage_key(kind, settings_key(config, kind), {"data": data})
+
+    assert key(explainer="saliency", device="cpu") == key(explainer="saliency", device="cuda")
+    assert key(explainer="saliency", workers=0) == key(explainer="saliency", workers=3)
+    assert key(explainer="saliency") != key(explainer="gradcam")
+    assert key(explainer="saliency") != key(explainer="saliency", data="b")
+    assert key(explainer="saliency") != key("pretrain", explainer="saliency")
 
 
 def test_the_cache_reuses_finished_and_refuses_interrupted_stages(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ precision) and ``channels_last``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
@@ -29,6 +30,7 @@ from torch import nn
 
 from doll_core.attribution.stem import fp32_stem_view
 from doll_core.compiling import CompiledModule, compiled
+from doll_core.configuration import KEY_WHEN_CHANGED, NEVER_IN_KEY
 from doll_core.errors import DollError
 
 #: ``make_rows(images_chunk [k, C, H, W], image_index [k], samples slice) -> rows [k*s, C, H, W]``
@@ -36,44 +38,72 @@ from doll_core.errors import DollError
 RowMaker = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
 
+def _option(default: Any, help: str, key: dict[str, Any] = NEVER_IN_KEY) -> Any:
+    """A field of :class:`EngineOptions`: its default, its help and how it enters stage
+    keys (:func:`~doll_core.configuration.in_key`), in the dataclass field's metadata."""
+    return dataclasses.field(default=default, metadata={"description": help, **key})
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine batches, computes and checks: execution options, shared by every
     engine explainer and passed to it once, as ``engine=`` (an experiment's
     ``[explanation.engine]``). They never change what a map means, only how fast it is made
-    and what is measured about it; those that move its values by more than rounding
-    (:data:`HASHED_OPTIONS`) are part of a label store's hash.
-
-    ``max_rows``: rows per forward pass; ``memory_budget_mb``: derive ``max_rows`` from a
-    budget instead (activation memory estimated from one row); ``autocast``: ``None``,
-    ``"fp16"`` or ``"bf16"`` (only with its error against fp32 measured and shown);
-    ``compile``: run the model through :func:`doll_core.compiling.compiled` (opt-in; its
-    compile time is reported and a model that does not compile runs eagerly);
-    ``channels_last``: rows in the channels-last memory format (give the model the same
-    format; pays on GPUs with tensor cores); ``pad_rows``: with ``compile``, pad passes to
-    at least this many rows (default: a full chunk), so that runs at several step counts
-    share one compiled graph (benchmarks; the padding rows are wasted work);
-    ``fp32_stem``: under ``autocast``, run the model's first convolution in fp32 and pass
-    its output on in fp32 (see :mod:`doll_core.attribution.stem`: the half-precision
-    rounding of that output moves the maps most); ``autocast_check_every``: measure the
-    autocast error against fp32 on every N-th call (the first included; reduced precision
-    is never left unmeasured); ``completeness``, ``completeness_every``: Integrated
-    Gradients measures its completeness delta (two forward passes of the batch) on every
-    N-th call, or, off, never.
+    and what is measured about it; those that move its values by more than rounding (the
+    row count and memory budget change how rows are batched, autocast and the fp32 stem
+    its precision) enter stage keys and a label store's hash when changed; the others
+    never do. Each option's help is its field's ``description``.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
-    max_rows: Annotated[int, Field(ge=1)] | None = 64
-    memory_budget_mb: Annotated[int | float, Field(gt=0)] | None = None  # as written (hashed)
-    autocast: Literal["fp16", "bf16"] | None = None
-    compile: bool = False
-    channels_last: bool = False
-    pad_rows: Annotated[int, Field(ge=1)] | None = None
-    fp32_stem: bool = False
-    autocast_check_every: Annotated[int, Field(ge=1)] = 1
-    completeness: bool = True
-    completeness_every: Annotated[int, Field(ge=1)] = 1
+    max_rows: Annotated[int, Field(ge=1)] | None = _option(
+        64, "rows (images x samples) per forward pass", KEY_WHEN_CHANGED
+    )
+    memory_budget_mb: Annotated[int | float, Field(gt=0)] | None = _option(
+        None,
+        "derive max_rows from a budget instead (activation memory estimated from one row)",
+        KEY_WHEN_CHANGED,
+    )
+    autocast: Literal["fp16", "bf16"] | None = _option(
+        None,
+        "reduced precision, only with its error against fp32 measured and shown",
+        KEY_WHEN_CHANGED,
+    )
+    compile: bool = _option(
+        False,
+        "run the model through doll_core.compiling.compiled (opt-in; its compile time is "
+        "reported and a model that does not compile runs eagerly)",
+    )
+    channels_last: bool = _option(
+        False,
+        "rows in the channels-last memory format (give the model the same format; pays on "
+        "GPUs with tensor cores)",
+    )
+    pad_rows: Annotated[int, Field(ge=1)] | None = _option(
+        None,
+        "with compile, pad passes to at least this many rows (default: a full chunk), so "
+        "that runs at several step counts share one compiled graph",
+    )
+    fp32_stem: bool = _option(
+        False,
+        "under autocast, run the model's first convolution in fp32 and pass its output on "
+        "in fp32 (doll_core.attribution.stem: that output's rounding moves the maps most)",
+        KEY_WHEN_CHANGED,
+    )
+    autocast_check_every: Annotated[int, Field(ge=1)] = _option(
+        1,
+        "measure the autocast error against fp32 on every N-th call (the first included; "
+        "reduced precision is never left unmeasured)",
+    )
+    completeness: bool = _option(
+        True,
+        "Integrated Gradients measures its completeness delta (two forward passes of the "
+        "batch); off: never",
+    )
+    completeness_every: Annotated[int, Field(ge=1)] = _option(
+        1, "measure the completeness delta on every N-th call"
+    )
 
     def __post_init__(self) -> None:
         """The checks of an options object made in Python (pydantic checks the same when
@@ -109,12 +139,6 @@ def engine_or_default(engine: Any) -> EngineOptions:
             "engine options go in [explanation.engine], not among an explainer's parameters)"
         )
     return engine
-
-
-#: Options that move a map's values beyond rounding (the row count and memory budget
-#: change how rows are batched, autocast and the fp32 stem its precision): a label store's
-#: hash includes them.
-HASHED_OPTIONS = ("max_rows", "memory_budget_mb", "autocast", "fp32_stem")
 
 
 #: fp16 backward passes multiply the target logit by this and divide the gradient by it

@@ -25,14 +25,43 @@ from doll_core.configuration import Settings
 class PostprocessConfig(Settings):
     """Post-processing settings (see the module docstring for the order)."""
 
-    sign: Literal["positive", "absolute", "none"] = "positive"
+    sign: Literal["positive", "absolute", "none"] = Field(
+        "positive",
+        description="keep the positive part of each map, its absolute value, or both signs",
+    )
     smooth_sigma: float = Field(0.0, ge=0, description="Gaussian sigma in pixels; 0 = off")
-    clip_percentile: float | None = Field(99.0, gt=0, le=100)
-    gamma: float | None = Field(None, gt=0)
+    clip_percentile: float | None = Field(
+        99.0,
+        gt=0,
+        le=100,
+        description=(
+            "clip each map at this percentile before scaling it to [0, 1]; None = its maximum"
+        ),
+    )
+    gamma: float | None = Field(
+        None,
+        gt=0,
+        description="raise the scaled map to this power (> 1 sharpens); None = off",
+    )
     gate: float | None = Field(None, ge=0, le=1, description="zero maps with probability < gate")
-    binarize: Literal["none", "threshold", "topk", "otsu"] = "otsu"
-    threshold: float = Field(0.5, ge=0, le=1)
-    top_k_percent: float = Field(5.0, gt=0, le=100)
+    binarize: Literal["none", "threshold", "topk", "otsu"] = Field(
+        "otsu",
+        description=(
+            "hard labels: none (soft only), a fixed threshold, top-k % of pixels, or Otsu"
+        ),
+    )
+    threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="binarize = 'threshold': the cut on the scaled map",
+    )
+    top_k_percent: float = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="binarize = 'topk': the share of pixels labelled positive",
+    )
 
 
 @dataclass

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from doll_core.configuration import never_keyed_names
 from doll_core.doctor.files import read_json
 from doll_core.doctor.findings import Step
 from doll_core.doctor.stages import STAGE_NAME, StageState
-from doll_core.experiment.stages import DONE, NOT_IN_KEY, StageCache, StageRecord, stage_key
+from doll_core.experiment.stages import DONE, StageCache, StageRecord, stage_key
 
 if TYPE_CHECKING:
     from doll_core.experiment.config import Experiment
@@ -103,12 +104,14 @@ def planned_stages(
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for each setting that differs (``(not set)`` when absent)."""
+    """``key: old -> new`` for each setting that differs (``(not set)`` when absent); a
+    setting that never enters a key, which records of older DoLL versions hold, is left
+    out."""
 
     def show(values: Mapping[str, Any], key: str) -> str:
         return json.dumps(values[key], default=str) if key in values else "(not set)"
 
-    keys = sorted((set(old) | set(new)) - NOT_IN_KEY)
+    keys = sorted((set(old) | set(new)) - never_keyed_names())
     return [
         f"{k}: {show(old, k)} -> {show(new, k)}"
         for k in keys

@@ -57,6 +57,8 @@ from pydantic import (
 
 from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
 from doll_core.configuration import (
+    KEY_WHEN_CHANGED,
+    NEVER_IN_KEY,
     Problems,
     Settings,
     context_registry,
@@ -116,27 +118,75 @@ class _Section(Settings):
 class PhantomData(_Section):
     """A phantom to generate (``doll data phantom``) as the experiment's data."""
 
-    n_train: int = Field(600, ge=1)
-    n_valid: int = Field(100, ge=1)
-    n_organs: int = Field(100, ge=0)
-    n_infection: int = Field(120, ge=0)
-    size: int = Field(128, ge=32, le=2048)
-    seed: int = 0
-    finding_contrast: float = Field(
-        FindingsConfig.contrast, gt=0, le=10, description="factor on every finding's change"
+    n_train: int = Field(
+        600,
+        ge=1,
+        description="classification images of the training split",
     )
-    workers: int = Field(1, ge=1, description="processes; does not change the phantom")
+    n_valid: int = Field(
+        100,
+        ge=1,
+        description="classification images of the validation split",
+    )
+    n_organs: int = Field(
+        100,
+        ge=0,
+        description="images of the organ segmentation task (lungs, heart, clavicles)",
+    )
+    n_infection: int = Field(
+        120,
+        ge=0,
+        description="images of the infection segmentation task",
+    )
+    size: int = Field(
+        128,
+        ge=32,
+        le=2048,
+        description="image side in pixels",
+    )
+    seed: int = Field(
+        0,
+        description="seed of every random draw of the phantom",
+    )
+    finding_contrast: float = Field(
+        FindingsConfig.contrast,
+        gt=0,
+        le=10,
+        description="factor on every finding's change",
+        json_schema_extra=KEY_WHEN_CHANGED,  # it came after 0.1: earlier phantoms stay
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="processes; does not change the phantom",
+        json_schema_extra=NEVER_IN_KEY,
+    )
 
 
 class ClassificationData(_Section):
     """The CheXpert-layout classification set (default: the phantom's); unset keys take
     the classifier-training defaults (:class:`~doll_core.training.config.ClassifierInputs`)."""
 
-    root: Path | None = None
-    dataset: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    train_split: str | None = None
-    val_split: str | None = None
+    root: Path | None = Field(
+        None,
+        description="the classification set's folder (default: the phantom's)",
+    )
+    dataset: str | None = Field(
+        None,
+        description="the dataset reader plugin (default: chexpert)",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the reader's options (dataset_options), e.g. uncertainty or frontal_only",
+    )
+    train_split: str | None = Field(
+        None,
+        description="the reader's split the classifiers learn from (default: train)",
+    )
+    val_split: str | None = Field(
+        None,
+        description="the reader's split that picks the best epoch (default: valid)",
+    )
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo) -> ClassificationData:
@@ -162,10 +212,22 @@ class TaskData(_Section):
     the fine-tuning defaults, :class:`~doll_core.segmentation.config.FinetuneInputs`, unless
     ``dataset``/``splits`` say otherwise)."""
 
-    phantom: Literal["organs", "infection"] | None = None
-    root: Path | None = None
-    dataset: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    phantom: Literal["organs", "infection"] | None = Field(
+        None,
+        description="a phantom task: organs or infection (give this or root)",
+    )
+    root: Path | None = Field(
+        None,
+        description="the task's folder on disk (give this or phantom)",
+    )
+    dataset: str | None = Field(
+        None,
+        description="the segmentation reader plugin (default: segfolder)",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the reader's options (dataset_options)",
+    )
     splits: Literal["random", "patients", "file", "folders"] | None = Field(
         None,
         description="random (by image), patients (random by patient), file (split_file), "
@@ -213,9 +275,18 @@ class TaskData(_Section):
 
 
 class DataSection(_Section):
-    phantom: PhantomData | None = None
-    classification: ClassificationData = ClassificationData()
-    tasks: dict[str, TaskData] = Field(default_factory=dict)
+    phantom: PhantomData | None = Field(
+        None,
+        description="generate a phantom as the experiment's data ([data.phantom])",
+    )
+    classification: ClassificationData = Field(
+        ClassificationData(),
+        description="the classification set the classifiers learn from and the labels explain",
+    )
+    tasks: dict[str, TaskData] = Field(
+        default_factory=dict,
+        description="the downstream segmentation tasks, by name ([data.tasks.NAME])",
+    )
 
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
@@ -235,8 +306,14 @@ class ExplanationSection(LabelSettings):
     over ``[data.classification]``'s (the classifiers may learn from one source and
     explain all)."""
 
-    classifiers: list[str] | None = None
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    classifiers: list[str] | None = Field(
+        None,
+        description="the classifiers explained (default: all)",
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="explainer parameters by explainer name, used when that explainer is chosen",
+    )
     reader_options: dict[str, Any] = Field(
         default_factory=dict,
         description="reader options of the images explained, over [data.classification]'s "
@@ -300,8 +377,14 @@ class FusionSection(_Section):
     """The fusion of the classifiers' maps; an unset ``name`` is label generation's
     default (:class:`~doll_core.labels.config.LabelInputs`)."""
 
-    name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(
+        None,
+        description="the fusion plugin (default: mean)",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the fusion plugin's parameters",
+    )
 
     @model_validator(mode="after")
     def _plugin(self, info: ValidationInfo) -> FusionSection:
@@ -320,7 +403,13 @@ class PretrainSection(PretrainSettings):
     """Pre-training settings, plus ``encoder_from``: the classifier whose weights start the
     encoder (default: none, a random encoder named by ``encoder``)."""
 
-    encoder_from: str | None = None
+    encoder_from: str | None = Field(
+        None,
+        description=(
+            "the classifier whose weights start the encoder (default: none, a random "
+            "encoder named by encoder)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _plugin(self, info: ValidationInfo) -> PretrainSection:
@@ -336,11 +425,19 @@ class FinetuneSection(FinetuneSettings):
     the same architecture."""
 
     tasks: list[str] | None = Field(None, description="default: every task in [data.tasks]")
-    inits: list[Init] = Field(default_factory=lambda: list(DEFAULT_INITS))
-    budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
-        default_factory=lambda: list(DEFAULT_BUDGETS)
+    inits: list[Init] = Field(
+        default_factory=lambda: list(DEFAULT_INITS),
+        description="the initialisations compared: random, classifier, doll, checkpoint",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    budgets: list[Annotated[int, Field(ge=1)] | Literal["all"]] = Field(
+        description="training images per run (an integer, or 'all')",
+        default_factory=lambda: list(DEFAULT_BUDGETS),
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="seeds of each (task, init, budget): runs are paired by seed",
+    )
     classifier: str | None = Field(
         None, description="for init 'classifier'; default: pretrain.encoder_from"
     )
@@ -371,7 +468,10 @@ class AblationSection(_Section):
     """The grid ``doll ablate`` runs when no ``--vary`` is given: dotted key -> values.
     ``doll run`` ignores it."""
 
-    vary: dict[str, Any] = Field(default_factory=dict)
+    vary: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the grid doll ablate runs without --vary: dotted key -> list of values",
+    )
 
 
 class ReportSection(_Section):
@@ -384,19 +484,61 @@ class Experiment(_Section):
     :func:`stage_configs`. ``classifiers`` holds each classifier's settings with
     ``[training]`` merged in."""
 
-    name: str = "experiment"
-    description: str = ""
-    device: Annotated[str, AfterValidator(device_field)] = "auto"
-    data: DataSection
-    training: dict[str, Any] = Field(default_factory=dict)
-    classifiers: dict[str, ClassifierSettings] = Field(min_length=1)
-    explanation: ExplanationSection = ExplanationSection()
-    fusion: FusionSection = FusionSection()
-    pretrain: PretrainSection = PretrainSection()
-    finetune: FinetuneSection = FinetuneSection()
-    report: ReportSection = ReportSection()
-    ablation: AblationSection = AblationSection()
-    evaluation: EvaluationSettings = EvaluationSettings()
+    name: str = Field(
+        "experiment",
+        description="the experiment's name, in its reports",
+    )
+    description: str = Field(
+        "",
+        description="one line on what the experiment shows, in its reports",
+    )
+    device: Annotated[str, AfterValidator(device_field)] = Field(
+        "auto",
+        description=(
+            "cpu, cuda, cuda:N, mps or auto (the first accelerator); doll run --device overrides it"
+        ),
+    )
+    data: DataSection = Field(
+        description="where the data come from ([data])",
+    )
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "classifier settings shared by every [classifiers.NAME] (each may override them)"
+        ),
+    )
+    classifiers: dict[str, ClassifierSettings] = Field(
+        min_length=1,
+        description="the classifiers to train and explain, by name",
+    )
+    explanation: ExplanationSection = Field(
+        ExplanationSection(),
+        description="how the classifiers are explained into labels",
+    )
+    fusion: FusionSection = Field(
+        FusionSection(),
+        description="how the classifiers' maps are fused into one label",
+    )
+    pretrain: PretrainSection = Field(
+        PretrainSection(),
+        description="DoLL pre-training of a whole segmentation model on the labels",
+    )
+    finetune: FinetuneSection = Field(
+        FinetuneSection(),
+        description="the fine-tuning grid: tasks x inits x budgets x seeds",
+    )
+    report: ReportSection = Field(
+        ReportSection(),
+        description="figures of the run's report",
+    )
+    ablation: AblationSection = Field(
+        AblationSection(),
+        description="the grid doll ablate runs",
+    )
+    evaluation: EvaluationSettings = Field(
+        EvaluationSettings(),
+        description="explainer metrics computed in the run (none by default)",
+    )
 
     @model_validator(mode="before")
     @classmethod

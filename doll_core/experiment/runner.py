@@ -30,6 +30,7 @@ import torch
 
 from doll_core._version import __version__
 from doll_core.atomic import atomic_write_text, remove_temporaries
+from doll_core.configuration import settings_key
 from doll_core.data.dicom import dicom_environment
 from doll_core.data.mapping import label_rules_key
 from doll_core.digests import sha256_of
@@ -38,7 +39,7 @@ from doll_core.experiment.config import PHANTOM_TASKS, DataSources, Experiment, 
 from doll_core.experiment.results_file import write_results
 from doll_core.experiment.stages import StageCache, StageRecord, write_run_record
 from doll_core.home import expand_home
-from doll_core.labels.config import LabelGenerationConfig, LabelInputs
+from doll_core.labels.config import FusionChoice, LabelGenerationConfig
 from doll_core.links import append_line
 from doll_core.locking import folder_lock
 from doll_core.phantom.labels import FindingsConfig
@@ -124,13 +125,6 @@ def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
         return DataSources(key, data.classification.root, dict(roots), None)
     spec_values = data.phantom.model_dump()
     workers = spec_values.pop("workers")
-    # finding_contrast came after 0.1: at its default it stays out of the stage key, so
-    # phantom stages written before it are reused
-    keyed = {
-        k: v
-        for k, v in spec_values.items()
-        if k != "finding_contrast" or v != FindingsConfig.contrast
-    }
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
         from doll_core.phantom.writer import PhantomSpec, write_phantom
@@ -141,6 +135,7 @@ def data_sources(stages: Stages, experiment: Experiment) -> DataSources:
         manifest = write_phantom(folder / "phantom", spec, workers=workers, overwrite=resuming)
         return {key: manifest.get(key) for key in ("seconds", "images_per_second")}
 
+    keyed = settings_key(data.phantom, "phantom")
     record = stages.cache.run("phantom", "phantom", keyed, {}, work, collective=False)
     root = record.folder / "phantom"
     tasks = {
@@ -167,8 +162,7 @@ def classifier_stage(
             "train_images_per_second": mean_rate(result.history),
         }
 
-    # train = true stays out of the key, so classifier stages of earlier DoLL are reused
-    key = config.model_dump(mode="json", exclude={"data"} | ({"train"} if config.train else set()))
+    key = settings_key(config, "classifier")
     inputs = {"data": data}
     factory = stages.registry.get("dataset", config.dataset).factory
     rules = label_rules_key(factory, config.dataset_options)
@@ -182,13 +176,9 @@ def explain_stage(
 ) -> StageRecord:
     """One classifier's labels, made with the default fusion (of one map: itself) and
     reused by every fusion of an ablation."""
-    fusion = {
-        key: LabelInputs.model_fields[key].get_default(call_default_factory=True)
-        for key in ("fusion", "fusion_params")
-    }
-    update = {"classifiers": (classifier.folder / "best.pt",), **fusion}
+    update = {"classifiers": (classifier.folder / "best.pt",), **FusionChoice().model_dump()}
     config = labels.model_copy(update=update)
-    key = config.result_settings(exclude={"data", "classifiers", "fusion", "fusion_params"})
+    key = settings_key(config, "explain")
     inputs = {"data": data, "classifier": classifier.key}
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
@@ -237,7 +227,7 @@ def labels_stage(
     phantom = sources.phantom_root if experiment.report.localization else None
     label = f"{config.explainer}-{config.fusion}"
     if config.targets == "predicted":
-        key = config.result_settings(exclude={"data", "classifiers"})
+        key = settings_key(config, "labels")
         inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
 
         def joint(folder: Path, resuming: bool) -> dict[str, Any]:
@@ -266,7 +256,7 @@ def labels_stage(
         )
         return describe_store(store, manifest, explained, phantom)
 
-    key = {"fusion": config.fusion, "fusion_params": config.fusion_params}
+    key = settings_key(config, "labels", of=FusionChoice)
     inputs = {f"explain:{n}": explained[n].key for n in names}
     return stages.cache.run("labels", label, key, inputs, fuse, collective=False)
 
@@ -286,8 +276,8 @@ def evaluation_stage(
         return None
     names = experiment.explained_classifiers()
     phantom = sources.phantom_root
-    explainer = {labels.explainer: labels.result_settings()["explainer_params"]}
-    key = {"evaluation": settings.model_dump(mode="json"), "explainer": explainer}
+    explainer = {labels.explainer: settings_key(labels, "evaluate")["explainer_params"]}
+    key = {"evaluation": settings_key(settings, "evaluate"), "explainer": explainer}
     inputs = {"data": sources.key, **{f"classifier:{n}": classifiers[n].key for n in names}}
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
@@ -337,7 +327,7 @@ def pretrain_stage(
             "train_images_per_second": mean_rate(metrics.get("history", [])),
         }
 
-    key = config.model_dump(mode="json", exclude={"labels", "encoder_from", "data"})
+    key = settings_key(config, "pretrain")
     return stages.cache.run("pretrain", config.head, key, inputs, work)
 
 
@@ -375,9 +365,9 @@ def finetune_stage(
         result = finetune(config, folder, resume=resuming, **stages.options())
         return {key: result[key] for key in FINETUNE_INFO}
 
-    # where a split comes from stays out of the key; the split it makes enters it (for the
-    # splits added in 0.2, so that earlier fine-tuning stages are reused)
-    key = config.model_dump(mode="json", exclude={"data", "init_path", *SPLIT_SOURCES})
+    # the split a file or patients make enters the inputs (for the splits added in 0.2,
+    # so that earlier fine-tuning stages are reused)
+    key = settings_key(config, "finetune")
     if config.splits in ("patients", "file"):
         inputs["split"] = split.digest() if split is not None else "(data not yet read)"
     record = stages.cache.run("finetune", f"{task}-{init}-n{budget}-seed{seed}", key, inputs, work)
@@ -397,10 +387,6 @@ def finetune_stage(
         "seconds": record.seconds,
         "folder": str(record.folder),
     }
-
-
-#: the fine-tuning inputs that say where a split comes from (its digest enters the key)
-SPLIT_SOURCES = frozenset({"split_file", "patient_file", "patient_column", "patient_pattern"})
 
 
 def task_splits(

@@ -1,7 +1,8 @@
 """Stage folders keyed by what determines their output, so finished work is reused.
 
-A stage's key is a hash of its kind, its settings (without what cannot change the result:
-device, DataLoader workers) and the keys of the stages it reads. Its folder is
+A stage's key is a hash of its kind, its settings (those whose fields declare they enter
+it: :func:`~doll_core.configuration.settings_key`; never the device or DataLoader workers)
+and the keys of the stages it reads. Its folder is
 ``STAGES/<kind>-<label>-<key>``; a ``stage.json`` written last (atomically) marks it done.
 A folder without ``stage.json`` is an interrupted stage: it is continued with ``resume``
 (after the leftovers of writes the kill cut short are removed), and refused otherwise, so
@@ -38,29 +39,15 @@ from doll_core.training.distributed import from_rank_zero, launched_rank
 #: Bump when a stage's output format or meaning changes, so old folders are not reused.
 STAGE_FORMAT = 1
 DONE = STAGE_RECORD
-#: Settings that do not change a stage's result (beyond rounding, as the device does); left
-#: out of its key, so that adding one of them does not invalidate finished stages.
-NOT_IN_KEY = frozenset(
-    {
-        "device",
-        "num_workers",
-        "workers",
-        "batch_size_eval",
-        "compile",
-        "state_every",
-        "cache_samples",
-        "allow_partial",  # it decides whether a run starts, not what it computes
-        "image_cache",  # a cached image is bit for bit the decoded file
-    }
-)
 
 
 def stage_key(kind: str, settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    """16 hex digits from the stage kind, its JSON settings and its inputs' keys."""
+    """16 hex digits from the stage kind, its JSON settings (those that enter its key, as
+    :func:`~doll_core.configuration.settings_key` derives them) and its inputs' keys."""
     payload = {
         "format": STAGE_FORMAT,
         "kind": kind,
-        "settings": {k: v for k, v in settings.items() if k not in NOT_IN_KEY},
+        "settings": dict(settings),
         "inputs": dict(inputs),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -15,9 +15,16 @@ from doll_core.attribution.api import (
     takes_engine,
     with_engine_options,
 )
-from doll_core.attribution.engine import HASHED_OPTIONS, EngineOptions
+from doll_core.attribution.engine import EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig
-from doll_core.configuration import Settings, context_registry
+from doll_core.configuration import (
+    KEY_WHEN_CHANGED,
+    NEVER_IN_KEY,
+    Settings,
+    context_registry,
+    in_key,
+    settings_key,
+)
 from doll_core.digests import sha256_of
 from doll_core.observations import OBSERVATIONS
 from doll_core.training.config import ClassificationSource, StageInputs
@@ -29,26 +36,59 @@ LABELS_VERSION = 2
 class LabelSettings(Settings):
     """The label-generation settings a user writes (``[explanation]`` of an experiment)."""
 
-    split: str = "train"
-    explainer: str = DEFAULT_EXPLAINER
+    split: str = Field(
+        "train",
+        description="the classification split whose images are explained",
+    )
+    explainer: str = Field(
+        DEFAULT_EXPLAINER,
+        description="the explainer plugin",
+    )
     explainer_params: dict[str, Any] = Field(
         default_factory=dict, description="the explainer's parameters (its maps' meaning)"
     )
     engine: EngineOptions = Field(
-        default_factory=EngineOptions, description="execution options ([explanation.engine])"
+        default_factory=EngineOptions,
+        description="execution options ([explanation.engine]); those that move the maps' "
+        "values enter keys among the explainer's parameters, as before they had a section",
+        json_schema_extra=in_key(merged_into="explainer_params"),
     )
-    targets: Literal["positive", "predicted", "all"] = "positive"
+    targets: Literal["positive", "predicted", "all"] = Field(
+        "positive",
+        description=(
+            "observations explained per image: those it has (positive), those the "
+            "classifiers predict, or all"
+        ),
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="probability for targets=predicted")
-    postprocess: PostprocessConfig = PostprocessConfig(binarize="none")
-    shard_size: int = Field(256, ge=1)
+    postprocess: PostprocessConfig = Field(
+        PostprocessConfig(binarize="none"),
+        description="from raw maps to soft and binary labels ([explanation.postprocess])",
+    )
+    shard_size: int = Field(
+        256,
+        ge=1,
+        description="images per shard file of the label store",
+    )
     label_size: int | None = Field(
         64, ge=8, le=2048, description="side of the stored maps; None = image"
     )
-    batch_size: int = Field(16, ge=1)
-    workers: int = Field(
-        0, ge=0, description="DataLoader processes reading images (0 = in the main process)"
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="images per explainer call (a label store's content hash leaves it out)",
+        json_schema_extra=in_key(only=("explain", "labels")),
     )
-    on_error: Literal["skip", "fail"] = "skip"
+    workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader processes reading images (0 = in the main process)",
+        json_schema_extra=NEVER_IN_KEY,
+    )
+    on_error: Literal["skip", "fail"] = Field(
+        "skip",
+        description="an unreadable image: skip it (counted and named) or fail",
+    )
     limit: int | None = Field(None, ge=1, description="label only the first N images")
 
     @model_validator(mode="before")
@@ -65,19 +105,42 @@ class LabelSettings(Settings):
         return {**with_engine_options(values, moved), "explainer_params": params}
 
 
-class LabelInputs(ClassificationSource, StageInputs):
+class FusionChoice(Settings):
+    """The fusion of several classifiers' maps (``[fusion]``): all that a fusion stage's
+    key holds of the label settings."""
+
+    fusion: str = Field(
+        "mean",
+        description="the fusion plugin",
+        json_schema_extra=in_key(only=("labels", "store")),
+    )
+    fusion_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the fusion plugin's parameters",
+        json_schema_extra=in_key(only=("labels", "store")),
+    )
+
+
+class LabelInputs(FusionChoice, ClassificationSource, StageInputs):
     """What the runner supplies to label generation: the classification set (from
     ``[data.classification]``), the classifier checkpoints and the fusion (``[fusion]``)."""
 
-    data: Path
-    classifiers: tuple[Path, ...] = Field(min_length=1)
-    fusion: str = "mean"
-    fusion_params: dict[str, Any] = Field(default_factory=dict)
+    data: Path = Field(
+        description="the classification set's root (a stage input)",
+        json_schema_extra=NEVER_IN_KEY,
+    )
+    classifiers: tuple[Path, ...] = Field(
+        min_length=1,
+        description="the classifier checkpoints explained (a stage input: their stages' "
+        "keys, or in a store's hash their SHA-256, enter instead)",
+        json_schema_extra=NEVER_IN_KEY,
+    )
     never_targets: tuple[str, ...] = Field(
         (),
         description="observations never explained, besides those the store's classifiers "
         "have no output for (a run explaining several classifiers apart gives what any of "
         "them lacks, so that their stores hold the same targets and fuse)",
+        json_schema_extra=KEY_WHEN_CHANGED,
     )
 
     @model_validator(mode="after")
@@ -91,26 +154,11 @@ class LabelInputs(ClassificationSource, StageInputs):
 class LabelGenerationConfig(LabelSettings, LabelInputs):
     """Everything that determines a label store's content."""
 
-    def result_settings(self, exclude: set[str] | None = None) -> dict[str, Any]:
-        """The settings as JSON without device and workers, and of the engine options only
-        those that move the maps' values (:data:`~doll_core.attribution.engine.HASHED_OPTIONS`,
-        where not at their default), listed with the explainer parameters as they were
-        before the engine options had a section of their own, so that stage keys and store
-        hashes stay those of earlier DoLL versions; ``exclude`` drops more fields."""
-        exclude = {"device", "workers", "engine", "image_cache", *(exclude or set())}
-        if not getattr(self, "never_targets", ()):  # stage keys of earlier DoLL stay
-            exclude.add("never_targets")
-        payload = self.model_dump(mode="json", exclude=exclude)
-        if "explainer_params" in payload:
-            changed = self.engine.changed()
-            hashed = {key: changed[key] for key in HASHED_OPTIONS if key in changed}
-            payload["explainer_params"] = {**payload["explainer_params"], **hashed}
-        return payload
-
     def content_hash(self) -> str:
-        """A hash of everything that changes the labels (:meth:`result_settings`, without
-        the batch size either)."""
-        payload = self.result_settings(exclude={"batch_size"})
+        """A hash of everything that changes the labels: the settings that enter a
+        ``"store"`` key (:func:`~doll_core.configuration.settings_key`) and the classifier
+        files' SHA-256."""
+        payload = settings_key(self, "store")
         payload["classifiers"] = [sha256_of(p) for p in self.classifiers]
         payload["data"] = None  # the same data may move; its ids are in the shards
         # bumped when post-processing changes labels for the same settings (2: maps scaled

@@ -18,7 +18,14 @@ from pydantic import (
     model_validator,
 )
 
-from doll_core.configuration import Settings, context_registry, plugin_problems, raise_problems
+from doll_core.configuration import (
+    KEY_WHEN_CHANGED,
+    NEVER_IN_KEY,
+    Settings,
+    context_registry,
+    plugin_problems,
+    raise_problems,
+)
 from doll_core.devices import device_field
 from doll_core.errors import DollError
 from doll_core.registry import get_registry
@@ -33,21 +40,51 @@ class AugmentConfig(_Frozen):
     """Augmentation suited to radiographs: a small affine and brightness/contrast. No
     horizontal flip by default, since anatomy is lateralised (the heart is on the left)."""
 
-    enabled: bool = True
-    rotate_degrees: float = Field(7.0, ge=0, le=45)
+    enabled: bool = Field(
+        True,
+        description="augment training images",
+    )
+    rotate_degrees: float = Field(
+        7.0,
+        ge=0,
+        le=45,
+        description="largest rotation, in degrees",
+    )
     translate: float = Field(0.05, ge=0, le=0.5, description="fraction of the image side")
-    scale: tuple[float, float] = (0.92, 1.08)
-    brightness: float = Field(0.08, ge=0, le=1)
-    contrast: float = Field(0.15, ge=0, le=1)
-    hflip: bool = False
+    scale: tuple[float, float] = Field(
+        (0.92, 1.08),
+        description="range of the zoom factor",
+    )
+    brightness: float = Field(
+        0.08,
+        ge=0,
+        le=1,
+        description="largest brightness change, as a fraction",
+    )
+    contrast: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="largest contrast change, as a fraction",
+    )
+    hflip: bool = Field(
+        False,
+        description="flip left-right (off: anatomy is lateralised)",
+    )
 
 
 class StageInputs(_Frozen):
     """What the runner supplies to every stage, whatever the stage."""
 
-    device: Annotated[str, AfterValidator(device_field)] = "auto"
+    device: Annotated[str, AfterValidator(device_field)] = Field(
+        "auto",
+        description="cpu, cuda, cuda:N, mps or auto (the first accelerator); never changes "
+        "a result beyond rounding",
+        json_schema_extra=NEVER_IN_KEY,
+    )
     image_cache: Path | None = Field(
         None,
+        json_schema_extra=NEVER_IN_KEY,
         description="a folder of decoded, resized images (doll_core.data.decoded), read "
         "instead of the files after their first decoding; never changes a result",
     )
@@ -62,28 +99,83 @@ class StageInputs(_Frozen):
 class LoopSettings(_Frozen):
     """The settings every training stage shares (see :mod:`doll_core.training.loop`)."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    min_lr_ratio: float = Field(0.01, ge=0, le=1)
-    early_stopping_patience: int | None = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0)
-    augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(2, ge=0)
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    epochs: int = Field(
+        10,
+        ge=1,
+        description="passes over the training images",
+    )
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="images per optimiser step",
+    )
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        description="peak learning rate (AdamW)",
+    )
+    weight_decay: float = Field(
+        1e-4,
+        ge=0,
+        description="AdamW weight decay",
+    )
+    warmup_epochs: float = Field(
+        1.0,
+        ge=0,
+        description="linear warm-up before the cosine decay, in epochs",
+    )
+    min_lr_ratio: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="the cosine decay's floor, as a fraction of lr",
+    )
+    early_stopping_patience: int | None = Field(
+        5,
+        ge=1,
+        description="epochs without improvement before stopping; None = never",
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0,
+        description="the least gain that counts as an improvement",
+    )
+    augment: AugmentConfig = Field(
+        AugmentConfig(),
+        description="augmentation of training images",
+    )
+    num_workers: int = Field(
+        2,
+        ge=0,
+        description="DataLoader processes reading images (0 = in the main process)",
+        json_schema_extra=NEVER_IN_KEY,
+    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto",
+        description=(
+            "mixed precision: auto (bf16 or fp16 where the device has it), off, bf16, fp16"
+        ),
+    )
+    channels_last: bool = Field(
+        True,
+        description="channels-last memory format (pays on GPUs with tensor cores)",
+    )
     compile: bool = Field(
-        False, description="torch.compile the model (opt-in; compile time reported, eager fallback)"
+        False,
+        description="torch.compile the model (opt-in; compile time reported, eager fallback)",
+        json_schema_extra=NEVER_IN_KEY,
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for quick checks")
-    on_error: Literal["skip", "fail"] = "skip"
+    on_error: Literal["skip", "fail"] = Field(
+        "skip",
+        description="an unreadable image: skip it (counted and named) or fail",
+    )
     state_every: int = Field(
         1,
         ge=1,
         description="epochs between resume states (state.pt, with the optimiser's moments); "
         "the last epoch always writes one, and a run resumes from the latest",
+        json_schema_extra=NEVER_IN_KEY,
     )
 
     def to_record(self, holder: Path) -> dict[str, Any]:
@@ -97,17 +189,34 @@ class Seeded(_Frozen):
     """The seed of a training run's initial weights, data order and augmentation: a
     setting of most stages, an input of a fine-tuning grid's runs."""
 
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="seed of the initial weights, data order and augmentation",
+    )
 
 
 class ImageSettings(_Frozen):
     """The images a model takes: side, channels and the normalisation of [0, 1] pixels.
     One value of ``mean``/``std`` serves every channel."""
 
-    image_size: int = Field(128, ge=16, le=2048)
-    in_channels: Literal[1, 3] = 1
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
+    image_size: int = Field(
+        128,
+        ge=16,
+        le=2048,
+        description="side of the square images the model takes, in pixels",
+    )
+    in_channels: Literal[1, 3] = Field(
+        1,
+        description="1 (grey) or 3 (the grey image repeated)",
+    )
+    mean: tuple[float, ...] = Field(
+        (0.5,),
+        description="normalisation mean of [0, 1] pixels (one value serves every channel)",
+    )
+    std: tuple[float, ...] = Field(
+        (0.25,),
+        description="normalisation standard deviation of [0, 1] pixels",
+    )
 
     @model_validator(mode="after")
     def _normalisation_fits_channels(self) -> ImageSettings:
@@ -125,7 +234,10 @@ class ImageSettings(_Frozen):
 class ClassificationSource(_Frozen):
     """The reader of a classification set and its options."""
 
-    dataset: str = "chexpert"
+    dataset: str = Field(
+        "chexpert",
+        description="the dataset reader plugin",
+    )
     dataset_options: dict[str, Any] = Field(
         default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
     )
@@ -134,12 +246,19 @@ class ClassificationSource(_Frozen):
 class ClassifierSettings(LoopSettings, ImageSettings, Seeded):
     """A classifier's settings: ``[training]`` merged with its ``[classifiers.NAME]``."""
 
-    backbone: str = "tiny_cnn"
-    backbone_params: dict[str, Any] = Field(default_factory=dict)
+    backbone: str = Field(
+        "tiny_cnn",
+        description="the backbone plugin",
+    )
+    backbone_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the backbone plugin's parameters",
+    )
     train: bool = Field(
         True,
         description="false: use the backbone's weights as they are (a torchxrayvision "
         "model), validated once for its AUROC per observation, never trained",
+        json_schema_extra=KEY_WHEN_CHANGED,
     )
 
     @model_validator(mode="after")
@@ -183,9 +302,19 @@ def _normalisation_problems(factory: Any, settings: ClassifierSettings) -> list[
 class ClassifierInputs(ClassificationSource, StageInputs):
     """What the runner supplies to classifier training (from ``[data.classification]``)."""
 
-    data: Path = Field(description="dataset root, e.g. the folder holding CheXpert-v1.0-small")
-    train_split: str = "train"
-    val_split: str = "valid"
+    data: Path = Field(
+        description="dataset root, e.g. the folder holding CheXpert-v1.0-small (a stage "
+        "input: its resolved path enters the stage's inputs)",
+        json_schema_extra=NEVER_IN_KEY,
+    )
+    train_split: str = Field(
+        "train",
+        description="the reader's split the classifier learns from",
+    )
+    val_split: str = Field(
+        "valid",
+        description="the reader's split that picks the best epoch",
+    )
 
 
 class ClassifierTrainingConfig(ClassifierSettings, ClassifierInputs):
