@@ -19,6 +19,7 @@ import torch
 from doll_core._version import __version__
 from doll_core.atomic import atomic_torch_save
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_member
 from doll_core.models import Classifier
 from doll_core.observations import OBSERVATIONS
 from doll_core.payloads import load_payload
@@ -56,7 +57,17 @@ def unavailable_outputs(
     (its ``unavailable``; none for most backbones): what a classifier's checkpoint records
     as ``ClassifierMeta.unavailable``."""
     plugin = (registry or get_registry()).create("backbone", backbone, **params)
-    return tuple(getattr(plugin, "unavailable", ()))
+    return tuple(optional_member(plugin, "backbone", "unavailable"))
+
+
+def backbone_encoder(
+    backbone: str, params: Mapping[str, Any], registry: Registry | None = None
+) -> str | None:
+    """The segmentation encoder whose weights the backbone plugin ``backbone`` with
+    ``params`` fits (its ``encoder_name``), or ``None`` where it fits none."""
+    plugin = (registry or get_registry()).create("backbone", backbone, **params)
+    name = optional_member(plugin, "backbone", "encoder_name")
+    return str(name) if name is not None else None
 
 
 def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> Classifier:
@@ -64,7 +75,7 @@ def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> 
     registry = registry or get_registry()
     backbone = registry.create("backbone", meta.backbone, **meta.backbone_params)
     net = backbone.build(num_classes=len(meta.observations), in_channels=meta.in_channels)
-    return Classifier(net, meta.mean, meta.std, cam_layer=getattr(backbone, "cam_layer", None))
+    return Classifier(net, meta.mean, meta.std, cam_layer=backbone.cam_layer)
 
 
 def save_classifier(path: str | Path, model: Classifier, meta: ClassifierMeta) -> None:

@@ -53,8 +53,9 @@ def doll_register_backbones(register: RegisterCallback) -> None:
 
     :param register: ``register(name, factory, **metadata)``; ``factory(**params)``
         returns a :class:`doll_core.interfaces.Backbone` (``build``, ``cam_layer`` and,
-        for weights that fit a segmentation encoder, ``encoder_name`` and
-        ``encoder_state_dict``; shapes and duties are stated there).
+        for weights that fit a segmentation encoder, the optional ``encoder_name`` and
+        ``encoder_state_dict``; shapes, duties and every optional member, with its
+        default, are stated there). Nothing is read from ``metadata``.
 
     Example::
 
@@ -120,7 +121,11 @@ def doll_register_datasets(register: RegisterCallback) -> None:
     """Register readers of on-disk data layouts.
 
     :param register: ``register(name, factory, **metadata)``; ``factory(root, **options)``
-        returns a :class:`doll_core.interfaces.DatasetReader` (stated there).
+        returns a :class:`doll_core.interfaces.DatasetReader` (the samples it returns, its
+        optional members and the keywords the core passes, ``split``, ``size``,
+        ``grayscale`` and ``on_error``, are stated there). ``metadata``: ``task``
+        (``"classification"`` or ``"segmentation"``) and ``splits`` (the split names
+        ``doll data inspect`` counts; default: the whole set).
 
     Example::
 

@@ -6,6 +6,14 @@ These are :class:`typing.Protocol` classes: a plugin object conforms by having t
 methods and attributes, it does not need to inherit from anything. The registry checks
 the required members (:data:`REQUIRED_MEMBERS`) of every object a factory returns; the
 core checks what plugins return where it calls them.
+
+Every member the core reads is declared here: required ones in the protocol and
+:data:`REQUIRED_MEMBERS`, optional ones in :data:`OPTIONAL_MEMBERS` (members of the object)
+and :data:`OPTIONAL_FACTORY_MEMBERS` (attributes of the factory), each with the default the
+core uses when a plugin leaves it out. The core reads optional members only through
+:func:`optional_member` and :func:`optional_factory_member`, which refuse a name that is not
+declared, so that nothing the core relies on goes undocumented. The keywords the core
+passes to a dataset factory are :data:`DATASET_FACTORY_KEYWORDS`.
 """
 
 from __future__ import annotations
@@ -43,13 +51,23 @@ class Backbone(Protocol):
 
     ``cam_layer`` is the dotted module name, inside the model that :meth:`build` returns,
     whose output CAM-type explainers (Grad-CAM) use: the last convolutional feature map.
-    ``encoder_name`` is the seg-head encoder whose parameters have the same names and
-    shapes as this backbone's feature extractor (``None`` when there is none); a backbone
-    that sets it also implements :meth:`encoder_state_dict`.
+
+    Optional (:data:`OPTIONAL_MEMBERS`): ``encoder_name`` is the seg-head encoder whose
+    parameters have the same names and shapes as this backbone's feature extractor
+    (default ``None``: there is none, and its weights cannot start a segmentation model);
+    a backbone that sets it also implements :meth:`encoder_state_dict`. ``unavailable``
+    names the observations (of :data:`doll_core.observations.OBSERVATIONS`) the model has
+    no output for (default ``()``; a torchxrayvision model lacks some), which are never
+    trained, explained or scored.
+
+    Optional on the factory (:data:`OPTIONAL_FACTORY_MEMBERS`): ``input_mean`` and
+    ``input_std``, the normalisation its weights expect (default ``None``: the settings'
+    ``mean``/``std``); a classifier's settings then take them, and refuse other values.
     """
 
     cam_layer: str
     encoder_name: str | None
+    unavailable: tuple[str, ...]
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         """Return a classifier: images ``[B, in_channels, H, W]`` -> logits ``[B, num_classes]``."""
@@ -174,7 +192,32 @@ class SegHead(Protocol):
 class DatasetReader(Protocol):
     """A sized, indexable map-style dataset (``len(ds)``, ``ds[i]``) over one on-disk
     layout, built by its factory as ``factory(root, **options)`` (registered by
-    :func:`doll_core.hookspecs.doll_register_datasets`)."""
+    :func:`doll_core.hookspecs.doll_register_datasets`, with the metadata ``task`` =
+    ``"classification"`` or ``"segmentation"`` and ``splits``, the split names ``doll data
+    inspect`` counts). The core passes the factory the keywords of
+    :data:`DATASET_FACTORY_KEYWORDS` and the user's options.
+
+    ``ds[i]`` is a dict: ``image`` float ``[C, H, W]`` in ``[0, 1]`` at the size asked for,
+    ``id`` (str), and for a **classification** reader ``labels`` float32 ``[14]`` (1, 0,
+    or the uncertainty policy's value) and ``label_mask`` bool ``[14]`` (False: no label,
+    left out of the loss), in the order of :data:`doll_core.observations.OBSERVATIONS`; for
+    a **segmentation** reader ``mask`` float ``[K, H, W]`` in ``{0, 1}`` (one channel per
+    class of ``classes``) and optionally ``mask_weight`` ``[K, H, W]`` (0 where a pixel is
+    ignored). An image that cannot be read is returned as a
+    :class:`doll_core.data.samples.SkippedSample` when ``on_error="skip"``.
+
+    Optional (:data:`OPTIONAL_MEMBERS`): ``sample_id(index) -> str`` (default: none, and a
+    split by file or patient, or a label store, is refused), ``summary() -> dict`` (what
+    ``doll data inspect`` prints; default ``{"images": len(ds)}``), ``classes`` (a
+    segmentation reader's class names; default ``None``: one class named after the
+    task), ``label_arrays(index) -> (labels [14], mask [14])`` (a classification reader's
+    labels without reading the image: scoring explanations on the phantom uses it) and
+    ``image_cache`` (a settable attribute: a reader that has one reads decoded images from
+    :class:`doll_core.data.decoded.DecodedImages`). Optional on the factory
+    (:data:`OPTIONAL_FACTORY_MEMBERS`): ``label_rules(options) -> str | None``, a digest
+    of the rules by which the reader maps its source's findings to observations, which
+    enters the classifier stage's inputs.
+    """
 
     def __len__(self) -> int: ...
 
@@ -224,6 +267,71 @@ REQUIRED_MEMBERS: dict[PluginKind, tuple[str, ...]] = {
     PluginKind.DATASET: ("__len__", "__getitem__"),
     PluginKind.METRIC: ("compute", "category", "higher_is_better", "needs"),
 }
+
+#: Members the core reads where an object has them, with what it uses where one lacks
+#: them (see each protocol's docstring).
+OPTIONAL_MEMBERS: dict[PluginKind, dict[str, Any]] = {
+    PluginKind.BACKBONE: {"encoder_name": None, "unavailable": ()},
+    PluginKind.EXPLAINER: {},
+    PluginKind.FUSION: {},
+    PluginKind.SEG_HEAD: {},
+    PluginKind.DATASET: {
+        "sample_id": None,
+        "summary": None,
+        "classes": None,
+        "label_arrays": None,
+        "image_cache": None,
+    },
+    PluginKind.METRIC: {},
+}
+
+#: Attributes of a factory that the core reads where it has them, with their defaults.
+OPTIONAL_FACTORY_MEMBERS: dict[PluginKind, dict[str, Any]] = {
+    PluginKind.BACKBONE: {"input_mean": None, "input_std": None},
+    PluginKind.DATASET: {"label_rules": None},
+}
+
+#: The keywords the core passes to a dataset factory, besides the user's options:
+#: ``root`` always; ``split`` where a stage reads one split (a classifier's train and
+#: validation splits, label generation's split, a task's ``folders`` splits); ``size``
+#: (side of the images returned, or ``None`` for their own size), ``grayscale`` (one
+#: channel, else three) and ``on_error`` (``"skip"`` or ``"fail"``) where a stage reads
+#: images. A reader must accept all of them.
+DATASET_FACTORY_KEYWORDS: tuple[str, ...] = ("root", "split", "size", "grayscale", "on_error")
+
+
+def optional_member(plugin: object, kind: str, name: str) -> Any:
+    """``plugin``'s member ``name``, or its declared default (:data:`OPTIONAL_MEMBERS`).
+
+    :raises KeyError: ``name`` is not an optional member of ``kind`` (a bug in the core:
+        whatever it reads must be declared here)."""
+    return getattr(plugin, name, _declared(kind, name))
+
+
+def offers_member(plugin: object, kind: str, name: str) -> bool:
+    """Whether ``plugin`` has the optional member ``name`` (one the core sets, such as a
+    reader's ``image_cache``). :raises KeyError: as :func:`optional_member`."""
+    _declared(kind, name)
+    return hasattr(plugin, name)
+
+
+def _declared(kind: str, name: str) -> Any:
+    declared = OPTIONAL_MEMBERS[PluginKind(kind)]
+    if name not in declared:
+        raise KeyError(f"{name!r} is not an optional member of the {kind} protocol")
+    return declared[name]
+
+
+def optional_factory_member(factory: object, kind: str, name: str) -> Any:
+    """The factory's attribute ``name``, or its declared default
+    (:data:`OPTIONAL_FACTORY_MEMBERS`).
+
+    :raises KeyError: ``name`` is not declared for ``kind``'s factories."""
+    declared = OPTIONAL_FACTORY_MEMBERS.get(PluginKind(kind), {})
+    if name not in declared:
+        raise KeyError(f"{name!r} is not an optional factory member of the {kind} protocol")
+    return getattr(factory, name, declared[name])
+
 
 #: The protocol of each kind, named in the registry's message about a missing member.
 PROTOCOLS: dict[PluginKind, type] = {

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from doll_core.errors import DollError, PluginError
+from doll_core.interfaces import optional_member
 from doll_core.state_dicts import describe_mismatch
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def load_classifier_into_encoder(
     :raises DollError: when the backbone has no matching encoder, the names differ, or any
         parameter is missing, left over or of another shape; nothing is copied then.
     """
-    fits = getattr(backbone, "encoder_name", None)
+    fits = optional_member(backbone, "backbone", "encoder_name")
     if fits is None:
         raise DollError(
             f"backbone {type(backbone).__name__} has no segmentation encoder counterpart; "

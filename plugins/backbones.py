@@ -267,4 +267,4 @@ def doll_register_backbones(register: Any) -> None:
     from doll_plugins.xrv_backbones import XRVDenseNet
 
     for name, factory in {**BUILTIN_BACKBONES, "xrv_densenet": XRVDenseNet}.items():
-        register(name, factory, cam_layer=factory.cam_layer, encoder_name=factory.encoder_name)
+        register(name, factory)

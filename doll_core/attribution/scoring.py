@@ -32,6 +32,7 @@ from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError, GroundTruthError
 from doll_core.groundtruth.scoring import CHEXLOCALIZE_SCORES, ScoreTable
 from doll_core.groundtruth.truth import GroundTruth
+from doll_core.interfaces import optional_member
 from doll_core.metrics.localization import (
     LOCALIZATION_METRICS,
     nanmean,
@@ -79,9 +80,12 @@ def lesion_masks(
 
 def images_with_findings(dataset: Any, count: int) -> list[int]:
     """The indices of the first ``count`` images with a positive observation."""
+    label_arrays = optional_member(dataset, "dataset", "label_arrays")
+    if label_arrays is None:
+        raise DollError(f"dataset {type(dataset).__name__} has no label_arrays(index)")
     chosen: list[int] = []
     for index in range(len(dataset)):
-        labels, mask = dataset.label_arrays(index)
+        labels, mask = label_arrays(index)
         targets = select_targets(
             "positive",
             labels=torch.from_numpy(labels)[None],

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_member
 from doll_core.progress import progress_bar
 from doll_core.registry import get_registry
 
@@ -115,7 +116,8 @@ def inspect(
         except DollError as exc:
             problems[split or kind] = str(exc)
             continue
-        report["splits"][split or "all"] = dataset.summary()
+        summary = optional_member(dataset, "dataset", "summary")
+        report["splits"][split or "all"] = summary() if summary else {"images": len(dataset)}
     if not report["splits"]:
         raise DollError("; ".join(problems.values()))
     report["problems"] = problems

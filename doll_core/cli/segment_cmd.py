@@ -131,10 +131,11 @@ def convert_weights_command(
     dropped = f"; dropped {', '.join(report['dropped'])}" if report["dropped"] else ""
     if origin == "torchxrayvision":  # the file must build the backbone it is for
         from doll_core.observations import NUM_OBSERVATIONS
-        from doll_plugins.xrv_backbones import XRVDenseNet
+        from doll_core.registry import get_registry
 
         try:
-            XRVDenseNet(weights=target).build(num_classes=NUM_OBSERVATIONS, in_channels=1)
+            backbone = get_registry().create("backbone", "xrv_densenet", weights=target)
+            backbone.build(num_classes=NUM_OBSERVATIONS, in_channels=1)
         except DollError as exc:
             target.unlink()
             raise DollError(f"{source} is not torchxrayvision's DenseNet-121: {exc}") from None

@@ -36,6 +36,7 @@ from doll_core.data.imageio import (
     resize_image,
 )
 from doll_core.errors import DollError
+from doll_core.interfaces import offers_member
 
 #: Bumped when the decoding rule changes, so that no cache serves images decoded another way.
 DECODE_VERSION = 2  # 2: DICOM decoded by DoLL's chosen plugin (doll_core.data.dicom)
@@ -200,7 +201,7 @@ def attach_image_cache(dataset: Any, folder: str | Path | None) -> Any:
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if hasattr(item, "image_cache"):
+        if offers_member(item, "dataset", "image_cache"):
             item.image_cache = cache
         for attribute in ("dataset", "datasets", "parts"):
             inner = getattr(item, attribute, None)

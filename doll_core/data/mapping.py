@@ -35,6 +35,7 @@ import numpy as np
 
 from doll_core.data.chexpert_format import NEGATIVE, POSITIVE
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_factory_member
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 
 #: An observation the source does not state for one image, though it names a related
@@ -91,7 +92,7 @@ def labeler_phrase_for(finding: str, observation: str) -> str | None:
     return None
 
 
-#: CheXpert's observation hierarchy (Irvin et al. 2019, fig. 2): a child positive makes its
+#: CheXpert's observation hierarchy (Irvin et al. 2019, fig. 2); a child positive makes its
 #: parent positive, only where a user's CSV asks for it (``hierarchy = true``).
 PARENTS: dict[str, str] = {
     "Edema": "Lung Opacity",
@@ -246,5 +247,5 @@ def label_rules_key(factory: object, options: Mapping[str, object]) -> str | Non
     """The digest of the label rules a dataset ``factory`` applies with ``options``: its
     ``label_rules(**options)`` if it has one (the mapped readers, ``multi``), else ``None``
     (a dataset whose labels are its files' own, as CheXpert's)."""
-    rules = getattr(factory, "label_rules", None)
+    rules = optional_factory_member(factory, "dataset", "label_rules")
     return rules(**options) if callable(rules) else None

@@ -56,6 +56,7 @@ from pydantic import (
 )
 
 from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
+from doll_core.checkpoint import backbone_encoder
 from doll_core.configuration import (
     KEY_WHEN_CHANGED,
     NEVER_IN_KEY,
@@ -691,11 +692,18 @@ def segmentation_encoder(experiment: Experiment, registry: Registry) -> str | No
     chosen = experiment.init_classifier()
     if chosen is None or chosen not in experiment.classifiers:
         return None
-    backbone = experiment.classifiers[chosen].backbone
-    if backbone not in registry.names("backbone"):
-        return None
-    name = registry.get("backbone", backbone).metadata.get("encoder_name")
-    return str(name) if name is not None else None
+    fits = _fitted_encoder(experiment.classifiers[chosen], registry)
+    return fits if isinstance(fits, str) else None
+
+
+def _fitted_encoder(settings: ClassifierSettings, registry: Registry) -> str | DollError | None:
+    """The segmentation encoder the classifier's backbone plugin fits (its
+    ``encoder_name``), ``None`` where it fits none, or the error that building the plugin
+    raised (an unknown name or bad parameters, reported under the classifier's settings)."""
+    try:
+        return backbone_encoder(settings.backbone, settings.backbone_params, registry)
+    except DollError as exc:
+        return exc
 
 
 def read_experiment_file(path: str | Path) -> dict[str, Any]:
@@ -859,9 +867,7 @@ def _encoder_problems(
             f"{where}: no classifier named {name!r} (have: {', '.join(experiment.classifiers)})"
         ]
     backbone = experiment.classifiers[name].backbone
-    if backbone in registry.names("backbone") and (
-        registry.get("backbone", backbone).metadata.get("encoder_name") is None
-    ):
+    if _fitted_encoder(experiment.classifiers[name], registry) is None:
         return [
             f"{where} (classifiers.{name}): backbone {backbone!r} has no segmentation-encoder "
             "counterpart, so its weights cannot start a segmentation model"

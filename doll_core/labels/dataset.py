@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_member
 from doll_core.labels.store import LabelStore
 from doll_core.observations import NUM_OBSERVATIONS
 from doll_core.registry import Registry, get_registry
@@ -55,7 +56,13 @@ class LabeledImages(Dataset[Any]):
             on_error=config["on_error"],
             **config["dataset_options"],
         )
-        position = {self.dataset.sample_id(i): i for i in range(len(self.dataset))}
+        sample_id = optional_member(self.dataset, "dataset", "sample_id")
+        if sample_id is None:
+            raise DollError(
+                f"dataset {config['dataset']!r} has no sample_id(index): the labels of a "
+                "store are matched to its images by id"
+            )
+        position = {sample_id(i): i for i in range(len(self.dataset))}
         missing = [image_id for image_id in self.store.ids if image_id not in position]
         if missing:
             raise DollError(

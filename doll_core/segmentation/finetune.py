@@ -26,6 +26,7 @@ from doll_core.data.cache import CachedSamples
 from doll_core.data.samples import SkippedSample, collate_samples
 from doll_core.errors import DollError
 from doll_core.home import expand_home
+from doll_core.interfaces import optional_member
 from doll_core.metrics.segmentation import SegmentationScores
 from doll_core.registry import Registry, get_registry
 from doll_core.relocation import portable
@@ -117,7 +118,7 @@ class FinetuneTrainer(Trainer):
         base = pool.dataset if isinstance(pool, Subset) else pool
         while isinstance(base, Subset):
             base = base.dataset
-        self.classes = list(getattr(base, "classes", None) or [getattr(base, "task", "foreground")])
+        self.classes = list(optional_member(base, "dataset", "classes") or ["foreground"])
         if config.cache_samples:
             self.train_set = CachedSamples(self.train_set)
             self.val_set = CachedSamples(self.val_set)
@@ -164,7 +165,7 @@ class FinetuneTrainer(Trainer):
                 config.init_path, registry=self.registry, in_channels=config.in_channels
             )
             backbone = self.registry.create("backbone", cmeta.backbone, **cmeta.backbone_params)
-            encoder = backbone.encoder_name or config.encoder
+            encoder = optional_member(backbone, "backbone", "encoder_name") or config.encoder
             meta = replace(meta, encoder=encoder, mean=cmeta.mean, std=cmeta.std)
             model = build_segmenter(meta, self.registry)
             load_classifier_into_encoder(model.net, classifier.net, backbone, encoder=encoder)

@@ -17,6 +17,7 @@ from doll_core.data.decoded import attach_image_cache
 from doll_core.data.samples import SkippedSample
 from doll_core.errors import DollError
 from doll_core.home import expand_home
+from doll_core.interfaces import optional_member
 from doll_core.labels.dataset import LabeledImages
 from doll_core.observations import OBSERVATIONS
 from doll_core.registry import Registry, get_registry
@@ -59,7 +60,7 @@ class PretrainTrainer(Trainer):
                 config.encoder_from, registry=self.registry, in_channels=config.in_channels
             )
             backbone = self.registry.create("backbone", cmeta.backbone, **cmeta.backbone_params)
-            encoder = encoder or backbone.encoder_name
+            encoder = encoder or optional_member(backbone, "backbone", "encoder_name")
             mean, std = cmeta.mean, cmeta.std  # the encoder's weights expect its inputs
         if encoder is None:
             raise DollError("pre-training needs encoder= or encoder_from= (a classifier)")

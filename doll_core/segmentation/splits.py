@@ -43,6 +43,7 @@ from torch.utils.data import Subset
 
 from doll_core.data.decoded import attach_image_cache
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_member
 from doll_core.text_files import first_line_not_utf8
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def seeded_split(count: int, fraction: float, seed: int) -> tuple[list[int], lis
 
 
 def _sample_ids(dataset: Any) -> list[str]:
-    sample_id: Callable[[int], str] | None = getattr(dataset, "sample_id", None)
+    sample_id: Callable[[int], str] | None = optional_member(dataset, "dataset", "sample_id")
     if sample_id is None:
         raise DollError(
             f"dataset {type(dataset).__name__} has no sample_id(index): a split by file or "
@@ -410,7 +411,8 @@ def split_dataset(dataset: Any, spec: SplitSpec, where: str = "task") -> TaskSpl
     if problems:
         raise DollError(f"{where}: {problems[0]}")
     if spec.mode == "random":
-        ids = _sample_ids(dataset) if hasattr(dataset, "sample_id") else []
+        has_ids = optional_member(dataset, "dataset", "sample_id") is not None
+        ids = _sample_ids(dataset) if has_ids else []
         parts = _random_parts(len(dataset), spec)
         if not ids:  # a reader without ids: the indices are all there is
             ids = [str(i) for i in range(len(dataset))]
@@ -440,7 +442,9 @@ def split_folders(datasets: Sequence[Any], spec: SplitSpec, where: str = "task")
     """The split of ``splits = 'folders'``: the train, validation and test datasets as the
     dataset's folders make them (patients checked where a patient source is given)."""
     ids = {
-        name: _sample_ids(ds) if hasattr(ds, "sample_id") else [str(i) for i in range(len(ds))]
+        name: _sample_ids(ds)
+        if optional_member(ds, "dataset", "sample_id") is not None
+        else [str(i) for i in range(len(ds))]
         for name, ds in zip(SPLIT_NAMES, datasets, strict=True)
     }
     patients = None

@@ -28,6 +28,7 @@ from doll_core.configuration import (
 )
 from doll_core.devices import device_field
 from doll_core.errors import DollError
+from doll_core.interfaces import optional_factory_member
 from doll_core.registry import get_registry
 from doll_core.relocation import config_record
 
@@ -282,7 +283,8 @@ def _normalisation_problems(factory: Any, settings: ClassifierSettings) -> list[
     """A backbone whose weights expect one normalisation (its ``input_mean`` and
     ``input_std``, e.g. torchxrayvision's) sets ``mean``/``std`` where they are unset, and
     refuses other values."""
-    mean, std = getattr(factory, "input_mean", None), getattr(factory, "input_std", None)
+    mean = optional_factory_member(factory, "backbone", "input_mean")
+    std = optional_factory_member(factory, "backbone", "input_std")
     if mean is None or std is None:
         return []
     want: tuple[tuple[float, ...], tuple[float, ...]] = (tuple(mean), tuple(std))

@@ -57,6 +57,7 @@ class CovidQuEx(ImageDataset):
         self.split = by_lower.get(str(split).lower(), "")
         check_choice("split", self.split or split, SPLITS)
         self.task = check_choice("task", task, tuple(TASK_FOLDERS))
+        self.classes = [self.task]
         unknown = [c for c in categories if c not in CATEGORIES]
         if unknown:
             raise DollError(f"covid-qu-ex: unknown categories {unknown}; choose from {CATEGORIES}")
