@@ -1,9 +1,10 @@
 """Opt-in ``torch.compile`` that reports its cost and falls back cleanly.
 
-``torch.compile`` pays on a GPU (compiled DenseNet-121 forward + backward passes run 1.7x
-faster in fp32 and 3.2x in fp16 than eager on an H100, see DESIGN.md) but costs a compile
-of about a minute and fails for some models, backends or machines (no C++ compiler, an
-unsupported operation). :class:`CompiledModule` wraps a module: its first call compiles
+``torch.compile`` pays on a GPU (compiled DenseNet-121 forward + backward passes ran 1.7x
+faster in fp32 and 3.2x in fp16 than eager on an H100; docs/gpu.md times the compiled
+attribution engine on an H200) but costs a compile of about a minute and fails for some
+models, backends or machines (no C++ compiler, an unsupported operation).
+:class:`CompiledModule` wraps a module: its first call compiles
 and is timed (``compile_seconds``); a failure while compiling is reported in a warning
 and in ``fallback``, and the module then runs eagerly, with the same results, for good.
 """

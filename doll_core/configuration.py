@@ -115,8 +115,10 @@ def declared_fields(model: type[Any]) -> dict[str, FieldInfo]:
         return dict(found)
     if not (isinstance(model, type) and dataclasses.is_dataclass(model)):
         return {}
+    hints = typing.get_type_hints(model)
     return {
         field.name: FieldInfo(
+            annotation=hints[field.name],
             default=field.default,
             description=field.metadata.get("description"),
             json_schema_extra={k: v for k, v in field.metadata.items() if k != "description"},

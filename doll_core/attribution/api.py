@@ -208,9 +208,9 @@ def explain(
 
 def relative_errors(value: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """How far attribution maps are from a reference (same shape), in float64:
-    ``max_abs`` = max |value - reference| / max |reference| (the project's attribution
-    error) and ``l2`` = ||value - reference|| / ||reference||; each 0.0 when the reference
-    is all zero."""
+    ``max_abs`` = ``max |value - reference| / max |reference|`` (the project's attribution
+    error) and ``l2`` = ``||value - reference|| / ||reference||``; each 0.0 when the
+    reference is all zero."""
     difference = value.double() - reference.double()
     scale = float(reference.double().abs().max()) if reference.numel() else 0.0
     norm = float(reference.double().norm())

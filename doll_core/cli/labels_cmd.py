@@ -29,7 +29,7 @@ def generate(
         [],
         "--set",
         help="Any config key, KEY=VALUE (a TOML value), e.g. --set shard_size=512 "
-        "--set 'explainer_params={\"n_steps\": 16}'.",
+        "--set 'explainer_params={n_steps = 16}'.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Complete an interrupted store."),
 ) -> None:

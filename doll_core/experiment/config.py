@@ -276,6 +276,9 @@ class TaskData(_Section):
 
 
 class DataSection(_Section):
+    """Where the experiment's data come from: a phantom it generates, a classification
+    set on disk, or both (then the classifiers read the set), and the downstream tasks."""
+
     phantom: PhantomData | None = Field(
         None,
         description="generate a phantom as the experiment's data ([data.phantom])",
@@ -476,6 +479,8 @@ class AblationSection(_Section):
 
 
 class ReportSection(_Section):
+    """What the run's report draws and scores besides its tables."""
+
     overlay_images: int = Field(6, ge=0, description="images in the label overlay figure")
     localization: bool = Field(True, description="score labels against phantom masks")
 

@@ -27,7 +27,7 @@ class MetricCategory(StrEnum):
     LOCALIZATION = "localization"
 
 
-#: What a metric may need beyond the maps and targets: the input images ``[B, C, H, W]``,
+#: What a metric may need beyond the maps and targets; the input images ``[B, C, H, W]``,
 #: the classifier, ground-truth masks ``bool [B, T, H, W]``, and ``explain`` (the same
 #: explainer, with the same parameters, callable on another model or other targets).
 NEEDS = frozenset({"images", "model", "masks", "explain"})
