@@ -21,10 +21,12 @@ Sample dicts:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import inspect
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypedDict, TypeVar, Unpack
 
 import numpy as np
 import torch
@@ -39,6 +41,75 @@ T = TypeVar("T")
 
 OnError = Literal["skip", "fail"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "fail")
+
+
+class ReaderOptions(TypedDict, total=False):
+    """The options every image reader shares, given once to :class:`ImageDataset` (as
+    zennit's attributors pass theirs to one base), each reader taking them as
+    ``**options``; their defaults are :data:`READER_DEFAULTS`.
+
+    ``size``: output size, ``n`` or ``(H, W)``; ``None`` keeps each file's size.
+    ``grayscale``: one channel if true, else three. ``on_error``: ``"skip"`` records an
+    unreadable file and goes on, ``"fail"`` stops with a message naming it.
+    ``max_image_pixels``: a file that declares more pixels is an unreadable file, refused
+    before it is decoded (``None``: no limit).
+    """
+
+    size: int | Sequence[int] | None
+    grayscale: bool
+    on_error: OnError
+    max_image_pixels: int | None
+
+
+class LabelOptions(ReaderOptions, total=False):
+    """:class:`ReaderOptions` and the label policies of the readers of CheXpert-style
+    labels (``MappedClassification`` takes them; default ``"ones"`` and ``"zeros"``):
+    ``uncertainty``, what an uncertain label becomes (``ones``, ``zeros``, ``ignore``, or
+    a mapping from observation, and ``default``, to one); ``blank``, what an unmentioned
+    observation becomes (``zeros`` or ``ignore``)."""
+
+    uncertainty: str | Mapping[str, str]
+    blank: str
+
+
+#: the defaults of :class:`ReaderOptions`; a reader class changes one with its
+#: ``option_defaults`` (the classification readers: ``{"size": 224}``)
+READER_DEFAULTS: Mapping[str, Any] = {
+    "size": None,
+    "grayscale": True,
+    "on_error": "skip",
+    "max_image_pixels": MAX_IMAGE_PIXELS,
+}
+
+
+def reader_signature(cls: type) -> inspect.Signature:
+    """The signature of a reader class as users call it: ``root``, the keyword options of
+    its own ``__init__`` and of each base's (the class's first), then the shared
+    :class:`ReaderOptions` with the class's defaults. What the registry checks parameters
+    against and ``doll plugins`` shows, for a reader whose ``__init__`` takes the shared
+    options as ``**options``."""
+    root = inspect.Parameter("root", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    own: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is ImageDataset:
+            continue
+        try:
+            parameters = inspect.signature(init, eval_str=True).parameters
+        except Exception:  # an annotation that does not resolve at run time: as written
+            parameters = inspect.signature(init).parameters
+        for parameter in list(parameters.values())[2:]:
+            if parameter.kind == parameter.KEYWORD_ONLY and parameter.name not in own:
+                own[parameter.name] = parameter
+    defaults = {**READER_DEFAULTS, **getattr(cls, "option_defaults", {})}
+    annotations = typing.get_type_hints(ReaderOptions)
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                          annotation=annotations[name])
+        for name, default in defaults.items()
+        if name not in own
+    ]  # fmt: skip
+    return inspect.Signature([root, *own.values(), *shared])
 
 
 @dataclass(frozen=True)
@@ -77,22 +148,28 @@ class ImageDataset(Dataset[Any]):
 
     Subclasses implement :meth:`__len__`, :meth:`sample_id`, :meth:`load` and
     :meth:`summary`; :meth:`load` raises :class:`ImageReadError` for an unreadable file.
+    A subclass's ``__init__`` takes its own options by keyword and the shared ones
+    (:class:`ReaderOptions`) as ``**options``, passed on unchanged; the class's signature
+    lists them all (:func:`reader_signature`).
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        size: int | Sequence[int] | None = None,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> None:
-        """:param root: the dataset folder. :param size: output size, ``n`` or ``(H, W)``;
-        ``None`` keeps each file's size. :param grayscale: one channel if true, else three.
-        :param on_error: ``"skip"`` records an unreadable file and goes on, ``"fail"``
-        stops with a message naming it. :param max_image_pixels: a file that declares more
-        pixels is an unreadable file, refused before it is decoded (``None``: no limit)."""
+    #: defaults of :class:`ReaderOptions` this class changes
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = reader_signature(cls)  # type: ignore[attr-defined]
+
+    def __init__(self, root: str | Path, **options: Unpack[ReaderOptions]) -> None:
+        """:param root: the dataset folder. :param options: :class:`ReaderOptions`."""
+        unknown = sorted(set(options) - set(READER_DEFAULTS))
+        if unknown:
+            raise DollError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}")
+        values: dict[str, Any] = {**READER_DEFAULTS, **self.option_defaults, **options}
+        #: the shared options as resolved (what a reader of several sources passes on)
+        self.reader_options: dict[str, Any] = values
+        size, grayscale = values["size"], values["grayscale"]
+        on_error, max_image_pixels = values["on_error"], values["max_image_pixels"]
         if max_image_pixels is not None and max_image_pixels < 1:
             raise DollError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
         self.max_image_pixels = max_image_pixels
@@ -155,6 +232,8 @@ class ImageDataset(Dataset[Any]):
 class LabelledImages(ImageDataset):
     """A classification reader: subclasses implement :meth:`image_path` and
     :meth:`label_arrays`; :meth:`load` reads, resizes and labels the image."""
+
+    option_defaults: ClassVar[Mapping[str, Any]] = {"size": 224}
 
     def image_path(self, index: int) -> Path:
         """The file of sample ``index``; :class:`ImageReadError` where there is none."""

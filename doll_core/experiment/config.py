@@ -119,36 +119,16 @@ class _Section(Settings):
 class PhantomData(_Section):
     """A phantom to generate (``doll data phantom``) as the experiment's data."""
 
-    n_train: int = Field(
-        600,
-        ge=1,
-        description="classification images of the training split",
-    )
-    n_valid: int = Field(
-        100,
-        ge=1,
-        description="classification images of the validation split",
-    )
+    n_train: int = Field(600, ge=1, description="classification images of the training split")
+    n_valid: int = Field(100, ge=1, description="classification images of the validation split")
     n_organs: int = Field(
         100,
         ge=0,
         description="images of the organ segmentation task (lungs, heart, clavicles)",
     )
-    n_infection: int = Field(
-        120,
-        ge=0,
-        description="images of the infection segmentation task",
-    )
-    size: int = Field(
-        128,
-        ge=32,
-        le=2048,
-        description="image side in pixels",
-    )
-    seed: int = Field(
-        0,
-        description="seed of every random draw of the phantom",
-    )
+    n_infection: int = Field(120, ge=0, description="images of the infection segmentation task")
+    size: int = Field(128, ge=32, le=2048, description="image side in pixels")
+    seed: int = Field(0, description="seed of every random draw of the phantom")
     finding_contrast: float = Field(
         FindingsConfig.contrast,
         gt=0,
@@ -172,10 +152,7 @@ class ClassificationData(_Section):
         None,
         description="the classification set's folder (default: the phantom's)",
     )
-    dataset: str | None = Field(
-        None,
-        description="the dataset reader plugin (default: chexpert)",
-    )
+    dataset: str | None = Field(None, description="the dataset reader plugin (default: chexpert)")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="the reader's options (dataset_options), e.g. uncertainty or frontal_only",
@@ -217,10 +194,7 @@ class TaskData(_Section):
         None,
         description="a phantom task: organs or infection (give this or root)",
     )
-    root: Path | None = Field(
-        None,
-        description="the task's folder on disk (give this or phantom)",
-    )
+    root: Path | None = Field(None, description="the task's folder on disk (give this or phantom)")
     dataset: str | None = Field(
         None,
         description="the segmentation reader plugin (default: segfolder)",
@@ -381,10 +355,7 @@ class FusionSection(_Section):
     """The fusion of the classifiers' maps; an unset ``name`` is label generation's
     default (:class:`~doll_core.labels.config.LabelInputs`)."""
 
-    name: str | None = Field(
-        None,
-        description="the fusion plugin (default: mean)",
-    )
+    name: str | None = Field(None, description="the fusion plugin (default: mean)")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="the fusion plugin's parameters",
@@ -490,10 +461,7 @@ class Experiment(_Section):
     :func:`stage_configs`. ``classifiers`` holds each classifier's settings with
     ``[training]`` merged in."""
 
-    name: str = Field(
-        "experiment",
-        description="the experiment's name, in its reports",
-    )
+    name: str = Field("experiment", description="the experiment's name, in its reports")
     description: str = Field(
         "",
         description="one line on what the experiment shows, in its reports",
@@ -504,9 +472,7 @@ class Experiment(_Section):
             "cpu, cuda, cuda:N, mps or auto (the first accelerator); doll run --device overrides it"
         ),
     )
-    data: DataSection = Field(
-        description="where the data come from ([data])",
-    )
+    data: DataSection = Field(description="where the data come from ([data])")
     training: dict[str, Any] = Field(
         default_factory=dict,
         description=(
@@ -533,14 +499,8 @@ class Experiment(_Section):
         FinetuneSection(),
         description="the fine-tuning grid: tasks x inits x budgets x seeds",
     )
-    report: ReportSection = Field(
-        ReportSection(),
-        description="figures of the run's report",
-    )
-    ablation: AblationSection = Field(
-        AblationSection(),
-        description="the grid doll ablate runs",
-    )
+    report: ReportSection = Field(ReportSection(), description="figures of the run's report")
+    ablation: AblationSection = Field(AblationSection(), description="the grid doll ablate runs")
     evaluation: EvaluationSettings = Field(
         EvaluationSettings(),
         description="explainer metrics computed in the run (none by default)",

@@ -36,14 +36,8 @@ LABELS_VERSION = 2
 class LabelSettings(Settings):
     """The label-generation settings a user writes (``[explanation]`` of an experiment)."""
 
-    split: str = Field(
-        "train",
-        description="the classification split whose images are explained",
-    )
-    explainer: str = Field(
-        DEFAULT_EXPLAINER,
-        description="the explainer plugin",
-    )
+    split: str = Field("train", description="the classification split whose images are explained")
+    explainer: str = Field(DEFAULT_EXPLAINER, description="the explainer plugin")
     explainer_params: dict[str, Any] = Field(
         default_factory=dict, description="the explainer's parameters (its maps' meaning)"
     )
@@ -65,11 +59,7 @@ class LabelSettings(Settings):
         PostprocessConfig(binarize="none"),
         description="from raw maps to soft and binary labels ([explanation.postprocess])",
     )
-    shard_size: int = Field(
-        256,
-        ge=1,
-        description="images per shard file of the label store",
-    )
+    shard_size: int = Field(256, ge=1, description="images per shard file of the label store")
     label_size: int | None = Field(
         64, ge=8, le=2048, description="side of the stored maps; None = image"
     )

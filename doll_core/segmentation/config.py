@@ -26,10 +26,7 @@ NO_AUGMENT = AugmentConfig(enabled=False)
 class SegmentationSettings(LoopSettings, ImageSettings):
     """What every segmentation stage shares: the seg-head plugin and its options."""
 
-    head: str = Field(
-        "unet",
-        description="the segmentation head plugin (decoder)",
-    )
+    head: str = Field("unet", description="the segmentation head plugin (decoder)")
     head_params: dict[str, Any] = Field(
         default_factory=dict,
         description="the head plugin's parameters",
@@ -85,18 +82,9 @@ class PretrainConfig(PretrainSettings, PretrainInputs):
 class FinetuneSettings(SegmentationSettings):
     """Fine-tuning on a downstream segmentation task with few labels."""
 
-    train_split: str = Field(
-        "Train",
-        description="splits = 'folders': the reader's training split",
-    )
-    val_split: str = Field(
-        "Val",
-        description="splits = 'folders': the reader's validation split",
-    )
-    test_split: str = Field(
-        "Test",
-        description="splits = 'folders': the reader's test split",
-    )
+    train_split: str = Field("Train", description="splits = 'folders': the reader's training split")
+    val_split: str = Field("Val", description="splits = 'folders': the reader's validation split")
+    test_split: str = Field("Test", description="splits = 'folders': the reader's test split")
     val_fraction: float = Field(
         0.2,
         gt=0,
@@ -160,10 +148,7 @@ class FinetuneInputs(Seeded, StageInputs):
         "stage's key, enters the inputs)",
         json_schema_extra=NEVER_IN_KEY,
     )
-    dataset: str = Field(
-        "segfolder",
-        description="the segmentation reader plugin",
-    )
+    dataset: str = Field("segfolder", description="the segmentation reader plugin")
     dataset_options: dict[str, Any] = Field(
         default_factory=dict,
         description="the reader's options",

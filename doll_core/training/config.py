@@ -41,37 +41,18 @@ class AugmentConfig(_Frozen):
     """Augmentation suited to radiographs: a small affine and brightness/contrast. No
     horizontal flip by default, since anatomy is lateralised (the heart is on the left)."""
 
-    enabled: bool = Field(
-        True,
-        description="augment training images",
-    )
-    rotate_degrees: float = Field(
-        7.0,
-        ge=0,
-        le=45,
-        description="largest rotation, in degrees",
-    )
+    enabled: bool = Field(True, description="augment training images")
+    rotate_degrees: float = Field(7.0, ge=0, le=45, description="largest rotation, in degrees")
     translate: float = Field(0.05, ge=0, le=0.5, description="fraction of the image side")
-    scale: tuple[float, float] = Field(
-        (0.92, 1.08),
-        description="range of the zoom factor",
-    )
+    scale: tuple[float, float] = Field((0.92, 1.08), description="range of the zoom factor")
     brightness: float = Field(
         0.08,
         ge=0,
         le=1,
         description="largest brightness change, as a fraction",
     )
-    contrast: float = Field(
-        0.15,
-        ge=0,
-        le=1,
-        description="largest contrast change, as a fraction",
-    )
-    hflip: bool = Field(
-        False,
-        description="flip left-right (off: anatomy is lateralised)",
-    )
+    contrast: float = Field(0.15, ge=0, le=1, description="largest contrast change, as a fraction")
+    hflip: bool = Field(False, description="flip left-right (off: anatomy is lateralised)")
 
 
 class StageInputs(_Frozen):
@@ -100,26 +81,10 @@ class StageInputs(_Frozen):
 class LoopSettings(_Frozen):
     """The settings every training stage shares (see :mod:`doll_core.training.loop`)."""
 
-    epochs: int = Field(
-        10,
-        ge=1,
-        description="passes over the training images",
-    )
-    batch_size: int = Field(
-        32,
-        ge=1,
-        description="images per optimiser step",
-    )
-    lr: float = Field(
-        1e-3,
-        gt=0,
-        description="peak learning rate (AdamW)",
-    )
-    weight_decay: float = Field(
-        1e-4,
-        ge=0,
-        description="AdamW weight decay",
-    )
+    epochs: int = Field(10, ge=1, description="passes over the training images")
+    batch_size: int = Field(32, ge=1, description="images per optimiser step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(
         1.0,
         ge=0,
@@ -136,15 +101,8 @@ class LoopSettings(_Frozen):
         ge=1,
         description="epochs without improvement before stopping; None = never",
     )
-    min_delta: float = Field(
-        0.0,
-        ge=0,
-        description="the least gain that counts as an improvement",
-    )
-    augment: AugmentConfig = Field(
-        AugmentConfig(),
-        description="augmentation of training images",
-    )
+    min_delta: float = Field(0.0, ge=0, description="the least gain that counts as an improvement")
+    augment: AugmentConfig = Field(AugmentConfig(), description="augmentation of training images")
     num_workers: int = Field(
         2,
         ge=0,
@@ -190,10 +148,7 @@ class Seeded(_Frozen):
     """The seed of a training run's initial weights, data order and augmentation: a
     setting of most stages, an input of a fine-tuning grid's runs."""
 
-    seed: int = Field(
-        0,
-        description="seed of the initial weights, data order and augmentation",
-    )
+    seed: int = Field(0, description="seed of the initial weights, data order and augmentation")
 
 
 class ImageSettings(_Frozen):
@@ -206,10 +161,7 @@ class ImageSettings(_Frozen):
         le=2048,
         description="side of the square images the model takes, in pixels",
     )
-    in_channels: Literal[1, 3] = Field(
-        1,
-        description="1 (grey) or 3 (the grey image repeated)",
-    )
+    in_channels: Literal[1, 3] = Field(1, description="1 (grey) or 3 (the grey image repeated)")
     mean: tuple[float, ...] = Field(
         (0.5,),
         description="normalisation mean of [0, 1] pixels (one value serves every channel)",
@@ -235,10 +187,7 @@ class ImageSettings(_Frozen):
 class ClassificationSource(_Frozen):
     """The reader of a classification set and its options."""
 
-    dataset: str = Field(
-        "chexpert",
-        description="the dataset reader plugin",
-    )
+    dataset: str = Field("chexpert", description="the dataset reader plugin")
     dataset_options: dict[str, Any] = Field(
         default_factory=dict, description="reader options, e.g. uncertainty, frontal_only"
     )
@@ -247,10 +196,7 @@ class ClassificationSource(_Frozen):
 class ClassifierSettings(LoopSettings, ImageSettings, Seeded):
     """A classifier's settings: ``[training]`` merged with its ``[classifiers.NAME]``."""
 
-    backbone: str = Field(
-        "tiny_cnn",
-        description="the backbone plugin",
-    )
+    backbone: str = Field("tiny_cnn", description="the backbone plugin")
     backbone_params: dict[str, Any] = Field(
         default_factory=dict,
         description="the backbone plugin's parameters",
@@ -309,14 +255,8 @@ class ClassifierInputs(ClassificationSource, StageInputs):
         "input: its resolved path enters the stage's inputs)",
         json_schema_extra=NEVER_IN_KEY,
     )
-    train_split: str = Field(
-        "train",
-        description="the reader's split the classifier learns from",
-    )
-    val_split: str = Field(
-        "valid",
-        description="the reader's split that picks the best epoch",
-    )
+    train_split: str = Field("train", description="the reader's split the classifier learns from")
+    val_split: str = Field("valid", description="the reader's split that picks the best epoch")
 
 
 class ClassifierTrainingConfig(ClassifierSettings, ClassifierInputs):

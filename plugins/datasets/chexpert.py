@@ -11,7 +11,7 @@ import csv
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -25,9 +25,8 @@ from doll_core.data.chexpert_format import (
     UNCERTAIN,
     parse_label,
 )
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import LabelledImages, OnError, bytes_array, check_choice
+from doll_core.data.samples import LabelledImages, ReaderOptions, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 
@@ -120,11 +119,8 @@ class CheXpert(LabelledImages):
         uncertainty: str | Mapping[str, str] = "ones",
         blank: str = "zeros",
         frontal_only: bool = False,
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
         csv_path: str | Path | None = None,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[ReaderOptions],
     ) -> None:
         """:param root: the folder that holds ``CheXpert-v1.0-small/`` (or ``CheXpert-v1.0/``),
             or that folder itself.
@@ -137,13 +133,7 @@ class CheXpert(LabelledImages):
         :param max_image_pixels: a file that declares more pixels is unreadable (skipped and
             recorded, or fatal with ``on_error = "fail"``); ``None``: no limit.
         """
-        super().__init__(
-            root,
-            size=size,
-            grayscale=grayscale,
-            on_error=on_error,
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(root, **options)
         self.split = check_choice("split", split, SPLITS)
         self.csv_path = Path(csv_path) if csv_path is not None else find_csv(self.root, split)
         if not self.csv_path.is_file():

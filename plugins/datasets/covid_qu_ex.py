@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from doll_core.data.maskrule import MaskRule
-from doll_core.data.samples import ImageDataset, OnError, check_choice
+from doll_core.data.samples import ImageDataset, ReaderOptions, check_choice
 from doll_core.errors import DollError
 from doll_plugins.datasets.masks import (
     files_by_stem,
@@ -34,12 +34,10 @@ class CovidQuEx(ImageDataset):
         split: str = "Train",
         task: str = "infection",
         categories: Sequence[str] = CATEGORIES,
-        size: int | Sequence[int] | None = None,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
         follow_links: bool = False,
         foreground_values: Sequence[int] | None = None,
         ignore_values: Sequence[int] = (),
+        **options: Unpack[ReaderOptions],
     ) -> None:
         """:param follow_links: read files that symbolic links lead to outside ``root``.
         :param root: the folder holding ``Infection Segmentation Data`` or that folder.
@@ -49,7 +47,7 @@ class CovidQuEx(ImageDataset):
         :param foreground_values: / :param ignore_values: which mask values are foreground
             and which are left out (:class:`~doll_core.data.maskrule.MaskRule`).
         """
-        super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        super().__init__(root, **options)
         self.rule = MaskRule.from_options(foreground_values, ignore_values)
         #: where listed files must stay (None: symbolic links are followed anywhere)
         self.contained_in: Path | None = None if follow_links else self.root

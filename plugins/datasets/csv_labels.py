@@ -60,15 +60,14 @@ import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import ascii_letters
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from doll_core.data.chexpert_format import BLANK, NEGATIVE, POSITIVE, UNCERTAIN, parse_label
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, bytes_array, check_choice
+from doll_core.data.samples import LabelOptions, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.home import expand_home
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
@@ -289,12 +288,7 @@ class CsvLabels(MappedClassification):
         values: Mapping[str, int | str] | None = None,
         hierarchy: bool = False,
         where: Mapping[str, str | Sequence[str]] | None = None,
-        uncertainty: str | Mapping[str, str] = "ones",
-        blank: str = "zeros",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[LabelOptions],
     ) -> None:
         """:param root: the dataset folder.
         :param csv: the labels CSV, relative to ``root`` or absolute.
@@ -334,10 +328,7 @@ class CsvLabels(MappedClassification):
         fractions = check_fractions(SPLIT_FRACTIONS if split_fractions is None else split_fractions)
         if split_column is None:
             check_choice("split", split, ("all", *fractions))
-        super().__init__(
-            root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
-            on_error=on_error, max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         self.csv_path = _existing(self.root / expand_home(csv, "csv"), "labels CSV")
         self.images = _existing(self.root / expand_home(images, "images"), "images folder")
         self.finding_column, self.separator = finding_column, separator

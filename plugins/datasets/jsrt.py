@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
 from doll_core.data.imageio import JSRT_SHAPE, ImageFacts, jsrt_to_display, read_jsrt_img
 from doll_core.data.maskrule import MaskRule
-from doll_core.data.samples import ImageDataset, OnError
+from doll_core.data.samples import ImageDataset, ReaderOptions
 from doll_core.errors import DollError
 from doll_plugins.datasets.masks import (
     files_by_stem,
@@ -38,13 +38,11 @@ class JSRT(ImageDataset):
         *,
         classes: Sequence[str] = ("lungs", "heart", "clavicles"),
         fold: str | None = None,
-        size: int | Sequence[int] | None = None,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
         image_shape: Sequence[int] = JSRT_SHAPE,
         follow_links: bool = False,
         foreground_values: Sequence[int] | None = None,
         ignore_values: Sequence[int] = (),
+        **options: Unpack[ReaderOptions],
     ) -> None:
         """:param follow_links: read files that symbolic links lead to outside ``root``.
         :param root: a folder holding the ``.IMG`` files and the SCR ``masks`` folders
@@ -57,7 +55,7 @@ class JSRT(ImageDataset):
             palette indices) are foreground and which are left out
             (:class:`~doll_core.data.maskrule.MaskRule`).
         """
-        super().__init__(root, size=size, grayscale=grayscale, on_error=on_error)
+        super().__init__(root, **options)
         self.rule = MaskRule.from_options(foreground_values, ignore_values)
         #: where listed files must stay (None: symbolic links are followed anywhere)
         self.contained_in: Path | None = None if follow_links else self.root

@@ -12,7 +12,7 @@ import io
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Unpack
 
 import numpy as np
 
@@ -23,9 +23,8 @@ from doll_core.data.chexpert_format import (
     POSITIVE,
     UNCERTAIN,
 )
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import UNSTATED, LabelMapping
-from doll_core.data.samples import LabelledImages, OnError, bytes_array
+from doll_core.data.samples import LabelledImages, ReaderOptions, bytes_array
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_core.text_files import first_line_not_utf8
@@ -164,15 +163,9 @@ class MappedClassification(LabelledImages):
         *,
         uncertainty: str | Mapping[str, str] = "ones",
         blank: str = "zeros",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        super().__init__(
-            root, size=size, grayscale=grayscale, on_error=on_error,
-            max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         values, counts = _policy_table(uncertainty, blank)
         # UNSTATED: value 0, never counted, whatever the policies
         self._values = np.concatenate([values, np.zeros((NUM_OBSERVATIONS, 1), values.dtype)], 1)

@@ -12,17 +12,15 @@ An image whose study has no labels row is blank for every observation.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from doll_core.data.chexpert_format import BLANK, parse_label
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, bytes_array, check_choice
+from doll_core.data.samples import LabelOptions, bytes_array, check_choice
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS, OBSERVATIONS
 from doll_plugins.datasets.mapped import MappedClassification, csv_rows, numeric_identifier
@@ -58,12 +56,7 @@ class MIMICCXRJPG(MappedClassification):
         split: str = "all",
         labeler: str = "chexpert",
         frontal_only: bool = False,
-        uncertainty: str | Mapping[str, str] = "ones",
-        blank: str = "zeros",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[LabelOptions],
     ) -> None:
         """:param root: the release folder (the CSVs and ``files/``).
         :param split: ``all``, or ``train`` / ``validate`` (or ``valid``) / ``test`` by the
@@ -72,10 +65,7 @@ class MIMICCXRJPG(MappedClassification):
         :param frontal_only: keep only frontal views (:data:`FRONTAL`).
         :param uncertainty, blank: CheXpert's policies for -1 and blank cells.
         """
-        super().__init__(
-            root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
-            on_error=on_error, max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         self.split = check_choice("split", SPLIT_ALIASES.get(split, split), SPLITS)
         self.labeler = check_choice("labeler", labeler, LABELERS)
         labels = self._study_labels(find_table(self.root, self.labeler))

@@ -26,11 +26,10 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Unpack
 
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import label_rules_key
-from doll_core.data.samples import ImageDataset, OnError
+from doll_core.data.samples import ImageDataset, ReaderOptions
 from doll_core.errors import DollError
 from doll_core.registry import get_registry
 
@@ -62,24 +61,20 @@ def _source(entry: Any, position: int) -> dict[str, Any]:
 class MultiSource(ImageDataset):
     """The concatenation of several classification readers, ids prefixed by source."""
 
+    option_defaults: ClassVar[Mapping[str, Any]] = {"size": 224}
+
     def __init__(
         self,
         root: str | Path,
         *,
         sources: Sequence[Mapping[str, Any]],
         split: str = "train",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[ReaderOptions],
     ) -> None:
         """:param root: the folder the sources' relative roots are under.
         :param sources: the source tables (see the module docstring), at least one.
         :param split: DoLL's split name, mapped per source by its ``splits``."""
-        super().__init__(
-            root, size=size, grayscale=grayscale, on_error=on_error,
-            max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
             raise DollError("multi: sources must be a list of at least one source table")
         checked = [_source(entry, k) for k, entry in enumerate(sources)]
@@ -93,14 +88,13 @@ class MultiSource(ImageDataset):
         for entry in checked:
             part_root = Path(entry["root"])
             part_root = part_root if part_root.is_absolute() else self.root / part_root
-            options = dict(entry.get("options") or {})
+            own = dict(entry.get("options") or {})
             splits = dict(entry.get("splits") or {})
             part_split = splits.get(split, split)
             try:
                 part = registry.create(
-                    "dataset", entry["dataset"], root=part_root, split=part_split, size=size,
-                    grayscale=grayscale, on_error=on_error, max_image_pixels=max_image_pixels,
-                    **options,
+                    "dataset", entry["dataset"], root=part_root, split=part_split,
+                    **self.reader_options, **own,
                 )  # fmt: skip
             except DollError as exc:
                 raise DollError(f"multi source {entry['name']!r}: {exc}") from None

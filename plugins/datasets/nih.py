@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
-from doll_core.data.imageio import MAX_IMAGE_PIXELS, ImageReadError
+from doll_core.data.imageio import ImageReadError
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, bytes_array, check_choice, is_plain_file_name
+from doll_core.data.samples import (
+    LabelOptions,
+    bytes_array,
+    check_choice,
+    is_plain_file_name,
+)
 from doll_core.errors import DollError
 from doll_plugins.datasets.mapped import (
     VALID_FRACTION,
@@ -90,14 +94,9 @@ class NIHChestXray14(MappedClassification):
         root: str | Path,
         *,
         split: str = "all",
-        uncertainty: str | Mapping[str, str] = "ones",
-        blank: str = "zeros",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
         csv_path: str | Path | None = None,
         split_seed: int = 0,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[LabelOptions],
     ) -> None:
         """:param root: the release folder (the CSV, ``images_*/``, the split lists).
         :param split: ``all``; ``test`` by the release's list; ``train`` / ``valid``, its
@@ -107,10 +106,7 @@ class NIHChestXray14(MappedClassification):
         :param uncertainty, blank: as CheXpert's (NIH has neither: every labelled
             observation is positive or negative).
         """
-        super().__init__(
-            root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
-            on_error=on_error, max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         self.split = check_choice("split", split, SPLITS)
         self.csv_path = Path(csv_path) if csv_path is not None else find_data_entry(self.root)
         if not self.csv_path.is_file():

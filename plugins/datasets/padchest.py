@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from doll_core.data.chexpert_format import BLANK
-from doll_core.data.imageio import MAX_IMAGE_PIXELS
 from doll_core.data.mapping import LabelMapping
 from doll_core.data.paths import contained_path
-from doll_core.data.samples import OnError, bytes_array, check_choice, is_plain_file_name
+from doll_core.data.samples import (
+    LabelOptions,
+    bytes_array,
+    check_choice,
+    is_plain_file_name,
+)
 from doll_core.errors import DollError
 from doll_core.observations import NUM_OBSERVATIONS
 from doll_plugins.datasets.mapped import (
@@ -196,13 +199,8 @@ class PadChest(MappedClassification):
         split: str = "all",
         split_seed: int = 0,
         frontal_only: bool = False,
-        uncertainty: str | Mapping[str, str] = "ones",
-        blank: str = "zeros",
-        size: int | Sequence[int] | None = 224,
-        grayscale: bool = True,
-        on_error: OnError = "skip",
         csv_path: str | Path | None = None,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **options: Unpack[LabelOptions],
     ) -> None:
         """:param root: the folder of the image folders (``0/`` ... ``54/``) and the CSV.
         :param split: ``all``, or ``train`` / ``valid`` / ``test`` by patient.
@@ -212,10 +210,7 @@ class PadChest(MappedClassification):
             to leave it out of the loss).
         :param csv_path: read this CSV instead of ``root``'s.
         """
-        super().__init__(
-            root, uncertainty=uncertainty, blank=blank, size=size, grayscale=grayscale,
-            on_error=on_error, max_image_pixels=max_image_pixels,
-        )  # fmt: skip
+        super().__init__(root, **options)
         self.csv_path = Path(csv_path) if csv_path is not None else find_labels_csv(self.root)
         if not self.csv_path.is_file():
             raise DollError(f"PadChest CSV not found: {self.csv_path}")
