@@ -36,7 +36,7 @@ def _sections() -> list[tuple[str, type[Any], bool]]:
     from doll_core.attribution.engine import EngineOptions
     from doll_core.attribution.postprocess import PostprocessConfig
     from doll_core.evaluation.settings import EvaluationSettings
-    from doll_core.experiment import config as c
+    from doll_core.experiment import sections as c
     from doll_core.training.config import AugmentConfig, ClassifierSettings
 
     return [

@@ -269,7 +269,7 @@ def test_compare_inits_defaults_are_an_experiments() -> None:
     import typer.main
 
     from doll_core.configuration import default_of
-    from doll_core.experiment.config import FinetuneSection
+    from doll_core.experiment.sections import FinetuneSection
 
     command = typer.main.get_command(app).commands["compare-inits"]  # type: ignore[attr-defined]
     defaults = {p.name: p.default for p in command.params}

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from doll_core.cli import app
 from doll_core.doctor import DoctorReport, Finding, Step, diagnose
 from doll_core.errors import DollError
-from doll_core.experiment.config import load_experiment, validate_experiment
+from doll_core.experiment.loading import load_experiment, validate_experiment
 from doll_core.experiment.runner import run_experiment
 from doll_core.experiment.stages import recorded_device
 from doll_core.locking import LOCK_FILE

@@ -17,7 +17,8 @@ import doll_core
 from doll_core.attribution.api import create_explainer
 from doll_core.attribution.engine import EngineOptions
 from doll_core.errors import DollError, PluginError
-from doll_core.experiment.config import DataSources, stage_configs, validate_experiment
+from doll_core.experiment.config import DataSources, stage_configs
+from doll_core.experiment.loading import validate_experiment
 from doll_core.experiment.overrides import apply_overrides
 from doll_core.labels.config import LabelGenerationConfig
 from doll_core.registry import get_registry

@@ -21,7 +21,7 @@ from doll_core.cli import app
 from doll_core.configuration import parse_config, settings_key
 from doll_core.errors import DollError
 from doll_core.experiment.ablation import ablation_markdown, grid_points, run_ablation
-from doll_core.experiment.config import load_experiment, validate_experiment
+from doll_core.experiment.loading import load_experiment, validate_experiment
 from doll_core.experiment.overrides import apply_overrides, parse_value, parse_vary
 from doll_core.experiment.report import results_csv, summary_rows
 from doll_core.experiment.runner import run_experiment
@@ -510,7 +510,7 @@ def test_finding_contrast_enters_the_phantom_key_only_away_from_its_default(
     """Phantom stages written before ``finding_contrast`` existed keep their key."""
     from types import SimpleNamespace
 
-    from doll_core.experiment.runner import data_sources
+    from doll_core.experiment.steps import data_sources
 
     class Recorded(Exception):
         pass

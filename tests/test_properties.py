@@ -379,7 +379,7 @@ def test_every_experiment_key_takes_any_value_or_names_itself(
 ) -> None:
     """The quick start with one key (every key in turn, tables too) set to a random value
     of a random type: the experiment loads, or the error names that key."""
-    from doll_core.experiment.config import load_experiment, resolve_relative_paths
+    from doll_core.experiment.loading import load_experiment, resolve_relative_paths
 
     document = tomllib.loads(QUICKSTART.read_text(encoding="utf-8"))
     # the copy lives elsewhere: its data paths are the quick start's, made absolute
@@ -415,7 +415,7 @@ def _model_keys(model: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
 def _schema_keys() -> list[tuple[str, ...]]:
     """Every key an experiment file may hold: its sections' fields and, in the stage
     sections, every field of the stage configs (runner-filled ones included)."""
-    from doll_core.experiment import config
+    from doll_core.experiment import sections as config
     from doll_core.labels.config import LabelGenerationConfig
     from doll_core.segmentation.config import FinetuneConfig, PretrainConfig
     from doll_core.training.config import ClassifierTrainingConfig
@@ -448,7 +448,7 @@ def test_every_schema_field_takes_any_value_or_names_itself(
     """The quick start with any field of the experiment schema or of a stage config (not
     only the quick start's keys; missing tables are created) set to a random value: the
     experiment loads, or the error names that key; nan and inf are always refused."""
-    from doll_core.experiment.config import load_experiment, resolve_relative_paths
+    from doll_core.experiment.loading import load_experiment, resolve_relative_paths
 
     document = tomllib.loads(QUICKSTART.read_text(encoding="utf-8"))
     document = resolve_relative_paths(document, QUICKSTART.parent)  # the copy lives elsewhere
@@ -590,7 +590,7 @@ def test_a_set_value_is_one_toml_value_or_the_text_itself(raw: str) -> None:
 def test_any_set_on_the_quickstart_loads_or_names_its_key(key: str, raw: str) -> None:
     """``doll run quickstart.toml --set KEY=VALUE`` with any key and value text: the
     experiment loads, or the error names the key (its first part the file does not have)."""
-    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.loading import load_experiment
 
     item = f"{key}={raw}"
     try:

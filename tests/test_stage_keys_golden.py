@@ -22,7 +22,7 @@ import pytest
 from doll_core.doctor import plan
 from doll_core.experiment import stages
 from doll_core.experiment.ablation import grid_documents
-from doll_core.experiment.config import load_experiment, read_experiment_file
+from doll_core.experiment.loading import load_experiment, read_experiment_file
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "stage-keys.json"

@@ -155,7 +155,8 @@ def test_a_backbone_without_registration_metadata_starts_a_segmentation_model() 
     ``doll pretrain`` accepts it."""
     from experiments_helpers import TINY
 
-    from doll_core.experiment.config import segmentation_encoder, validate_experiment
+    from doll_core.experiment.config import segmentation_encoder
+    from doll_core.experiment.loading import validate_experiment
     from doll_core.hookspecs import hookimpl
     from doll_plugins.backbones import BUILTIN_BACKBONES
 

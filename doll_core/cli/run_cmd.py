@@ -33,7 +33,7 @@ def run_command(
     """Run every stage of an experiment; finished stages with the same settings are reused."""
     from rich.console import Console
 
-    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.loading import load_experiment
     from doll_core.experiment.report import rich_table
     from doll_core.experiment.runner import run_experiment
 
@@ -74,7 +74,7 @@ def plan_command(
     from rich.console import Console
     from rich.table import Table
 
-    from doll_core.experiment.config import load_experiment
+    from doll_core.experiment.loading import load_experiment
     from doll_core.experiment.preview import resolved_settings, stage_plan
 
     parsed, _ = load_experiment(experiment, settings)

@@ -10,7 +10,7 @@ import typer
 
 from doll_core.cli.data_cmd import given, parse_set
 from doll_core.configuration import default_of, parse_config
-from doll_core.experiment.config import FinetuneSection
+from doll_core.experiment.sections import FinetuneSection
 
 
 def pretrain_command(

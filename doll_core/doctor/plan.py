@@ -16,7 +16,7 @@ from doll_core.doctor.stages import STAGE_NAME, StageState
 from doll_core.experiment.stages import DONE, StageCache, StageRecord, stage_key
 
 if TYPE_CHECKING:
-    from doll_core.experiment.config import Experiment
+    from doll_core.experiment.sections import Experiment
 
 
 @dataclass
@@ -85,7 +85,7 @@ def plan_experiment(
 
     :raises DollError: when the document is no longer a valid experiment.
     """
-    from doll_core.experiment.config import validate_experiment
+    from doll_core.experiment.loading import validate_experiment
 
     experiment = validate_experiment(document, source=source)
     return planned_stages(experiment, stages, device)

@@ -13,7 +13,7 @@ from typing import Any
 
 from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.errors import DollError
-from doll_core.experiment.config import (
+from doll_core.experiment.loading import (
     read_experiment_file,
     resolve_relative_paths,
     validate_experiment,

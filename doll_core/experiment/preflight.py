@@ -21,7 +21,8 @@ from doll_core.registry import Registry, exception_summary
 from doll_core.segmentation.models import check_user_weights, probe_segmenter
 
 if TYPE_CHECKING:
-    from doll_core.experiment.config import Experiment, StageConfigs
+    from doll_core.experiment.config import StageConfigs
+    from doll_core.experiment.sections import Experiment
 
 
 def _summary(exc: Exception) -> str:

@@ -13,7 +13,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 
 from doll_core.doctor.plan import planned_stages
-from doll_core.experiment.config import Experiment
+from doll_core.experiment.sections import Experiment
 from doll_core.experiment.stages import DONE
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
-from doll_core.experiment.config import ReportSection
 from doll_core.experiment.results_file import read_results
+from doll_core.experiment.sections import ReportSection
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import (
     CONVERGENCE_FRACTION,
