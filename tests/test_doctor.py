@@ -696,6 +696,8 @@ def test_plan_shows_settings_and_what_would_run_without_running(run: Path, tmp_p
     settings = {s["key"]: s for s in shown["settings"]}
     assert settings["finetune.budgets"]["value"] == "[3]"
     assert settings["name"]["value"] == '"small"'
+    engine = settings["explanation.engine.max_rows"]  # a dataclass's fields, one by one
+    assert engine["value"] == "64" and engine["help"].startswith("rows")
     more = cli.invoke(app, ["plan", str(experiment), "--out", str(run), *sets, "--json",
                             "--set", "finetune.seeds=[0, 1]"])  # fmt: skip
     steps = json.loads(more.stdout)["stages"]

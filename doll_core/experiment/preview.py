@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
+from doll_core.configuration import declared_fields
 from doll_core.doctor.plan import planned_stages
 from doll_core.experiment.sections import Experiment
 from doll_core.experiment.stages import DONE
@@ -37,12 +38,12 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _settings(model: BaseModel, prefix: str = "") -> Iterator[Setting]:
-    for name, field in type(model).model_fields.items():
+def _settings(model: Any, prefix: str = "") -> Iterator[Setting]:
+    for name, field in declared_fields(type(model)).items():
         value = getattr(model, name)
         key = f"{prefix}{name}"
         inner = _model_of(field.annotation)
-        if isinstance(value, BaseModel):
+        if declared_fields(type(value)):  # a settings model, or the engine's options
             yield from _settings(value, key + ".")
         elif inner is not None and isinstance(value, dict):
             for item, entry in value.items():
