@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from doll_core.cli import app
+from doll_core.hookspecs import hookimpl
 from doll_core.interfaces import OPTIONAL_MEMBERS, PluginKind, optional_member
 from doll_core.registry import Registry
 
@@ -157,7 +158,6 @@ def test_a_backbone_without_registration_metadata_starts_a_segmentation_model() 
 
     from doll_core.experiment.config import segmentation_encoder
     from doll_core.experiment.loading import validate_experiment
-    from doll_core.hookspecs import hookimpl
     from doll_plugins.backbones import BUILTIN_BACKBONES
 
     class Plugin:
@@ -173,3 +173,48 @@ def test_a_backbone_without_registration_metadata_starts_a_segmentation_model() 
     document = tomllib.loads(TINY.replace('backbone = "resnet18"', 'backbone = "my_resnet18"'))
     experiment = validate_experiment(document, registry=registry)
     assert segmentation_encoder(experiment, registry) == "resnet18"
+
+
+def test_a_reader_built_on_the_base_class_is_called_as_it_is_written(tmp_path: Path) -> None:
+    """The registry checks a user's options against a reader's signature: a reader on
+    :class:`~doll_core.data.samples.ImageDataset` that passes the shared options on as
+    ``**options`` lists its own (positional-or-keyword ones too) and the shared ones; one
+    whose ``__init__`` states everything itself keeps exactly its own signature."""
+    import inspect
+
+    from doll_core.data.samples import ImageDataset
+
+    class PassesOn(ImageDataset):
+        def __init__(self, root: Any, split: str = "train", **options: Any) -> None:
+            super().__init__(root, **options)
+            self.split = split
+
+    class StatesAll(PassesOn):
+        def __init__(self, root: Any, *, size: int = 32) -> None:
+            super().__init__(root, size=size)
+
+    assert list(inspect.signature(PassesOn).parameters) == [
+        "root",
+        "split",
+        "size",
+        "grayscale",
+        "on_error",
+        "max_image_pixels",
+    ]
+    assert inspect.signature(PassesOn).parameters["size"].default is None
+    assert list(inspect.signature(StatesAll).parameters) == ["root", "size"]
+
+    class Plugin:
+        @hookimpl
+        def doll_register_datasets(self, register: Any) -> None:
+            register("passes_on", PassesOn)
+
+    registry = Registry()
+    registry.add_plugin(Plugin(), name="mine")
+    problems = registry.parameter_problems(
+        "dataset", "passes_on", {"split": "a", "grayscale": "no"}
+    )
+    assert problems == [
+        ("grayscale", "dataset 'passes_on' parameter 'grayscale' takes true or false, got 'no'")
+    ]
+    assert registry.create("dataset", "passes_on", root=tmp_path, split="valid").split == "valid"

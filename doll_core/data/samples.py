@@ -82,25 +82,40 @@ READER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+def _own_parameters(init: Any) -> list[inspect.Parameter]:
+    """The parameters of an ``__init__`` after ``self``, annotations resolved where they
+    resolve at run time (else as written)."""
+    try:
+        parameters = inspect.signature(init, eval_str=True).parameters
+    except Exception:
+        parameters = inspect.signature(init).parameters
+    return list(parameters.values())[1:]
+
+
+def takes_shared_options(cls: type) -> bool:
+    """Whether the ``__init__`` that ``cls`` runs takes ``**options`` (the shared
+    :class:`ReaderOptions`, passed on to :class:`ImageDataset`)."""
+    init = next(klass.__dict__["__init__"] for klass in cls.__mro__ if "__init__" in klass.__dict__)
+    return any(p.kind is p.VAR_KEYWORD for p in _own_parameters(init))
+
+
 def reader_signature(cls: type) -> inspect.Signature:
-    """The signature of a reader class as users call it: ``root``, the keyword options of
-    its own ``__init__`` and of each base's (the class's first), then the shared
-    :class:`ReaderOptions` with the class's defaults. What the registry checks parameters
-    against and ``doll plugins`` shows, for a reader whose ``__init__`` takes the shared
-    options as ``**options``."""
+    """The signature of a reader class as users call it: ``root``, the options of its own
+    ``__init__`` and of each base's that passes ``**options`` on (the class's first, by
+    keyword), then the shared :class:`ReaderOptions` with the class's defaults. What the
+    registry checks parameters against and ``doll plugins`` shows."""
     root = inspect.Parameter("root", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     own: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None or klass is ImageDataset:
             continue
-        try:
-            parameters = inspect.signature(init, eval_str=True).parameters
-        except Exception:  # an annotation that does not resolve at run time: as written
-            parameters = inspect.signature(init).parameters
-        for parameter in list(parameters.values())[2:]:
-            if parameter.kind == parameter.KEYWORD_ONLY and parameter.name not in own:
-                own[parameter.name] = parameter
+        for parameter in _own_parameters(init):
+            named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            if named and parameter.name != "root" and parameter.name not in own:
+                own[parameter.name] = parameter.replace(kind=parameter.KEYWORD_ONLY)
+        if not any(p.kind is p.VAR_KEYWORD for p in _own_parameters(init)):
+            break  # this __init__ passes nothing on: the bases' options are not the class's
     defaults = {**READER_DEFAULTS, **getattr(cls, "option_defaults", {})}
     annotations = typing.get_type_hints(ReaderOptions)
     shared = [
@@ -157,8 +172,12 @@ class ImageDataset(Dataset[Any]):
     option_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A reader that takes the shared options as ``**options`` gets the signature
+        :func:`reader_signature` composes; one whose ``__init__`` states them all keeps
+        its own."""
         super().__init_subclass__(**kwargs)
-        cls.__signature__ = reader_signature(cls)  # type: ignore[attr-defined]
+        composed = reader_signature(cls) if takes_shared_options(cls) else None
+        cls.__signature__ = composed  # type: ignore[attr-defined]  # None: its __init__'s
 
     def __init__(self, root: str | Path, **options: Unpack[ReaderOptions]) -> None:
         """:param root: the dataset folder. :param options: :class:`ReaderOptions`."""
