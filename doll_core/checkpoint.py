@@ -56,8 +56,7 @@ def unavailable_outputs(
     """The observations the backbone plugin ``backbone`` with ``params`` has no output for
     (its ``unavailable``; none for most backbones): what a classifier's checkpoint records
     as ``ClassifierMeta.unavailable``."""
-    plugin = (registry or get_registry()).create("backbone", backbone, **params)
-    return tuple(optional_member(plugin, "backbone", "unavailable"))
+    return tuple(_backbone_member(backbone, params, "unavailable", registry))
 
 
 def backbone_encoder(
@@ -65,9 +64,16 @@ def backbone_encoder(
 ) -> str | None:
     """The segmentation encoder whose weights the backbone plugin ``backbone`` with
     ``params`` fits (its ``encoder_name``), or ``None`` where it fits none."""
-    plugin = (registry or get_registry()).create("backbone", backbone, **params)
-    name = optional_member(plugin, "backbone", "encoder_name")
+    name = _backbone_member(backbone, params, "encoder_name", registry)
     return str(name) if name is not None else None
+
+
+def _backbone_member(
+    backbone: str, params: Mapping[str, Any], member: str, registry: Registry | None
+) -> Any:
+    """The optional ``member`` of the backbone plugin ``backbone`` built with ``params``."""
+    plugin = (registry or get_registry()).create("backbone", backbone, **params)
+    return optional_member(plugin, "backbone", member)
 
 
 def build_classifier(meta: ClassifierMeta, registry: Registry | None = None) -> Classifier:

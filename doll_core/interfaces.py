@@ -305,20 +305,22 @@ def optional_member(plugin: object, kind: str, name: str) -> Any:
 
     :raises KeyError: ``name`` is not an optional member of ``kind`` (a bug in the core:
         whatever it reads must be declared here)."""
-    return getattr(plugin, name, _declared(kind, name))
+    return getattr(plugin, name, _declared(OPTIONAL_MEMBERS, kind, name, "member"))
 
 
 def offers_member(plugin: object, kind: str, name: str) -> bool:
     """Whether ``plugin`` has the optional member ``name`` (one the core sets, such as a
     reader's ``image_cache``). :raises KeyError: as :func:`optional_member`."""
-    _declared(kind, name)
+    _declared(OPTIONAL_MEMBERS, kind, name, "member")
     return hasattr(plugin, name)
 
 
-def _declared(kind: str, name: str) -> Any:
-    declared = OPTIONAL_MEMBERS[PluginKind(kind)]
+def _declared(table: dict[PluginKind, dict[str, Any]], kind: str, name: str, what: str) -> Any:
+    """The default ``table`` declares for ``kind``'s optional ``name``; a KeyError (naming
+    it as an optional ``what``) where it declares none."""
+    declared = table.get(PluginKind(kind), {})
     if name not in declared:
-        raise KeyError(f"{name!r} is not an optional member of the {kind} protocol")
+        raise KeyError(f"{name!r} is not an optional {what} of the {kind} protocol")
     return declared[name]
 
 
@@ -327,10 +329,7 @@ def optional_factory_member(factory: object, kind: str, name: str) -> Any:
     (:data:`OPTIONAL_FACTORY_MEMBERS`).
 
     :raises KeyError: ``name`` is not declared for ``kind``'s factories."""
-    declared = OPTIONAL_FACTORY_MEMBERS.get(PluginKind(kind), {})
-    if name not in declared:
-        raise KeyError(f"{name!r} is not an optional factory member of the {kind} protocol")
-    return getattr(factory, name, declared[name])
+    return getattr(factory, name, _declared(OPTIONAL_FACTORY_MEMBERS, kind, name, "factory member"))
 
 
 #: The protocol of each kind, named in the registry's message about a missing member.

@@ -110,11 +110,12 @@ def reader_signature(cls: type) -> inspect.Signature:
         init = klass.__dict__.get("__init__")
         if init is None or klass is ImageDataset:
             continue
-        for parameter in _own_parameters(init):
+        parameters = _own_parameters(init)
+        for parameter in parameters:
             named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
             if named and parameter.name != "root" and parameter.name not in own:
                 own[parameter.name] = parameter.replace(kind=parameter.KEYWORD_ONLY)
-        if not any(p.kind is p.VAR_KEYWORD for p in _own_parameters(init)):
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break  # this __init__ passes nothing on: the bases' options are not the class's
     defaults = {**READER_DEFAULTS, **getattr(cls, "option_defaults", {})}
     annotations = typing.get_type_hints(ReaderOptions)
