@@ -11,22 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from doll_core.checkpoint import backbone_encoder
-from doll_core.configuration import (
-    parse_config,
-)
+from doll_core.configuration import parse_config
 from doll_core.errors import DollError
 from doll_core.experiment.sections import Experiment, FinetuneSection
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.registry import Registry, get_registry
-from doll_core.segmentation.config import (
-    FinetuneConfig,
-    FinetuneSettings,
-    PretrainConfig,
-)
-from doll_core.training.config import (
-    ClassifierSettings,
-    ClassifierTrainingConfig,
-)
+from doll_core.segmentation.config import FinetuneConfig, FinetuneSettings, PretrainConfig
+from doll_core.training.config import ClassifierSettings, ClassifierTrainingConfig
 
 
 @dataclass(frozen=True)

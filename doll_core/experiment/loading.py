@@ -11,14 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    ValidationError,
-)
+from pydantic import ValidationError
 
-from doll_core.configuration import (
-    error_items,
-    plugin_problems,
-)
+from doll_core.configuration import error_items, plugin_problems
 from doll_core.errors import DollError
 from doll_core.experiment.config import (
     DataSources,

@@ -50,11 +50,7 @@ from doll_core.locking import folder_lock
 from doll_core.registry import Registry, get_registry
 from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import paired_comparisons, summarise_runs
-from doll_core.training.distributed import (
-    held_process_group,
-    launched_local_rank,
-    launched_rank,
-)
+from doll_core.training.distributed import held_process_group, launched_local_rank, launched_rank
 from doll_core.training.loop import resolve_device
 
 

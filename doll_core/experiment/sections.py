@@ -41,12 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    Field,
-    ValidationInfo,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from doll_core.attribution.api import split_engine_options, takes_engine, with_engine_options
 from doll_core.configuration import (
@@ -69,11 +64,7 @@ from doll_core.segmentation.config import (
     PretrainSettings,
 )
 from doll_core.segmentation.splits import SplitSpec
-from doll_core.training.config import (
-    ClassifierInputs,
-    ClassifierSettings,
-    StageInputs,
-)
+from doll_core.training.config import ClassifierInputs, ClassifierSettings, StageInputs
 
 Init = Literal["random", "classifier", "doll", "checkpoint"]
 
