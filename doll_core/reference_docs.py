@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
+from doll_core import markdown
 from doll_core.configuration import declared_fields, key_declaration
 
 #: the reference pages, relative to the repository root
@@ -126,17 +127,14 @@ def settings_page() -> str:
         lines += ["", f"## `{table}`", ""]
         doc = inspect.cleandoc(model.__dict__.get("__doc__") or "")
         lines += [_markdown(doc.split("\n\n")[0]), ""] if doc else []
-        lines.append(
-            "| key | type | default | stage key | help |"
-            if keyed
-            else "| key | type | default | help |"
-        )
-        lines.append("|---|---|---|---|---|" if keyed else "|---|---|---|---|")
+        header = ["key", "type", "default", *(["stage key"] if keyed else []), "help"]
+        rows = []
         for name, field in declared_fields(model).items():
             cells = [f"`{name}`", f"`{_type_text(field.annotation)}`", _default_text(field)]
             cells += [_key_text(field)] if keyed else []
             cells.append(field.description or "")
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            rows.append([_cell(c) for c in cells])
+        lines += markdown.table_lines(header, rows)
     return "\n".join(lines) + "\n"
 
 
@@ -198,12 +196,12 @@ def plugins_page() -> str:
         if kind.value == "dataset":
             keywords = ", ".join(f"`{k}`" for k in DATASET_FACTORY_KEYWORDS)
             lines += ["", f"Keywords the core passes to the factory: {keywords}."]
-        lines += ["", "| built-in | description | parameters |", "|---|---|---|"]
-        for info in registry.plugins(kind):
-            if info.distribution != "doll":
-                continue
-            cells = [f"`{info.name}`", info.description, _parameters(info.factory)]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        rows = [
+            [_cell(f"`{info.name}`"), _cell(info.description), _cell(_parameters(info.factory))]
+            for info in registry.plugins(kind)
+            if info.distribution == "doll"
+        ]
+        lines += ["", *markdown.table_lines(["built-in", "description", "parameters"], rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from doll_core import markdown
 from doll_core.attribution.api import explain
 from doll_core.attribution.engine import EngineOptions
 from doll_core.attribution.postprocess import PostprocessConfig, postprocess
@@ -33,6 +34,7 @@ from doll_core.errors import DollError, GroundTruthError
 from doll_core.groundtruth.scoring import CHEXLOCALIZE_SCORES, ScoreTable
 from doll_core.groundtruth.truth import GroundTruth
 from doll_core.interfaces import optional_member
+from doll_core.markdown import direction_arrow
 from doll_core.metrics.localization import (
     LOCALIZATION_METRICS,
     nanmean,
@@ -315,21 +317,26 @@ def _score_columns(results: Sequence[ExplainerScores]) -> list[tuple[str, bool]]
     return columns + [(m.name, m.higher_is_better) for m in LOCALIZATION_METRICS]
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
 def per_observation_table(results: Sequence[ExplainerScores]) -> str:
     """A Markdown table of each explainer's mean scores per observation."""
     columns = _score_columns(results)
-    header = ["explainer", "observation", "maps", *(f"{n} {_arrow(h)}" for n, h in columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for result in results:
-        for observation, means in result.per_observation.items():
-            cells = [f"{means.get(name, math.nan):.3f}" for name, _ in columns]
-            row = [result.explainer, observation, str(int(means["maps"])), *cells]
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    header = [
+        "explainer",
+        "observation",
+        "maps",
+        *(f"{n} {direction_arrow(h)}" for n, h in columns),
+    ]
+    rows = [
+        [
+            result.explainer,
+            observation,
+            str(int(means["maps"])),
+            *(f"{means.get(name, math.nan):.3f}" for name, _ in columns),
+        ]
+        for result in results
+        for observation, means in result.per_observation.items()
+    ]
+    return markdown.table(header, rows)
 
 
 def scores_table(results: Sequence[ExplainerScores]) -> str:
@@ -337,19 +344,16 @@ def scores_table(results: Sequence[ExplainerScores]) -> str:
     columns = _score_columns(results)
     header = [
         "explainer",
-        *(f"{name} {_arrow(higher)}" for name, higher in columns),
+        *(f"{name} {direction_arrow(higher)}" for name, higher in columns),
         "randomisation similarity ↓",
         "maps",
         "s / image",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for result in results:
         if result.error:
-            lines.append(
-                f"| {result.explainer} | "
-                + " | ".join(["—"] * (len(header) - 2))
-                + f" | refused: {result.error.split(':')[0]} |"
-            )
+            refused = f"refused: {result.error.split(':')[0]}"
+            rows.append([result.explainer, *["—"] * (len(header) - 2), refused])
             continue
         cells = [f"{result.means.get(name, math.nan):.3f}" for name, _ in columns]
         cells += [
@@ -357,5 +361,5 @@ def scores_table(results: Sequence[ExplainerScores]) -> str:
             str(result.maps),
             f"{result.seconds_per_image:.3f}",
         ]
-        lines.append(f"| {result.explainer} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([result.explainer, *cells])
+    return markdown.table(header, rows)

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from doll_core import markdown
 from doll_core.groundtruth.compare import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED
 from doll_core.json_values import json_safe
 
@@ -35,7 +36,7 @@ def comparison_table(result: dict[str, Any]) -> str:
     if bootstrapped:
         columns = ["observation", "mIoU (CheXlocalize summary: bootstrap mean)", "mean IoU",
                    "n", "95% CI (bootstrap)"]  # fmt: skip
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    rows = []
     for name, entry in result["per_observation"].items():
         cells = [name, _cell(entry["miou"]), str(entry["n"])]
         if bootstrapped:
@@ -44,15 +45,15 @@ def comparison_table(result: dict[str, Any]) -> str:
             if not math.isnan(interval["lower"]):
                 shown = f"[{_cell(interval['lower'])}, {_cell(interval['upper'])}]"
             cells = [name, _cell(interval["mean"]), *cells[1:], shown]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     overall = result["overall"]
     for label, key in (("mean of observations", "miou_mean_of_observations"),
                        ("all pairs", "miou_all_pairs")):  # fmt: skip
         cells = [label, _cell(overall[key]), str(overall["n"])]
         if bootstrapped:
             cells = [label, "", *cells[1:], ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return markdown.table(columns, rows)
 
 
 @localization_app.command("compare")

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from doll_core import markdown
 from doll_core.atomic import atomic_write_text
 from doll_core.evaluation.engine import ExplainerEvaluation
 from doll_core.json_values import json_safe
+from doll_core.markdown import direction_arrow
 
 LEADERBOARD_FILES = ("evaluation.md", "evaluation.csv", "evaluation.json", "evaluation.png")
 
@@ -173,10 +175,6 @@ def leaderboard_summary(board: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics, "rows": rows, "interval": board["interval"]}
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
 def _number(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.3f}"
 
@@ -187,11 +185,11 @@ def markdown_table(board: Mapping[str, Any]) -> str:
     header = [
         "classifier",
         "explainer",
-        *(f"{c['name']} {_arrow(c['higher_is_better'])}" for c in columns),
+        *(f"{c['name']} {direction_arrow(c['higher_is_better'])}" for c in columns),
         "maps",
         "explain s / image",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row in board["rows"]:
         if row["error"]:
             reason = row["error"].split(";")[0]
@@ -205,8 +203,8 @@ def markdown_table(board: Mapping[str, Any]) -> str:
                 rank = cell.get("rank")
                 cells.append(shown + (f" ({rank:g})" if rank is not None else ""))
             cells += [str(row["maps"]), _number(row["explain_seconds_per_image"])]
-        lines.append("| " + " | ".join([row["classifier"], row["explainer"], *cells]) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([row["classifier"], row["explainer"], *cells])
+    return markdown.table(header, rows)
 
 
 def csv_text(board: Mapping[str, Any]) -> str:
@@ -268,7 +266,7 @@ def save_rank_figure(board: Mapping[str, Any], path: Path) -> Path | None:
                 )
         axis.set_xticks(range(len(columns)))
         axis.set_xticklabels(
-            [f"{c['name']} {_arrow(c['higher_is_better'])}" for c in columns],
+            [f"{c['name']} {direction_arrow(c['higher_is_better'])}" for c in columns],
             rotation=40,
             ha="right",
             fontsize=7,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from doll_core import markdown
 from doll_core.atomic import atomic_write_text, remove_temporaries
 from doll_core.errors import DollError
 from doll_core.experiment.loading import (
@@ -29,6 +30,7 @@ from doll_core.experiment.report import (
 from doll_core.experiment.results_file import read_results
 from doll_core.experiment.runner import image_cache_folder, run_experiment
 from doll_core.locking import folder_lock
+from doll_core.markdown import direction_arrow
 from doll_core.registry import Registry
 from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import interval
@@ -277,9 +279,9 @@ def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[
         row["labels images/s"] = labels.get("images_per_second")
     evaluation = results.get("evaluation") or {}
     for name, entry in (evaluation.get("metrics") or {}).items():
-        arrow = "↑" if entry["higher_is_better"] else "↓"
         mean = entry["mean"]
-        row[f"eval {name} {arrow}"] = round(mean, 4) if mean is not None else None
+        column = f"eval {name} {direction_arrow(entry['higher_is_better'])}"
+        row[column] = round(mean, 4) if mean is not None else None
     for kind, seconds in results.get("stage_seconds", {}).items():
         row[f"{kind} s"] = seconds
     return row
@@ -374,19 +376,18 @@ def correlations_markdown(correlations: Sequence[Mapping[str, Any]]) -> str:
         "permutation p-value. With few grid points only a near-perfect correlation can be "
         "told from chance.",
         "",
-        "| quality | " + " | ".join(outcomes) + " |",
-        "|---|" + "---|" * len(outcomes),
     ]
+    rows = []
     for quality in qualities:
-        values = []
+        values = [quality]
         for outcome in outcomes:
             found = cell.get((quality, outcome))
             if found is None or found["rho"] is None:
                 values.append("-")
             else:
                 values.append(f"{found['rho']:+.2f} (p {found['p']:.2f})")
-        lines.append(f"| {quality} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(values)
+    return "\n".join(lines + markdown.table_lines(["quality", *outcomes], rows)) + "\n"
 
 
 def ablation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -394,10 +395,7 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
     columns = [c for c in rows[0] if not c.endswith(" std")]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row, column) for column in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown.table(columns, [[_cell(row, column) for column in columns] for row in rows])
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from doll_core import markdown
 from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
 from doll_core.experiment.results_file import read_results
 from doll_core.experiment.sections import ReportSection
+from doll_core.markdown import direction_arrow
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import (
     CONVERGENCE_FRACTION,
@@ -139,17 +141,10 @@ def evaluation_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
     if not evaluation or not evaluation.get("rows"):
         return []
     metrics = evaluation["metrics"]
-    header = [f"{name} {'↑' if m['higher_is_better'] else '↓'}" for name, m in metrics.items()]
-    lines = [
-        "## Explanation quality",
-        "",
-        f"Cells: mean [{evaluation['interval']}].",
-        "",
-        "| classifier | explainer | " + " | ".join(header) + " |",
-        "|---|---|" + "---|" * len(header),
-    ]
+    header = [f"{name} {direction_arrow(m['higher_is_better'])}" for name, m in metrics.items()]
+    rows = []
     for row in evaluation["rows"]:
-        cells = []
+        cells = [row["classifier"], row["explainer"]]
         for name in metrics:
             cell = row["scores"].get(name) or {}
             mean, low, high = (cell.get(k) for k in ("mean", "low", "high"))
@@ -157,8 +152,15 @@ def evaluation_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
             if low is not None and high is not None and low == low:
                 text += f" [{low:.3f}, {high:.3f}]"
             cells.append(text)
-        lines.append(f"| {row['classifier']} | {row['explainer']} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        rows.append(cells)
+    return [
+        "## Explanation quality",
+        "",
+        f"Cells: mean [{evaluation['interval']}].",
+        "",
+        *markdown.table_lines(["classifier", "explainer", *header], rows),
+        "",
+    ]
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -173,20 +175,23 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         lines += [f"- {line[0].upper()}{line[1:]}" for line in splits] + [""]
     rows = summary_rows(results)
     for task in dict.fromkeys(row["task"] for row in rows):
-        lines += [
-            f"## {task}: test mIoU / Dice (mean ± std over seeds)",
-            "",
-            f"| init | labelled images | seeds | mIoU | Dice | validation curve area | {TARGET} |",
-            "|---|---|---|---|---|---|---|",
+        header = ["init", "labelled images", "seeds", "mIoU", "Dice"]
+        header += ["validation curve area", TARGET]
+        cells = [
+            [
+                str(row["init"]),
+                f"{row['budget']} ({row['train_images']})",
+                str(row["seeds"]),
+                mean_std(row["miou"], row["miou_std"]),
+                mean_std(row["dice"], row["dice_std"]),
+                mean_std(row["val_curve_area"], row["val_curve_area_std"]),
+                steps_cell(row),
+            ]
+            for row in rows
+            if row["task"] == task
         ]
-        for row in (r for r in rows if r["task"] == task):
-            lines.append(
-                f"| {row['init']} | {row['budget']} ({row['train_images']}) | {row['seeds']} | "
-                f"{mean_std(row['miou'], row['miou_std'])} | "
-                f"{mean_std(row['dice'], row['dice_std'])} | "
-                f"{mean_std(row['val_curve_area'], row['val_curve_area_std'])} | "
-                f"{steps_cell(row)} |"
-            )
+        lines += [f"## {task}: test mIoU / Dice (mean ± std over seeds)", ""]
+        lines += markdown.table_lines(header, cells)
         comparisons = comparisons_of(results, task)
         if comparisons:
             lines += ["", f"Paired differences of test mIoU ({task}):", ""]
@@ -209,22 +214,29 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                 f"Localization against the phantom's lesion masks "
                 f"({localization['maps']} maps, mean ± std over maps):",
                 "",
-                "| metric | value |",
-                "|---|---|",
             ]
-            for name in LOCALIZATION_ORDER:
-                if name in localization:
-                    lines.append(f"| {name} | {mean_std(localization[name], spread.get(name))} |")
+            values = [
+                [name, mean_std(localization[name], spread.get(name))]
+                for name in LOCALIZATION_ORDER
+                if name in localization
+            ]
+            lines += markdown.table_lines(["metric", "value"], values)
         lines.append("")
     lines += evaluation_lines(results.get("evaluation"))
-    lines += ["## Stages", "", "| stage | folders | computed now | seconds |", "|---|---|---|---|"]
     kinds: dict[str, list[Mapping[str, Any]]] = {}
     for record in results["stages"]:
         kinds.setdefault(record["kind"], []).append(record)
-    for kind, records in kinds.items():
-        computed = sum(not r["reused"] for r in records)
-        seconds = sum(r["seconds"] for r in records)
-        lines.append(f"| {kind} | {len(records)} | {computed} | {seconds:.1f} |")
+    stage_rows = [
+        [
+            kind,
+            str(len(records)),
+            str(sum(not r["reused"] for r in records)),
+            f"{sum(r['seconds'] for r in records):.1f}",
+        ]
+        for kind, records in kinds.items()
+    ]
+    lines += ["## Stages", ""]
+    lines += markdown.table_lines(["stage", "folders", "computed now", "seconds"], stage_rows)
     environment = results.get("environment", {})
     lines += [
         "",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from doll_core import markdown
 from doll_core.atomic import atomic_write_text
 from doll_core.configuration import parse_config
 from doll_core.errors import DollError
@@ -286,14 +287,15 @@ def comparison_table(
     budgets = list(dict.fromkeys(row["budget"] for row in summary))
     inits = list(dict.fromkeys(row["init"] for row in summary))
     images = {row["budget"]: row["train_images"] for row in summary}
-    header = "| init | " + " | ".join(f"{b} labels ({images[b]} images)" for b in budgets) + " |"
-    lines = [header, "|" + "---|" * (len(budgets) + 1)]
+    header = ["init", *(f"{b} labels ({images[b]} images)" for b in budgets)]
+    rows = []
     for init in inits:
-        cells = []
+        cells = [init]
         for budget in budgets:
             row = next(r for r in summary if r["init"] == init and r["budget"] == budget)
             cells.append(f"{row['test_miou']:.3f} ± {row['test_miou_std']:.3f}")
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = markdown.table_lines(header, rows)
     if comparisons:
         lines += ["", *differences_table(comparisons)]
     return "\n".join(lines) + "\n"
@@ -302,19 +304,24 @@ def comparison_table(
 def differences_table(comparisons: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per comparison (its budget), mean difference of test mIoU
     with both 95% intervals."""
-    lines = [
-        "| labels | difference | seeds | mean, 95% CI paired t over seeds | "
-        "95% CI paired bootstrap over seeds and test images |",
-        "|---|---|---|---|---|",
+    header = [
+        "labels",
+        "difference",
+        "seeds",
+        "mean, 95% CI paired t over seeds",
+        "95% CI paired bootstrap over seeds and test images",
     ]
-    for row in comparisons:
-        bootstrap = row["bootstrap"]
-        lines.append(
-            f"| {row['budget']} | {row['treated']} - {row['control']} | {row['seeds']} | "
-            f"{interval(row['t'])} | "
-            f"{interval(bootstrap) if bootstrap else 'no per-image sums'} |"
-        )
-    return lines
+    rows = [
+        [
+            str(row["budget"]),
+            f"{row['treated']} - {row['control']}",
+            str(row["seeds"]),
+            interval(row["t"]),
+            interval(row["bootstrap"]) if row["bootstrap"] else "no per-image sums",
+        ]
+        for row in comparisons
+    ]
+    return markdown.table_lines(header, rows)
 
 
 def save_curves(runs: Sequence[dict[str, Any]], out: Path) -> None:
