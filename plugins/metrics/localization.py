@@ -60,12 +60,27 @@ class HitRate(_Localization):
 
 class _Overlap(_Localization):
     """Overlap of the map's binarisation (positive part, clipped at its 99th percentile,
-    Otsu's threshold: the label post-processing's defaults) with the mask."""
+    Otsu's threshold: the label post-processing's defaults) with the mask; a subclass gives
+    the score of the pixel counts in :meth:`overlap`."""
 
     def binary(self, batch: MetricBatch) -> torch.Tensor:
         post = postprocess(batch.maps, PostprocessConfig(binarize="otsu"), targets=batch.targets)
         assert post.binary is not None
         return post.binary.flatten(2)
+
+    def compute(self, batch: MetricBatch) -> torch.Tensor:
+        _, masks = _positive(batch)
+        binary = self.binary(batch).to(masks.device)
+        both = (binary & masks).sum(dim=2)
+        score = self.overlap(both, binary.sum(dim=2), masks.sum(dim=2))
+        return _where_defined(score.double(), masks)
+
+    def overlap(
+        self, both: torch.Tensor, in_map: torch.Tensor, in_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The score ``[B, T]`` of pixel counts ``[B, T]``: in both the binarised map and
+        the mask, in the map, in the mask."""
+        raise NotImplementedError
 
 
 class IoU(_Overlap):
@@ -74,11 +89,10 @@ class IoU(_Overlap):
 
     reference = "Everingham et al., IJCV 2010"
 
-    def compute(self, batch: MetricBatch) -> torch.Tensor:
-        _, masks = _positive(batch)
-        binary = self.binary(batch).to(masks.device)
-        union = (binary | masks).sum(dim=2).clamp(min=1)
-        return _where_defined(((binary & masks).sum(dim=2) / union).double(), masks)
+    def overlap(
+        self, both: torch.Tensor, in_map: torch.Tensor, in_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return both / (in_map + in_mask - both).clamp(min=1)
 
 
 class Dice(_Overlap):
@@ -87,11 +101,10 @@ class Dice(_Overlap):
 
     reference = "Dice, Ecology 1945"
 
-    def compute(self, batch: MetricBatch) -> torch.Tensor:
-        _, masks = _positive(batch)
-        binary = self.binary(batch).to(masks.device)
-        total = (binary.sum(dim=2) + masks.sum(dim=2)).clamp(min=1)
-        return _where_defined((2 * (binary & masks).sum(dim=2) / total).double(), masks)
+    def overlap(
+        self, both: torch.Tensor, in_map: torch.Tensor, in_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return 2 * both / (in_map + in_mask).clamp(min=1)
 
 
 def _share_of_top(maps: torch.Tensor, masks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
