@@ -81,8 +81,7 @@ def planned_keys(
 
         return original(kind, portable(dict(settings)), portable(dict(inputs)))
 
-    monkeypatch.setattr(stages, "stage_key", portable_key)
-    monkeypatch.setattr(plan, "stage_key", portable_key)
+    monkeypatch.setattr(stages, "stage_key", portable_key)  # the one caller: StageCache.run
     sets = list(extra)
     for key, value in OVERRIDES.get(path.name, {}).items():
         folder = Path(value.replace("<repo>", str(REPO))) if "<repo>" in value else scratch / value

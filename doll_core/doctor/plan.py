@@ -13,7 +13,7 @@ from doll_core.configuration import never_keyed_names
 from doll_core.doctor.files import read_json
 from doll_core.doctor.findings import Step
 from doll_core.doctor.stages import STAGE_NAME, StageState
-from doll_core.experiment.stages import DONE, StageCache, StageRecord, stage_key
+from doll_core.experiment.stages import DONE, StageCache, StageCall, StageRecord
 
 if TYPE_CHECKING:
     from doll_core.experiment.sections import Experiment
@@ -49,31 +49,21 @@ class _PlanningCache(StageCache):
         super().__init__(root, resume=True)
         self.planned: list[PlannedStage] = []
 
-    def run(
-        self,
-        kind: str,
-        label: str,
-        settings: Mapping[str, Any],
-        inputs: Mapping[str, str],
-        work: Callable[[Path, bool], dict[str, Any] | None],
-        *,
-        collective: bool = True,
+    def reuse_or_run(
+        self, call: StageCall, work: Callable[[Path, bool], dict[str, Any] | None], collective: bool
     ) -> StageRecord:
-        key = stage_key(kind, settings, inputs)
-        folder = self.folder(kind, label, key)
-        plain = json.loads(json.dumps(dict(settings), default=str))
+        """Record the stage and run nothing: what a finished stage's ``stage.json`` says,
+        or placeholders."""
+        plain = json.loads(json.dumps(dict(call.settings), default=str))
+        inputs = {k: str(v) for k, v in call.inputs.items()}
         self.planned.append(
-            PlannedStage(
-                kind, label, key, folder.name, plain, {k: str(v) for k, v in inputs.items()}
-            )
+            PlannedStage(call.kind, call.label, call.key, call.folder.name, plain, inputs)
         )
-        saved, _ = read_json(folder / DONE)
+        saved, _ = read_json(call.folder / DONE)
         info = dict(_BLANK_INFO)
         if isinstance(saved, dict) and isinstance(saved.get("info"), dict):
             info.update(saved["info"])
-        record = StageRecord(kind, label, key, folder, True, 0.0, info)
-        self.records.append(record)
-        return record
+        return StageRecord(call.kind, call.label, call.key, call.folder, True, 0.0, info)
 
 
 def plan_experiment(

@@ -122,6 +122,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")[:48] or "stage"
 
 
+@dataclass(frozen=True)
+class StageCall:
+    """One stage a run asks for: what it is, its settings and inputs, the key they give and
+    the folder that key names."""
+
+    kind: str
+    label: str
+    settings: Mapping[str, Any]
+    inputs: Mapping[str, str]
+    key: str
+    folder: Path
+
+
 @dataclass
 class StageRecord:
     """What one stage did in this run."""
@@ -222,14 +235,25 @@ class StageCache:
         other ranks receive its summary. Only rank 0 writes ``stage.json``.
         """
         key = stage_key(kind, settings, inputs)
-        folder = self.folder(kind, label, key)
+        call = StageCall(kind, label, settings, inputs, key, self.folder(kind, label, key))
+        record = self.reuse_or_run(call, work, collective)
+        self.records.append(record)
+        return record
+
+    def reuse_or_run(
+        self, call: StageCall, work: Callable[[Path, bool], dict[str, Any] | None], collective: bool
+    ) -> StageRecord:
+        """The one step a cache that does not run stages (``doll doctor``'s plan) replaces:
+        reuse the finished stage in ``call.folder`` or run ``work`` there, as :meth:`run`
+        says."""
+        kind, label, key, folder = call.kind, call.label, call.key, call.folder
+        settings, inputs = call.settings, call.inputs
         status, saved = from_rank_zero(lambda: self._status(folder))
         if status == "done":
             record = StageRecord(
                 kind, label, key, folder, True, float(saved["seconds"]), saved.get("info") or {}
             )
             self.log(f"{kind} {label}: reused {folder.name} (took {record.seconds:.1f} s)")
-            self.records.append(record)
             return record
         resuming = status == "interrupted"
         self.log(f"{kind} {label}: {'resuming' if resuming else 'running'} in {folder.name}")
@@ -265,5 +289,4 @@ class StageCache:
             drop_resume_state(folder)
         self.computed[kind] = self.computed.get(kind, 0) + 1
         self.log(f"{kind} {label}: done in {seconds:.1f} s")
-        self.records.append(record)
         return record
