@@ -173,70 +173,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     splits = splits_lines(results)
     if splits:
         lines += [f"- {line[0].upper()}{line[1:]}" for line in splits] + [""]
-    rows = summary_rows(results)
-    for task in dict.fromkeys(row["task"] for row in rows):
-        header = ["init", "labelled images", "seeds", "mIoU", "Dice"]
-        header += ["validation curve area", TARGET]
-        cells = [
-            [
-                str(row["init"]),
-                f"{row['budget']} ({row['train_images']})",
-                str(row["seeds"]),
-                mean_std(row["miou"], row["miou_std"]),
-                mean_std(row["dice"], row["dice_std"]),
-                mean_std(row["val_curve_area"], row["val_curve_area_std"]),
-                steps_cell(row),
-            ]
-            for row in rows
-            if row["task"] == task
-        ]
-        lines += [f"## {task}: test mIoU / Dice (mean ± std over seeds)", ""]
-        lines += markdown.table_lines(header, cells)
-        comparisons = comparisons_of(results, task)
-        if comparisons:
-            lines += ["", f"Paired differences of test mIoU ({task}):", ""]
-            lines += differences_table(comparisons)
-        lines.append("")
-    labels = results.get("labels")
-    if labels:
-        lines += [
-            "## Labels",
-            "",
-            f"- images: {labels.get('images')}",
-            f"- images/s: {labels.get('images_per_second')}",
-            f"- bytes per image: {labels.get('bytes_per_image')}",
-        ]
-        localization = labels.get("localization")
-        if localization and localization.get("maps"):
-            spread = localization.get("std", {})
-            lines += [
-                "",
-                f"Localization against the phantom's lesion masks "
-                f"({localization['maps']} maps, mean ± std over maps):",
-                "",
-            ]
-            values = [
-                [name, mean_std(localization[name], spread.get(name))]
-                for name in LOCALIZATION_ORDER
-                if name in localization
-            ]
-            lines += markdown.table_lines(["metric", "value"], values)
-        lines.append("")
+    lines += task_lines(results)
+    lines += labels_lines(results.get("labels"))
     lines += evaluation_lines(results.get("evaluation"))
-    kinds: dict[str, list[Mapping[str, Any]]] = {}
-    for record in results["stages"]:
-        kinds.setdefault(record["kind"], []).append(record)
-    stage_rows = [
-        [
-            kind,
-            str(len(records)),
-            str(sum(not r["reused"] for r in records)),
-            f"{sum(r['seconds'] for r in records):.1f}",
-        ]
-        for kind, records in kinds.items()
-    ]
-    lines += ["## Stages", ""]
-    lines += markdown.table_lines(["stage", "folders", "computed now", "seconds"], stage_rows)
+    lines += stages_lines(results)
     environment = results.get("environment", {})
     lines += [
         "",
@@ -247,6 +187,88 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def summary_cells(row: Mapping[str, Any]) -> list[str]:
+    """A :func:`summary_rows` row's cells after its task: init, labelled images, seeds,
+    mIoU, Dice, validation curve area (each mean ± std) and steps to the target."""
+    return [
+        str(row["init"]),
+        f"{row['budget']} ({row['train_images']})",
+        str(row["seeds"]),
+        mean_std(row["miou"], row["miou_std"]),
+        mean_std(row["dice"], row["dice_std"]),
+        mean_std(row["val_curve_area"], row["val_curve_area_std"]),
+        steps_cell(row),
+    ]
+
+
+def task_lines(results: Mapping[str, Any]) -> list[str]:
+    """A section per fine-tuning task: its scores per init and budget, then the paired
+    differences."""
+    header = ["init", "labelled images", "seeds", "mIoU", "Dice", "validation curve area"]
+    lines: list[str] = []
+    rows = summary_rows(results)
+    for task in dict.fromkeys(row["task"] for row in rows):
+        cells = [summary_cells(row) for row in rows if row["task"] == task]
+        lines += [f"## {task}: test mIoU / Dice (mean ± std over seeds)", ""]
+        lines += markdown.table_lines([*header, TARGET], cells)
+        comparisons = comparisons_of(results, task)
+        if comparisons:
+            lines += ["", f"Paired differences of test mIoU ({task}):", ""]
+            lines += differences_table(comparisons)
+        lines.append("")
+    return lines
+
+
+def labels_lines(labels: Mapping[str, Any] | None) -> list[str]:
+    """The labels' section: their size and speed, and their localization on the phantom."""
+    if not labels:
+        return []
+    lines = [
+        "## Labels",
+        "",
+        f"- images: {labels.get('images')}",
+        f"- images/s: {labels.get('images_per_second')}",
+        f"- bytes per image: {labels.get('bytes_per_image')}",
+    ]
+    localization = labels.get("localization")
+    if localization and localization.get("maps"):
+        spread = localization.get("std", {})
+        values = [
+            [name, mean_std(localization[name], spread.get(name))]
+            for name in LOCALIZATION_ORDER
+            if name in localization
+        ]
+        lines += [
+            "",
+            f"Localization against the phantom's lesion masks "
+            f"({localization['maps']} maps, mean ± std over maps):",
+            "",
+            *markdown.table_lines(["metric", "value"], values),
+        ]
+    return [*lines, ""]
+
+
+def stages_lines(results: Mapping[str, Any]) -> list[str]:
+    """How many stage folders of each kind the run used, computed now, and their time."""
+    kinds: dict[str, list[Mapping[str, Any]]] = {}
+    for record in results["stages"]:
+        kinds.setdefault(record["kind"], []).append(record)
+    rows = [
+        [
+            kind,
+            str(len(records)),
+            str(sum(not r["reused"] for r in records)),
+            f"{sum(r['seconds'] for r in records):.1f}",
+        ]
+        for kind, records in kinds.items()
+    ]
+    return [
+        "## Stages",
+        "",
+        *markdown.table_lines(["stage", "folders", "computed now", "seconds"], rows),
+    ]
 
 
 def rich_table(results: Mapping[str, Any]) -> Any:
@@ -264,16 +286,7 @@ def rich_table(results: Mapping[str, Any]) -> Any:
         table.add_column(column, justify="left" if column in ("task", "init") else "right")
     rows = summary_rows(results)
     for row in rows:
-        table.add_row(
-            row["task"],
-            row["init"],
-            f"{row['budget']} ({row['train_images']})",
-            str(row["seeds"]),
-            mean_std(row["miou"], row["miou_std"]),
-            mean_std(row["dice"], row["dice_std"]),
-            mean_std(row["val_curve_area"], row["val_curve_area_std"]),
-            steps_cell(row),
-        )
+        table.add_row(row["task"], *summary_cells(row))
     differences = Table(title="paired differences of test mIoU, 95% CIs")
     for column in ("task", "labelled", "difference", "seeds", "paired t", "bootstrap"):
         differences.add_column(column, justify="left" if column == "task" else "right")
