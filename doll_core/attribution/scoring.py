@@ -317,45 +317,38 @@ def _score_columns(results: Sequence[ExplainerScores]) -> list[tuple[str, bool]]
     return columns + [(m.name, m.higher_is_better) for m in LOCALIZATION_METRICS]
 
 
+def _titles(columns: Sequence[tuple[str, bool]]) -> list[str]:
+    """Column titles of ``(name, higher is better)`` score columns: ``name ↑`` or ``name ↓``."""
+    return [f"{name} {direction_arrow(higher)}" for name, higher in columns]
+
+
+def _cells(means: Mapping[str, float], columns: Sequence[tuple[str, bool]]) -> list[str]:
+    """The ``means`` of ``columns``, to 3 places (``nan`` where a score is missing)."""
+    return [f"{means.get(name, math.nan):.3f}" for name, _ in columns]
+
+
 def per_observation_table(results: Sequence[ExplainerScores]) -> str:
     """A Markdown table of each explainer's mean scores per observation."""
     columns = _score_columns(results)
-    header = [
-        "explainer",
-        "observation",
-        "maps",
-        *(f"{n} {direction_arrow(h)}" for n, h in columns),
-    ]
     rows = [
-        [
-            result.explainer,
-            observation,
-            str(int(means["maps"])),
-            *(f"{means.get(name, math.nan):.3f}" for name, _ in columns),
-        ]
+        [result.explainer, observation, str(int(means["maps"])), *_cells(means, columns)]
         for result in results
         for observation, means in result.per_observation.items()
     ]
-    return markdown.table(header, rows)
+    return markdown.table(["explainer", "observation", "maps", *_titles(columns)], rows)
 
 
 def scores_table(results: Sequence[ExplainerScores]) -> str:
     """A Markdown table of :func:`score_explainers` results (arrows give score direction)."""
     columns = _score_columns(results)
-    header = [
-        "explainer",
-        *(f"{name} {direction_arrow(higher)}" for name, higher in columns),
-        "randomisation similarity ↓",
-        "maps",
-        "s / image",
-    ]
+    header = ["explainer", *_titles(columns), "randomisation similarity ↓", "maps", "s / image"]
     rows = []
     for result in results:
         if result.error:
             refused = f"refused: {result.error.split(':')[0]}"
             rows.append([result.explainer, *["—"] * (len(header) - 2), refused])
             continue
-        cells = [f"{result.means.get(name, math.nan):.3f}" for name, _ in columns]
+        cells = _cells(result.means, columns)
         cells += [
             f"{result.randomization_similarity:.3f}",
             str(result.maps),
