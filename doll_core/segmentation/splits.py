@@ -170,6 +170,15 @@ def _sample_ids(dataset: Any) -> list[str]:
     return [str(sample_id(i)) for i in range(len(dataset))]
 
 
+def _ids_or_indices(dataset: Any) -> list[str]:
+    """Each image's id where the reader gives them (``sample_id``), else its index: all a
+    split that needs no ids goes by."""
+    sample_id: Callable[[int], str] | None = optional_member(dataset, "dataset", "sample_id")
+    if sample_id is None:
+        return [str(i) for i in range(len(dataset))]
+    return [str(sample_id(i)) for i in range(len(dataset))]
+
+
 def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The header and ``(line, row)`` pairs of a CSV file, as one clear error if not."""
     try:
@@ -411,11 +420,8 @@ def split_dataset(dataset: Any, spec: SplitSpec, where: str = "task") -> TaskSpl
     if problems:
         raise DollError(f"{where}: {problems[0]}")
     if spec.mode == "random":
-        has_ids = optional_member(dataset, "dataset", "sample_id") is not None
-        ids = _sample_ids(dataset) if has_ids else []
+        ids = _ids_or_indices(dataset)
         parts = _random_parts(len(dataset), spec)
-        if not ids:  # a reader without ids: the indices are all there is
-            ids = [str(i) for i in range(len(dataset))]
         patients = patients_of(spec, ids, where)
         split = _split_from_indices("random by image", ids, parts, patients)
     elif spec.mode == "patients":
@@ -441,12 +447,7 @@ def split_dataset(dataset: Any, spec: SplitSpec, where: str = "task") -> TaskSpl
 def split_folders(datasets: Sequence[Any], spec: SplitSpec, where: str = "task") -> TaskSplit:
     """The split of ``splits = 'folders'``: the train, validation and test datasets as the
     dataset's folders make them (patients checked where a patient source is given)."""
-    ids = {
-        name: _sample_ids(ds)
-        if optional_member(ds, "dataset", "sample_id") is not None
-        else [str(i) for i in range(len(ds))]
-        for name, ds in zip(SPLIT_NAMES, datasets, strict=True)
-    }
+    ids = {name: _ids_or_indices(ds) for name, ds in zip(SPLIT_NAMES, datasets, strict=True)}
     patients = None
     if spec.patient_file is not None or spec.patient_pattern:
         patients = {name: patients_of(spec, ids[name], where) or [] for name in SPLIT_NAMES}
