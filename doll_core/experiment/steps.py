@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from doll_core.configuration import settings_key
 from doll_core.data.mapping import label_rules_key
-from doll_core.digests import sha256_of
+from doll_core.digests import sha256_remembered
 from doll_core.errors import DollError
 from doll_core.experiment.config import DataSources
 from doll_core.experiment.sections import PHANTOM_TASKS, Experiment
@@ -288,7 +288,7 @@ def finetune_stage(
         checkpoint = experiment.finetune.checkpoint
         assert checkpoint is not None
         config = config.model_copy(update={"init_path": checkpoint})
-        inputs["checkpoint"] = sha256_of(checkpoint)[:16]
+        inputs["checkpoint"] = sha256_remembered(checkpoint)[:16]
 
     def work(folder: Path, resuming: bool) -> dict[str, Any]:
         from doll_core.segmentation.finetune import finetune
