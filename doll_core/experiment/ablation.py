@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from doll_core import markdown
-from doll_core.atomic import atomic_write_text, remove_temporaries
+from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
 from doll_core.experiment.loading import (
     read_experiment_file,
@@ -28,7 +28,11 @@ from doll_core.experiment.report import (
     save_overlay_grid,
 )
 from doll_core.experiment.results_file import read_results
-from doll_core.experiment.runner import image_cache_folder, run_experiment
+from doll_core.experiment.runner import (
+    clear_half_written_images,
+    image_cache_folder,
+    run_experiment,
+)
 from doll_core.locking import folder_lock
 from doll_core.markdown import direction_arrow
 from doll_core.registry import Registry
@@ -161,9 +165,7 @@ def run_ablation(
         folder_lock(out / "stages", "stage folder"),
         relocatable_within(out),
     ):
-        image_cache = image_cache_folder(out / "stages")
-        if launched_rank() == 0 and image_cache is not None and image_cache.is_relative_to(out):
-            remove_temporaries(image_cache)  # a killed ablation's half-written entries
+        clear_half_written_images(image_cache_folder(out / "stages"), out)
         points: list[dict[str, Any]] = []
         for name, point, experiment, document in prepared:
             if echo is not None:

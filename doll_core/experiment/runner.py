@@ -182,6 +182,14 @@ def image_cache_folder(stages: Path) -> Path | None:
     return expand_home(value, IMAGE_CACHE_ENV)
 
 
+def clear_half_written_images(image_cache: Path | None, owner: Path) -> None:
+    """Remove the half-written entries a killed run left in ``image_cache`` (see
+    :func:`image_cache_folder`), on rank 0 and only where the cache lies inside ``owner``:
+    the folder this process has locked (a cache elsewhere may be another run's)."""
+    if launched_rank() == 0 and image_cache is not None and image_cache.is_relative_to(owner):
+        remove_temporaries(image_cache)
+
+
 def run_experiment(
     experiment: Experiment,
     document: dict[str, Any],
@@ -215,8 +223,7 @@ def run_experiment(
         held.enter_context(relocatable_within(out, stages))
         main = launched_rank() == 0
         image_cache = image_cache_folder(stages)
-        if main and image_cache is not None and image_cache.is_relative_to(out):
-            remove_temporaries(image_cache)  # a killed run's half-written entries (locked: ours)
+        clear_half_written_images(image_cache, out)
         device = device or experiment.device
         log = RunLog(out / "log.txt", echo)
         cache = StageCache(stages, resume=resume, log=log)
