@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from doll_core.cli import app
+from doll_core.errors import DollError
 from doll_core.hookspecs import hookimpl
 from doll_core.interfaces import OPTIONAL_MEMBERS, PluginKind, optional_member
 from doll_core.registry import Registry
@@ -127,6 +128,19 @@ def test_the_plugins_lack_every_optional_member(installed: None) -> None:
         assert optional_member(backbone, "backbone", member) == default
     with pytest.raises(KeyError, match="not an optional member"):
         optional_member(backbone, "backbone", "input_mean")
+
+
+def test_multi_refuses_a_source_that_is_not_an_image_dataset_reader(
+    installed: None, tmp_path: Path
+) -> None:
+    """``multi`` reads its sources' ``load``: a reader written to the protocol alone
+    (``tp_folder``) is refused when multi is built, naming the source, not at its first
+    sample."""
+    classes, _ = write_data(tmp_path / "data")
+    registry = Registry.from_environment()
+    sources = [{"name": "tp", "dataset": "tp_folder", "root": str(classes)}]
+    with pytest.raises(DollError, match="multi source 'tp': dataset 'tp_folder' is not a"):
+        registry.create("dataset", "multi", root=tmp_path, sources=sources, size=32)
 
 
 def test_six_third_party_plugins_run_through_doll_run(installed: None, tmp_path: Path) -> None:

@@ -186,8 +186,6 @@ class ImageDataset(Dataset[Any]):
         if unknown:
             raise DollError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}")
         values: dict[str, Any] = {**READER_DEFAULTS, **self.option_defaults, **options}
-        #: the shared options as resolved (what a reader of several sources passes on)
-        self.reader_options: dict[str, Any] = values
         size, grayscale = values["size"], values["grayscale"]
         on_error, max_image_pixels = values["on_error"], values["max_image_pixels"]
         if max_image_pixels is not None and max_image_pixels < 1:

@@ -73,7 +73,11 @@ class MultiSource(ImageDataset):
     ) -> None:
         """:param root: the folder the sources' relative roots are under.
         :param sources: the source tables (see the module docstring), at least one.
-        :param split: DoLL's split name, mapped per source by its ``splits``."""
+        :param split: DoLL's split name, mapped per source by its ``splits``.
+        :param options: :class:`ReaderOptions`; those given are passed on to every source,
+            beside its own ``options``.
+        :raises DollError: a source that is not a reader on :class:`ImageDataset` (its
+            ``load``, which reads a sample without the skip handling, is what multi reads)."""
         super().__init__(root, **options)
         if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
             raise DollError("multi: sources must be a list of at least one source table")
@@ -94,10 +98,16 @@ class MultiSource(ImageDataset):
             try:
                 part = registry.create(
                     "dataset", entry["dataset"], root=part_root, split=part_split,
-                    **self.reader_options, **own,
+                    **options, **own,
                 )  # fmt: skip
             except DollError as exc:
                 raise DollError(f"multi source {entry['name']!r}: {exc}") from None
+            if not isinstance(part, ImageDataset):
+                raise DollError(
+                    f"multi source {entry['name']!r}: dataset {entry['dataset']!r} is not a "
+                    "classification reader on doll_core.data.samples.ImageDataset, which multi "
+                    "needs (it reads each source's load, sample_id and summary)"
+                )
             self.parts.append(part)
         self._starts = [0]
         for part in self.parts:
