@@ -38,9 +38,10 @@ from doll_core.errors import DollError
 RowMaker = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
 
-def _option(default: Any, help: str, key: dict[str, Any] = NEVER_IN_KEY) -> Any:
+def _option(default: Any, help: str, key: dict[str, Any]) -> Any:
     """A field of :class:`EngineOptions`: its default, its help and how it enters stage
-    keys (:func:`~doll_core.configuration.in_key`), in the dataclass field's metadata."""
+    keys (:func:`~doll_core.configuration.in_key`; stated for each option, as a missed key
+    would reuse stages made another way), in the dataclass field's metadata."""
     return dataclasses.field(default=default, metadata={"description": help, **key})
 
 
@@ -74,16 +75,19 @@ class EngineOptions:
         False,
         "run the model through doll_core.compiling.compiled (opt-in; its compile time is "
         "reported and a model that does not compile runs eagerly)",
+        NEVER_IN_KEY,
     )
     channels_last: bool = _option(
         False,
         "rows in the channels-last memory format (give the model the same format; pays on "
         "GPUs with tensor cores)",
+        NEVER_IN_KEY,
     )
     pad_rows: Annotated[int, Field(ge=1)] | None = _option(
         None,
         "with compile, pad passes to at least this many rows (default: a full chunk), so "
         "that runs at several step counts share one compiled graph",
+        NEVER_IN_KEY,
     )
     fp32_stem: bool = _option(
         False,
@@ -95,14 +99,16 @@ class EngineOptions:
         1,
         "measure the autocast error against fp32 on every N-th call (the first included; "
         "reduced precision is never left unmeasured)",
+        NEVER_IN_KEY,
     )
     completeness: bool = _option(
         True,
         "Integrated Gradients measures its completeness delta (two forward passes of the "
         "batch); off: never",
+        NEVER_IN_KEY,
     )
     completeness_every: Annotated[int, Field(ge=1)] = _option(
-        1, "measure the completeness delta on every N-th call"
+        1, "measure the completeness delta on every N-th call", NEVER_IN_KEY
     )
 
     def __post_init__(self) -> None:
