@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel
-
 from doll_core.configuration import declared_fields
 from doll_core.doctor.plan import planned_stages
 from doll_core.experiment.sections import Experiment
@@ -28,24 +26,19 @@ class Setting:
     help: str
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The settings model a field holds (directly, or as the values of a dict), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is dict:
-        args = get_args(annotation)
-        return _model_of(args[1]) if len(args) == 2 else None
-    return None
+def _holds_settings(annotation: Any) -> bool:
+    """Whether a field's type is a dict of settings models (``classifiers``, ``tasks``)."""
+    args = get_args(annotation)
+    return get_origin(annotation) is dict and len(args) == 2 and bool(declared_fields(args[1]))
 
 
 def _settings(model: Any, prefix: str = "") -> Iterator[Setting]:
     for name, field in declared_fields(type(model)).items():
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        inner = _model_of(field.annotation)
         if declared_fields(type(value)):  # a settings model, or the engine's options
             yield from _settings(value, key + ".")
-        elif inner is not None and isinstance(value, dict):
+        elif _holds_settings(field.annotation) and isinstance(value, dict):
             for item, entry in value.items():
                 yield from _settings(entry, f"{key}.{item}.")
         else:

@@ -5,7 +5,6 @@ does when no finished folder has that key (:class:`~doll_core.experiment.stages.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -26,10 +25,6 @@ from doll_core.training.config import ClassifierTrainingConfig
 from doll_core.training.loop import resolve_device
 
 GENERATION = "generation.json"
-
-
-#: ``work(stage folder, resuming) -> the stage's info``
-Work = Callable[[Path, bool], dict[str, Any]]
 
 
 @dataclass(frozen=True)
