@@ -17,7 +17,7 @@ from doll_core.experiment.sections import Experiment, FinetuneSection
 from doll_core.labels.config import LabelGenerationConfig, LabelInputs
 from doll_core.registry import Registry, get_registry
 from doll_core.segmentation.config import FinetuneConfig, FinetuneSettings, PretrainConfig
-from doll_core.training.config import ClassifierSettings, ClassifierTrainingConfig
+from doll_core.training.config import ClassifierTrainingConfig
 
 
 @dataclass(frozen=True)
@@ -139,15 +139,8 @@ def segmentation_encoder(experiment: Experiment, registry: Registry) -> str | No
     chosen = experiment.init_classifier()
     if chosen is None or chosen not in experiment.classifiers:
         return None
-    fits = classifier_encoder(experiment.classifiers[chosen], registry)
-    return fits if isinstance(fits, str) else None
-
-
-def classifier_encoder(settings: ClassifierSettings, registry: Registry) -> str | DollError | None:
-    """The segmentation encoder the classifier's backbone plugin fits (its
-    ``encoder_name``), ``None`` where it fits none, or the error that building the plugin
-    raised (an unknown name or bad parameters, reported under the classifier's settings)."""
+    settings = experiment.classifiers[chosen]
     try:
         return backbone_encoder(settings.backbone, settings.backbone_params, registry)
-    except DollError as exc:
-        return exc
+    except DollError:  # an unknown backbone or bad parameters: reported under its settings
+        return None

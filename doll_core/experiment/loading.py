@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from doll_core.checkpoint import backbone_encoder
 from doll_core.configuration import error_items, plugin_problems
 from doll_core.errors import DollError
 from doll_core.experiment.config import (
     DataSources,
-    classifier_encoder,
     segmentation_encoder,
     stage_configs,
 )
@@ -159,7 +159,7 @@ def _cross_section_problems(experiment: Experiment, registry: Registry) -> list[
         return problems
     from doll_core.experiment.preflight import model_problems
 
-    encoder = segmentation_encoder(experiment, registry) or experiment.pretrain.encoder
+    encoder = segmentation_encoder(experiment, registry)
     return model_problems(experiment, configs, registry, encoder=encoder)
 
 
@@ -187,11 +187,15 @@ def _encoder_problems(
         return [
             f"{where}: no classifier named {name!r} (have: {', '.join(experiment.classifiers)})"
         ]
-    backbone = experiment.classifiers[name].backbone
-    if classifier_encoder(experiment.classifiers[name], registry) is None:
+    settings = experiment.classifiers[name]
+    try:
+        encoder = backbone_encoder(settings.backbone, settings.backbone_params, registry)
+    except DollError:  # an unknown backbone or bad parameters: reported under its settings
+        return []
+    if encoder is None:
         return [
-            f"{where} (classifiers.{name}): backbone {backbone!r} has no segmentation-encoder "
-            "counterpart, so its weights cannot start a segmentation model"
+            f"{where} (classifiers.{name}): backbone {settings.backbone!r} has no "
+            "segmentation-encoder counterpart, so its weights cannot start a segmentation model"
         ]
     return []
 
