@@ -11,7 +11,7 @@ stages it configures (:func:`in_key`): ``always`` (the default), only when ``cha
 its default (a setting added after stages were written, so that theirs stay reusable), or
 ``never`` (what cannot change a result: device, worker counts; and the inputs a runner
 fills in, whose identity enters the stage's inputs instead). :func:`settings_key` is the
-one function that reads these declarations.
+one function that derives keys from these declarations.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def settings_key(model: Any, purpose: str, *, of: type[Any] | None = None) -> di
     by their own fields' declarations.
 
     Args:
-        model (BaseModel | pydantic dataclass): the settings.
+        model (BaseModel | dataclass): the settings (a dataclass declares its fields in
+            their ``metadata``, see :func:`declared_fields`).
         purpose (str): the stage kind, or ``"store"``.
         of (type | None): only the fields this settings class declares (one section of
             ``model``'s, which must hold them). Default: ``None`` (all of ``model``'s).

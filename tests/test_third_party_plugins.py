@@ -1,7 +1,7 @@
 """A hand-written third-party plugin of each of the six kinds
 (``tests/third_party/doll_third_party.py``, written from the documented protocols alone,
-with no optional member) found through a real entry point and run through ``doll run``:
-every stage of an experiment reads or calls one of them."""
+with the backbone's optional members left out) found through a real entry point and run
+through ``doll run``: every stage of an experiment reads or calls one of them."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def installed(install_fake_distribution: Any) -> None:
     shutil.copy(MODULE, site / "doll_third_party.py")
 
 
-def test_the_plugins_lack_every_optional_member(installed: None) -> None:
+def test_no_registration_metadata_and_no_optional_backbone_member(installed: None) -> None:
     registry = Registry.from_environment()
     assert registry.failures == []
     for kind, name in [("backbone", "tp_net"), ("dataset", "tp_masks")]:

@@ -1,18 +1,5 @@
-"""``doll run``: every stage of an experiment in order, each reused when its key exists.
-
-Stages and what their keys cover:
-
-======================  ===========================================================
-phantom                 the phantom spec
-classifier (one each)   its training settings, the classification data
-labels                  explanation + fusion settings, the explained classifiers
-pretrain                its settings, the labels, the encoder's classifier
-finetune (one per run)  its settings, task, init, budget, seed, the init's source
-======================  ===========================================================
-
-So a changed fine-tuning setting re-runs fine-tuning only, and an ablation over
-explainers trains the classifiers once.
-"""
+"""``doll run``: every stage of an experiment in order, each reused when its key exists
+(what each stage's key covers: :mod:`doll_core.experiment.steps`)."""
 
 from __future__ import annotations
 

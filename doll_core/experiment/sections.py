@@ -32,8 +32,8 @@ Each stage section *is* that stage's settings model
 :class:`~doll_core.segmentation.config.PretrainSettings`,
 :class:`~doll_core.segmentation.config.FinetuneSettings`), so its keys, defaults and bounds
 are the single-stage commands' own. The keys of a stage's inputs (data paths, checkpoints,
-the device) are the runner's: :func:`stage_configs` fills them in, for ``doll run``,
-``doll ablate``, ``doll doctor``'s plan and the validation before work alike.
+the device) are the runner's: :func:`~doll_core.experiment.config.stage_configs` fills
+them in.
 """
 
 from __future__ import annotations
@@ -438,8 +438,8 @@ class ReportSection(_Section):
 
 class Experiment(_Section):
     """A whole experiment, validated; each stage's configuration comes from
-    :func:`stage_configs`. ``classifiers`` holds each classifier's settings with
-    ``[training]`` merged in."""
+    :func:`~doll_core.experiment.config.stage_configs`. ``classifiers`` holds each
+    classifier's settings with ``[training]`` merged in."""
 
     name: str = Field("experiment", description="the experiment's name, in its reports")
     description: str = Field(
@@ -501,8 +501,9 @@ class Experiment(_Section):
 
     def document(self) -> dict[str, Any]:
         """The resolved experiment as JSON, what a run folder records (``experiment.json``)
-        and :func:`validate_experiment` reads back to the same experiment: every setting,
-        except the fine-tuning keys left to the pre-trained model's."""
+        and :func:`~doll_core.experiment.loading.validate_experiment` reads back to the
+        same experiment: every setting, except the fine-tuning keys left to the pre-trained
+        model's."""
         document = self.model_dump(mode="json")
         for key in set(FinetuneSection.inherited()) - self.finetune.model_fields_set:
             del document["finetune"][key]

@@ -1,8 +1,9 @@
 """Stage folders keyed by what determines their output, so finished work is reused.
 
-A stage's key is a hash of its kind, its settings (those whose fields declare they enter
-it: :func:`~doll_core.configuration.settings_key`; never the device or DataLoader workers)
-and the keys of the stages it reads. Its folder is
+A stage's key is a hash of its kind, the settings its caller gives (the stage functions
+give what :func:`~doll_core.configuration.settings_key` derives from the fields'
+declarations, which leave out the device and DataLoader workers) and the keys of the
+stages it reads. Its folder is
 ``STAGES/<kind>-<label>-<key>``; a ``stage.json`` written last (atomically) marks it done.
 A folder without ``stage.json`` is an interrupted stage: it is continued with ``resume``
 (after the leftovers of writes the kill cut short are removed), and refused otherwise, so

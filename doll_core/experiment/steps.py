@@ -1,6 +1,28 @@
 """One function per stage kind of ``doll run``: what each stage reads, the settings and
 inputs its key covers (:func:`~doll_core.configuration.settings_key`), and the work it
-does when no finished folder has that key (:class:`~doll_core.experiment.stages.StageCache`)."""
+does when no finished folder has that key (:class:`~doll_core.experiment.stages.StageCache`).
+
+Stages and what their keys cover (settings as their fields declare):
+
+=========================  =========================================================
+phantom                    the phantom spec
+classifier (one each)      its training settings, the classification data (and the
+                           reader's label rules)
+explain (one per           the explanation settings, the data, that classifier's
+classifier)                stage
+labels                     the fusion (``FusionChoice``), the explain stages fused;
+                           explained together: the explanation settings, the data,
+                           the classifiers' stages
+evaluate                   the evaluation settings, the explainer's parameters, the
+                           data, the classifiers' stages
+pretrain                   its settings, the labels' stage, the encoder's classifier
+finetune (one per run)     its settings (task, init, budget, seed among them), the
+                           task's data, the init's source, the split
+=========================  =========================================================
+
+So a changed fine-tuning setting re-runs fine-tuning only, and an ablation over
+explainers trains the classifiers once.
+"""
 
 from __future__ import annotations
 

@@ -130,8 +130,9 @@ class CheXpert(LabelledImages):
         :param blank: what a blank cell becomes: ``zeros`` or ``ignore``.
         :param frontal_only: keep only rows whose ``Frontal/Lateral`` is ``Frontal``.
         :param csv_path: read this CSV instead of ``<split>.csv`` (same columns).
-        :param max_image_pixels: a file that declares more pixels is unreadable (skipped and
-            recorded, or fatal with ``on_error = "fail"``); ``None``: no limit.
+        :param options: the shared reader options
+            (:class:`~doll_core.data.samples.ReaderOptions`: size, grayscale, on_error,
+            max_image_pixels).
         """
         super().__init__(root, **options)
         self.split = check_choice("split", split, SPLITS)

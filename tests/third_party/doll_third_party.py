@@ -1,8 +1,10 @@
 """A plugin of each of DoLL's six kinds, written from the documented contract alone: the
 protocols of ``doll_core.interfaces`` and the plugin guide (docs/plugins.md). It imports
-from DoLL only ``hookimpl`` and the public list of observations, leaves out every optional
-member (no ``encoder_name``, no ``unavailable``, no ``label_arrays``, no registration
-metadata), and reads its own file layouts:
+from DoLL only ``hookimpl`` and the public list of observations, leaves out the optional
+members it can do without (no ``encoder_name``, no ``unavailable``, no ``label_arrays``,
+no registration metadata; the readers give ``sample_id``, and the mask reader its
+``classes``, which a split by file and the class names need), and reads its own file
+layouts:
 
 - ``tp_folder`` (classification): ``ROOT/images/NAME.png`` and ``ROOT/labels.json``,
   ``{"NAME.png": {"split": "train", "positive": ["Pneumonia"]}}``;
