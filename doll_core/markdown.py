@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 
-def direction_arrow(higher_is_better: bool) -> str:
-    """``↑`` for a score where higher is better, ``↓`` where lower is."""
-    return "↑" if higher_is_better else "↓"
+def score_title(name: str, higher_is_better: bool) -> str:
+    """A score's column title: ``name ↑`` where higher is better, ``name ↓`` where lower
+    is."""
+    return f"{name} {'↑' if higher_is_better else '↓'}"
 
 
 def table_lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

@@ -19,5 +19,6 @@ def test_a_row_of_the_wrong_width_is_refused() -> None:
         markdown.table(["a", "b", "c"], [["1", "2"]])
 
 
-def test_the_arrow_gives_the_score_direction() -> None:
-    assert (markdown.direction_arrow(True), markdown.direction_arrow(False)) == ("↑", "↓")
+def test_a_score_title_gives_the_score_direction() -> None:
+    titles = (markdown.score_title("IoU", True), markdown.score_title("ROAD AOPC", False))
+    assert titles == ("IoU ↑", "ROAD AOPC ↓")

@@ -34,7 +34,7 @@ from doll_core.errors import DollError, GroundTruthError
 from doll_core.groundtruth.scoring import CHEXLOCALIZE_SCORES, ScoreTable
 from doll_core.groundtruth.truth import GroundTruth
 from doll_core.interfaces import optional_member
-from doll_core.markdown import direction_arrow
+from doll_core.markdown import score_title
 from doll_core.metrics.localization import (
     LOCALIZATION_METRICS,
     nanmean,
@@ -319,7 +319,7 @@ def _score_columns(results: Sequence[ExplainerScores]) -> list[tuple[str, bool]]
 
 def _titles(columns: Sequence[tuple[str, bool]]) -> list[str]:
     """Column titles of ``(name, higher is better)`` score columns: ``name ↑`` or ``name ↓``."""
-    return [f"{name} {direction_arrow(higher)}" for name, higher in columns]
+    return [score_title(name, higher) for name, higher in columns]
 
 
 def _cells(means: Mapping[str, float], columns: Sequence[tuple[str, bool]]) -> list[str]:

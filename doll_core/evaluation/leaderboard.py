@@ -24,7 +24,7 @@ from doll_core import markdown
 from doll_core.atomic import atomic_write_text
 from doll_core.evaluation.engine import ExplainerEvaluation
 from doll_core.json_values import json_safe
-from doll_core.markdown import direction_arrow
+from doll_core.markdown import score_title
 
 LEADERBOARD_FILES = ("evaluation.md", "evaluation.csv", "evaluation.json", "evaluation.png")
 
@@ -185,7 +185,7 @@ def markdown_table(board: Mapping[str, Any]) -> str:
     header = [
         "classifier",
         "explainer",
-        *(f"{c['name']} {direction_arrow(c['higher_is_better'])}" for c in columns),
+        *(score_title(c["name"], c["higher_is_better"]) for c in columns),
         "maps",
         "explain s / image",
     ]
@@ -266,7 +266,7 @@ def save_rank_figure(board: Mapping[str, Any], path: Path) -> Path | None:
                 )
         axis.set_xticks(range(len(columns)))
         axis.set_xticklabels(
-            [f"{c['name']} {direction_arrow(c['higher_is_better'])}" for c in columns],
+            [score_title(c["name"], c["higher_is_better"]) for c in columns],
             rotation=40,
             ha="right",
             fontsize=7,

@@ -34,7 +34,7 @@ from doll_core.experiment.runner import (
     run_experiment,
 )
 from doll_core.locking import folder_lock
-from doll_core.markdown import direction_arrow
+from doll_core.markdown import score_title
 from doll_core.registry import Registry
 from doll_core.relocation import relocatable_within
 from doll_core.segmentation.compare import interval
@@ -282,7 +282,7 @@ def ablation_row(values: Mapping[str, Any], results: Mapping[str, Any]) -> dict[
     evaluation = results.get("evaluation") or {}
     for name, entry in (evaluation.get("metrics") or {}).items():
         mean = entry["mean"]
-        column = f"eval {name} {direction_arrow(entry['higher_is_better'])}"
+        column = score_title(f"eval {name}", entry["higher_is_better"])
         row[column] = round(mean, 4) if mean is not None else None
     for kind, seconds in results.get("stage_seconds", {}).items():
         row[f"{kind} s"] = seconds

@@ -19,7 +19,7 @@ from doll_core.atomic import atomic_write_text
 from doll_core.errors import DollError
 from doll_core.experiment.results_file import read_results
 from doll_core.experiment.sections import ReportSection
-from doll_core.markdown import direction_arrow
+from doll_core.markdown import score_title
 from doll_core.plotting import pyplot, save_figure
 from doll_core.segmentation.compare import (
     CONVERGENCE_FRACTION,
@@ -141,7 +141,7 @@ def evaluation_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
     if not evaluation or not evaluation.get("rows"):
         return []
     metrics = evaluation["metrics"]
-    header = [f"{name} {direction_arrow(m['higher_is_better'])}" for name, m in metrics.items()]
+    header = [score_title(name, m["higher_is_better"]) for name, m in metrics.items()]
     rows = []
     for row in evaluation["rows"]:
         cells = [row["classifier"], row["explainer"]]
