@@ -25,7 +25,7 @@ from doll_core.configuration import (
     in_key,
     settings_key,
 )
-from doll_core.digests import sha256_of
+from doll_core.digests import sha256_remembered
 from doll_core.observations import OBSERVATIONS
 from doll_core.training.config import ClassificationSource, StageInputs
 
@@ -149,7 +149,7 @@ class LabelGenerationConfig(LabelSettings, LabelInputs):
         ``"store"`` key (:func:`~doll_core.configuration.settings_key`) and the classifier
         files' SHA-256."""
         payload = settings_key(self, "store")
-        payload["classifiers"] = [sha256_of(p) for p in self.classifiers]
+        payload["classifiers"] = [sha256_remembered(p) for p in self.classifiers]
         payload["data"] = None  # the same data may move; its ids are in the shards
         # bumped when post-processing changes labels for the same settings (2: maps scaled
         # by a power of two, sparse maps by their maximum), so that a store begun by an
