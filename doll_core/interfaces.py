@@ -66,8 +66,6 @@ class Backbone(Protocol):
     """
 
     cam_layer: str
-    encoder_name: str | None
-    unavailable: tuple[str, ...]
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         """Return a classifier: images ``[B, in_channels, H, W]`` -> logits ``[B, num_classes]``."""
@@ -89,7 +87,11 @@ class Explainer(Protocol):
     keyword ``engine`` is given the engine's execution options there, one
     :class:`doll_core.attribution.engine.EngineOptions` (rows per pass, autocast, compile,
     check intervals), by :func:`doll_core.attribution.api.create_explainer`; one without it
-    gets none."""
+    gets none.
+
+    Optional (:data:`OPTIONAL_MEMBERS`): ``performance_report() -> dict``, what the
+    explainer measured about its own runs (autocast error, compile time, completeness
+    deltas), which a label store's generation report keeps (default ``None``: nothing)."""
 
     def attribute(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
@@ -209,9 +211,9 @@ class DatasetReader(Protocol):
     Optional (:data:`OPTIONAL_MEMBERS`): ``sample_id(index) -> str`` (default: none, and a
     split by file or patient, or a label store, is refused), ``summary() -> dict`` (what
     ``doll data inspect`` prints; default ``{"images": len(ds)}``), ``classes`` (a
-    segmentation reader's class names; default ``None``: one class named after the
-    task), ``label_arrays(index) -> (labels [14], mask [14])`` (a classification reader's
-    labels without reading the image: scoring explanations on the phantom uses it) and
+    segmentation reader's class names; default ``None``: one class, ``foreground``),
+    ``label_arrays(index) -> (labels [14], mask [14])`` (a classification reader's labels
+    without reading the image: scoring explanations on the phantom uses it) and
     ``image_cache`` (a settable attribute: a reader that has one reads decoded images from
     :class:`doll_core.data.decoded.DecodedImages`). Optional on the factory
     (:data:`OPTIONAL_FACTORY_MEMBERS`): ``label_rules(options) -> str | None``, a digest
@@ -272,7 +274,7 @@ REQUIRED_MEMBERS: dict[PluginKind, tuple[str, ...]] = {
 #: them (see each protocol's docstring).
 OPTIONAL_MEMBERS: dict[PluginKind, dict[str, Any]] = {
     PluginKind.BACKBONE: {"encoder_name": None, "unavailable": ()},
-    PluginKind.EXPLAINER: {},
+    PluginKind.EXPLAINER: {"performance_report": None},
     PluginKind.FUSION: {},
     PluginKind.SEG_HEAD: {},
     PluginKind.DATASET: {

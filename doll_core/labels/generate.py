@@ -32,6 +32,7 @@ from doll_core.data.decoded import attach_image_cache
 from doll_core.data.samples import SkippedSample, batches_from
 from doll_core.errors import DollError
 from doll_core.home import expand_home
+from doll_core.interfaces import optional_member
 from doll_core.labels.completeness import (
     completeness_sums,
     with_store_completeness,
@@ -212,7 +213,7 @@ class _Labeller:
 
     def performance(self) -> dict[str, Any] | None:
         """The explainer's own report (autocast error, compile time), when it keeps one."""
-        report = getattr(self.explainer, "performance_report", None)
+        report = optional_member(self.explainer, "explainer", "performance_report")
         return report() if callable(report) else None
 
 
