@@ -40,16 +40,16 @@ OVERRIDES = {
     },
 }
 
-#: Settings the files leave at their defaults, each changed once on the quick start (and
-#: once set to its default, which must not change a key), so that every rule of how a
-#: setting enters a key is held: ``name: [file, --set ...]``.
+#: Settings the files leave at their defaults, each changed once (and once set to its
+#: default, which must not change a key), so that every rule of how a setting enters a key
+#: is held: ``name: [file, --set ...]``.
 VARIANTS = {
     "targets-predicted": ["phantom_quickstart.toml", 'explanation.targets="predicted"'],
     "engine-hashed": ["phantom_quickstart.toml", "explanation.engine.max_rows=8"],
     "engine-not-hashed": ["phantom_quickstart.toml", "explanation.engine.compile=true"],
     "engine-default": ["phantom_quickstart.toml", "explanation.engine.max_rows=64"],
     "contrast": ["phantom_quickstart.toml", "data.phantom.finding_contrast=2.0"],
-    "contrast-default": ["phantom_quickstart.toml", "data.phantom.finding_contrast=1.0"],
+    "contrast-default": ["quickstart.toml", "data.phantom.finding_contrast=1.0"],
     "workers": [
         "phantom_quickstart.toml",
         "training.num_workers=1",
@@ -64,6 +64,10 @@ VARIANTS = {
         "explanation.engine.max_rows=8",
     ],
 }
+
+#: Variants that must plan exactly their file's stages: a setting set to its default, or
+#: one that never enters a key.
+SAME_AS_FILE = ("engine-not-hashed", "engine-default", "contrast-default", "workers")
 
 
 def planned_keys(
@@ -114,3 +118,5 @@ def test_every_planned_stage_key_is_unchanged(
     assert sorted(found) == sorted(recorded), "an experiment file was added or removed"
     for name, keys in recorded.items():
         assert found[name] == keys, name
+    for name in SAME_AS_FILE:
+        assert found[name] == found[VARIANTS[name][0]], f"{name} changed a stage key"
