@@ -232,3 +232,12 @@ def test_a_reader_built_on_the_base_class_is_called_as_it_is_written(tmp_path: P
         ("grayscale", "dataset 'passes_on' parameter 'grayscale' takes true or false, got 'no'")
     ]
     assert registry.create("dataset", "passes_on", root=tmp_path, split="valid").split == "valid"
+
+
+def test_every_shared_reader_option_has_one_default() -> None:
+    """The options a reader may be given (``ReaderOptions``) and their defaults
+    (``READER_DEFAULTS``) are stated apart; an option in one only would be refused as
+    unknown or lack a default."""
+    from doll_core.data.samples import READER_DEFAULTS, ReaderOptions
+
+    assert set(READER_DEFAULTS) == set(ReaderOptions.__annotations__)
