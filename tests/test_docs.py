@@ -126,3 +126,28 @@ def test_the_generated_reference_pages_are_current() -> None:
     from doll_core.reference_docs import stale_pages
 
     assert stale_pages(ROOT) == [], "run: python -m doll_core.reference_docs"
+
+
+def test_the_settings_reference_has_every_settings_class_an_experiment_holds() -> None:
+    """The reference lists its tables by hand (each with a name an experiment file uses):
+    every settings class reachable from an experiment must be one of them, so that a new
+    section or nested model cannot be left out of the docs."""
+    import typing
+
+    from doll_core.configuration import declared_fields
+    from doll_core.experiment.sections import Experiment
+    from doll_core.reference_docs import _sections
+
+    def held(annotation: object) -> list[type]:
+        found = [annotation] if declared_fields(annotation) else []  # type: ignore[arg-type]
+        return found + [c for arg in typing.get_args(annotation) for c in held(arg)]
+
+    reachable, pending = set(), [Experiment]
+    while pending:
+        model = pending.pop()
+        if model not in reachable:
+            reachable.add(model)
+            pending += [c for f in declared_fields(model).values() for c in held(f.annotation)]
+    listed = {model for _, model, _ in _sections()}
+    assert len(reachable) > 10
+    assert sorted(m.__name__ for m in reachable - listed) == []
